@@ -1,0 +1,22 @@
+from setuptools import setup
+
+setup(
+    name="usercr",
+    version="0.1.0",
+    description="Checkpoint/restart of Linux processes on stock kernels",
+    packages=["usercr", "usercr.arch", "usercr.headers"],
+    python_requires=">=3.9",
+    setup_requires=["cffi>=1.15"],
+    install_requires=["cffi>=1.15", "pyelftools", "click"],
+    extras_require={"test": ["pytest", "pytest-cov"]},
+    cffi_modules=["usercr/native/build_native.py:ffibuilder"],
+    entry_points={
+        "console_scripts": [
+            "ckpt=usercr.cli:ckpt_main",
+            "rstr=usercr.cli:rstr_main",
+            "ckptinfo=usercr.cli:ckptinfo_main",
+            "usercr=usercr.cli:usercr_main",
+        ]
+    },
+    zip_safe=False,
+)

@@ -1,0 +1,222 @@
+"""Command line: ckpt, rstr, ckptinfo and usercr (check, checkpoint, restart, info, run)."""
+import functools
+import os
+import stat
+import sys
+import traceback
+
+import click
+
+from .errors import UcrError
+
+
+class Log:
+    """-v prints progress to stderr; -l FILE also writes it there."""
+
+    def __init__(self, verbose=False, logfile=None):
+        self.verbose = verbose
+        self.file = open(logfile, "a") if logfile else None
+
+    def __call__(self, msg):
+        if self.verbose:
+            click.echo(msg, err=True)
+        if self.file:
+            self.file.write(msg + "\n")
+            self.file.flush()
+
+
+def one_line_errors(prog):
+    """Every failure is one line on stderr and exit status 1; -d/--debug shows the traceback."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except UcrError as e:
+                click.echo(f"{prog}: error: {e}", err=True)
+            except KeyboardInterrupt:
+                click.echo(f"{prog}: interrupted", err=True)
+                sys.exit(130)
+            except Exception as e:  # one line even for what we did not foresee
+                if os.environ.get("USERCR_DEBUG"):
+                    traceback.print_exc()
+                click.echo(f"{prog}: internal error: {type(e).__name__}: {e}", err=True)
+            sys.exit(1)
+        return inner
+    return wrap
+
+
+def _open_output(path, fd, force):
+    """The image's destination: a new 0600 file, a given fd, or stdout."""
+    if path:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+        try:
+            out = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise UcrError(f"{path} exists; use -f to overwrite it") from None
+        except OSError as e:
+            raise UcrError(f"cannot create {path}: {e.strerror}") from None
+        os.fchmod(out, 0o600)
+        return out
+    out = 1 if fd is None else fd
+    try:
+        st = os.fstat(out)
+    except OSError:
+        raise UcrError(f"output fd {out} is not open") from None
+    if os.isatty(out):
+        raise UcrError("refusing to write an image to a terminal; use -o FILE or redirect the output")
+    if stat.S_ISREG(st.st_mode):
+        os.fchmod(out, 0o600)  # images hold process memory
+    return out
+
+
+CKPT_OPTIONS = [
+    click.argument("pid", type=int),
+    click.option("-o", "--output", type=click.Path(dir_okay=False), help="write the image to FILE (created 0600)"),
+    click.option("--output-fd", type=int, help="write the image to this open fd"),
+    click.option("-f", "--force", is_flag=True, help="overwrite an existing output file"),
+    click.option("--kill", is_flag=True, help="kill the process once the image is complete"),
+    click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
+    click.option("-v", "--verbose", is_flag=True, help="print progress"),
+]
+
+
+def _apply(options):
+    def deco(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+    return deco
+
+
+def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose):
+    from .dump import checkpoint
+    out = _open_output(output, output_fd, force)
+    try:
+        checkpoint(pid, out, kill=kill, log=Log(verbose, logfile))
+    except BaseException:
+        if output:
+            os.unlink(output)  # no partial image left behind
+        raise
+    finally:
+        if output:
+            os.close(out)
+
+
+RSTR_OPTIONS = [
+    click.option("-i", "--input", type=click.Path(dir_okay=False), help="read the image from FILE"),
+    click.option("--input-fd", type=int, help="read the image from this open fd"),
+    click.option("--pids/--no-pids", default=False, help="restore the original PID (default: a new one)"),
+    click.option("--pidns/--no-pidns", default=False, help="with --pids: in a new PID namespace"),
+    click.option("-w/-W", "--wait/--no-wait", default=True, help="wait for the restored process to exit"),
+    click.option("--pidfile", type=click.Path(dir_okay=False), help="write the restored PID to FILE"),
+    click.option("--show-status", is_flag=True, help="print the exit status of the restored process"),
+    click.option("--copy-status", is_flag=True, help="exit with the restored process's status"),
+    click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
+    click.option("-v", "--verbose", is_flag=True, help="print progress"),
+    click.option("-d", "--debug", is_flag=True, help="show tracebacks of internal errors"),
+]
+
+
+def do_restart(input, input_fd, pids, pidns, wait, pidfile, show_status, copy_status, logfile, verbose, debug):
+    from .restore import restart
+    if debug:
+        os.environ["USERCR_DEBUG"] = "1"
+    if input:
+        try:
+            fd = os.open(input, os.O_RDONLY)
+        except OSError as e:
+            raise UcrError(f"cannot open {input}: {e.strerror}") from None
+    else:
+        fd = 0 if input_fd is None else input_fd
+        if os.isatty(fd):
+            raise UcrError("standard input is a terminal; give the image with -i FILE or redirect it")
+    pid, status = restart(fd, pids=pids, pidns=pidns, wait=wait, pidfile=pidfile, log=Log(verbose, logfile))
+    if status is None:
+        return
+    code = os.waitstatus_to_exitcode(status)
+    if show_status:
+        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        click.echo(f"rstr: process {pid} {how}", err=True)
+    if copy_status:
+        sys.exit(128 - code if code < 0 else code)
+
+
+INFO_OPTIONS = [
+    click.argument("image", required=False, type=click.Path(dir_okay=False)),
+    click.option("-v", "--verbose", is_flag=True, help="list every record (offset, type, length)"),
+    click.option("-p", "--tree", "tree", is_flag=True, help="show the task tree"),
+    click.option("--show-arch-regs", "regs", is_flag=True, help="show the saved registers"),
+    click.option("--json", "as_json", is_flag=True, help="everything as JSON"),
+    click.option("-e", "--errors", is_flag=True, help="show error records"),
+]
+
+
+def do_info(image, verbose, tree, regs, as_json, errors):
+    from .info import read_all, render
+    if image:
+        try:
+            fd = os.open(image, os.O_RDONLY)
+        except OSError as e:
+            raise UcrError(f"cannot open {image}: {e.strerror}") from None
+    else:
+        fd = 0
+    click.echo(render(read_all(fd), verbose=verbose, tree=tree, regs=regs, as_json=as_json, errors=errors))
+
+
+@click.command(help="Checkpoint process PID to an image (stdout, -o FILE or --output-fd).")
+@_apply(CKPT_OPTIONS)
+@one_line_errors("ckpt")
+def ckpt_main(**kw):
+    do_checkpoint(**kw)
+
+
+@click.command(help="Restart a process from an image (stdin, -i FILE or --input-fd).")
+@_apply(RSTR_OPTIONS)
+@one_line_errors("rstr")
+def rstr_main(**kw):
+    do_restart(**kw)
+
+
+@click.command(help="Show what an image holds.")
+@_apply(INFO_OPTIONS)
+@one_line_errors("ckptinfo")
+def ckptinfo_main(**kw):
+    do_info(**kw)
+
+
+@click.group(help="usercr: checkpoint/restart of Linux processes.")
+def usercr_main():
+    pass
+
+
+@usercr_main.command("checkpoint", help=ckpt_main.help)
+@_apply(CKPT_OPTIONS)
+@one_line_errors("usercr checkpoint")
+def _checkpoint(**kw):
+    do_checkpoint(**kw)
+
+
+@usercr_main.command("restart", help=rstr_main.help)
+@_apply(RSTR_OPTIONS)
+@one_line_errors("usercr restart")
+def _restart(**kw):
+    do_restart(**kw)
+
+
+@usercr_main.command("info", help=ckptinfo_main.help)
+@_apply(INFO_OPTIONS)
+@one_line_errors("usercr info")
+def _info(**kw):
+    do_info(**kw)
+
+
+@usercr_main.command("check", help="Probe what this system offers checkpoint/restart.")
+@one_line_errors("usercr check")
+def _check():
+    from .check import run_checks
+    ok = True
+    for name, good, detail in run_checks():
+        click.echo(f"{'ok     ' if good else 'missing'}  {name}" + (f": {detail}" if detail else ""))
+        ok &= good
+    sys.exit(0 if ok else 1)

@@ -1,0 +1,5 @@
+"""The one exception type that reaches users, always as a single line."""
+
+
+class UcrError(Exception):
+    """An error with a message fit to print as one line."""

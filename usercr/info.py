@@ -1,0 +1,96 @@
+"""ckptinfo: what an image holds, read with the same record definitions as rstr."""
+import datetime
+import json
+
+from . import records as R
+from .errors import UcrError
+from .image import ImageReader
+
+
+def read_all(fd):
+    """Every record of the image (page data summed, not kept), tail checked."""
+    reader = ImageReader(fd)
+    recs = [reader.header()]
+    while recs[-1].type != R.TAIL.type:
+        recs.append(reader.next(skip_data=True))
+    return recs
+
+
+def _arch_regs(recs):
+    from . import arch as arch_pkg
+    hdr = recs[0]
+    for rec in recs:
+        if rec.name.endswith("_CPU"):
+            try:
+                names = arch_pkg.by_id(hdr["arch_id"]).REG_NAMES
+            except UcrError:
+                names = [f"r{i}" for i in range(len(rec["regs"]))]
+            return dict(zip(names, rec["regs"]))
+    return {}
+
+
+def summary(recs):
+    hdr = recs[0]
+    pids = [r.fields for r in recs if r.type == R.PIDS.type]
+    task = next((r for r in recs if r.type == R.TASK.type), None)
+    vmas = [r for r in recs if r.type == R.VMA.type]
+    pages = sum(r["nr_pages"] for r in recs if r.type == R.PAGES.type)
+    return {
+        "arch": R.ARCH_NAMES.get(hdr["arch_id"], hdr["arch_id"]),
+        "format_version": hdr["version"],
+        "kernel": f"{hdr['release']} {hdr['kversion']}",
+        "machine": hdr["machine"],
+        "page_size": hdr["page_size"],
+        "time": datetime.datetime.fromtimestamp(hdr["time"], datetime.timezone.utc).isoformat(),
+        "tasks": pids,
+        "command": task["comm"] if task else None,
+        "executable": task["tail"] if task else None,
+        "vmas": len(vmas),
+        "pages": pages,
+        "memory_bytes": pages * hdr["page_size"],
+        "files": [{"fd": r["fd"], "kind": R.FILE_KINDS.get(r["kind"]), "path": r["tail"], "pos": r["pos"]}
+                  for r in recs if r.type == R.FILE.type],
+        "errors": [r["tail"] for r in recs if r.type == R.ERROR.type],
+    }
+
+
+def _jsonable(fields):
+    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in fields.items()}
+
+
+def render(recs, verbose=False, tree=False, regs=False, as_json=False, errors=False):
+    s = summary(recs)
+    if as_json:
+        s["records"] = [{"offset": r.offset, "type": r.name, "length": r.length,
+                         "fields": _jsonable(r.fields) if r.type != R.PAGES.type else
+                         {"vaddr": r["vaddr"], "nr_pages": r["nr_pages"]}} for r in recs]
+        s["registers"] = _arch_regs(recs)
+        return json.dumps(s, indent=2)
+    out = [f"usercr image v{s['format_version']}, {s['arch']}, page size {s['page_size']}",
+           f"kernel: {s['kernel']} ({s['machine']})",
+           f"taken: {s['time']}",
+           f"task: {s['command']} ({s['executable']}), {len(s['tasks'])} task(s)",
+           f"memory: {s['vmas']} mappings, {s['pages']} pages saved ({s['memory_bytes'] / 2**20:.1f} MiB)",
+           f"files: {len(s['files'])} open descriptors"]
+    if tree:
+        out.append("task tree:")
+        for p in s["tasks"]:
+            out.append(f"  pid {p['pid']} ppid {p['ppid']} pgid {p['pgid']} sid {p['sid']}")
+    if regs:
+        out.append("registers:")
+        out += [f"  {k:9} 0x{v:016x}" for k, v in _arch_regs(recs).items()]
+    if verbose:
+        out.append(f"{'offset':>12}  {'type':16} {'length':>10}")
+        for r in recs:
+            extra = ""
+            if r.type == R.VMA.type:
+                extra = f"  {r['start']:x}-{r['end']:x} {r['tail']}"
+            elif r.type == R.PAGES.type:
+                extra = f"  {r['vaddr']:x} x{r['nr_pages']}"
+            elif r.type == R.FILE.type:
+                extra = f"  fd {r['fd']} {r['tail']}"
+            out.append(f"{r.offset:>12}  {r.name:16} {r.length:>10}{extra}")
+    if errors:
+        out.append("error records:" if s["errors"] else "error records: none")
+        out += [f"  {e}" for e in s["errors"]]
+    return "\n".join(out)

@@ -1,0 +1,74 @@
+/* x86_64 pieces of the native core and the restorer. */
+#ifndef UCR_ARCH_H
+#define UCR_ARCH_H
+#include <stdint.h>
+
+#define UCR_ARCH_NAME "x86_64"
+#define UCR_RSEQ_SIG 0x53053053
+#define ARCH_SET_GS 0x1001
+#define ARCH_SET_FS 0x1002
+
+static inline long ucr_sys6(long n, long a1, long a2, long a3, long a4, long a5, long a6)
+{
+    register long r10 __asm__("r10") = a4;
+    register long r8 __asm__("r8") = a5;
+    register long r9 __asm__("r9") = a6;
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(n), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+/* The kernel's struct sigaction for rt_sigaction has the same order as
+ * struct ucr_sigaction here, so it is passed as it is. */
+#define UCR_KSIGACTION_SAME_AS_PLAN 1
+
+/* Switch to a new stack and enter the restorer; the stack pointer is set as
+ * after a call (misaligned by one word) because the entry is a C function. */
+static inline __attribute__((noreturn)) void ucr_arch_jump(uint64_t entry, uint64_t arg, uint64_t stack_top)
+{
+    __asm__ volatile("mov %2, %%rsp\n\t"
+                     "sub $8, %%rsp\n\t"
+                     "jmp *%0"
+                     :: "a"(entry), "D"(arg), "S"(stack_top & ~15ULL) : "memory");
+    __builtin_unreachable();
+}
+
+/* rt_sigreturn reads the frame at sp - 8 (where the handler's return address was). */
+static inline __attribute__((noreturn)) void ucr_arch_sigreturn(uint64_t sp)
+{
+    __asm__ volatile("mov %0, %%rsp\n\t"
+                     "mov $15, %%eax\n\t"
+                     "syscall\n\t"
+                     "hlt"
+                     :: "r"(sp) : "memory");
+    __builtin_unreachable();
+}
+
+/* TLS is not part of the signal frame on x86_64. */
+static inline long ucr_arch_restore_tls(const uint64_t *tls)
+{
+    long r = ucr_sys6(__NR_arch_prctl, ARCH_SET_FS, (long)tls[0], 0, 0, 0, 0);
+    if (r)
+        return r;
+    return ucr_sys6(__NR_arch_prctl, ARCH_SET_GS, (long)tls[1], 0, 0, 0, 0);
+}
+
+/* Facts rstr compares with the image: XCR0 (enabled XSAVE features) and the
+ * size of the standard-format XSAVE area for them. Only the native core
+ * includes this; the restorer has no use for it. */
+#ifdef UCR_CORE
+#include <cpuid.h>
+static inline void ucr_arch_info_fill(uint64_t *out)
+{
+    unsigned int eax, ebx, ecx, edx, lo, hi;
+    __cpuid_count(0xd, 0, eax, ebx, ecx, edx);
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    out[0] = ((uint64_t)hi << 32) | lo;
+    out[1] = ebx;
+}
+#endif
+
+#endif

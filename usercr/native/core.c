@@ -1,0 +1,245 @@
+/* The native core: the work that must not be done page by page in Python
+ * (copying memory into the image), raw syscalls Python has no wrapper for,
+ * and the hand-over from rstr to the restorer blob in a new task. */
+#define _GNU_SOURCE
+#define UCR_CORE 1
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <linux/sched.h>
+#include "records_gen.h"
+#include "plan.h"
+#include "csum.h"
+#include "arch.h"
+#include "restorer_blob.h"
+#include "core.h"
+
+#define PM_PRESENT (1ULL << 63)
+#define PM_SWAPPED (1ULL << 62)
+#define PM_FILE (1ULL << 61)
+#define PM_BATCH 65536
+#define MAX_RUN_PAGES 1024
+#define OUT_BUF (4UL << 20)
+
+void ucr_csum_update(uint64_t *state, const void *buf, size_t len)
+{
+    ucr_csum_words(state, buf, len);
+}
+
+long ucr_ptrace(long request, long pid, uintptr_t addr, uintptr_t data)
+{
+    long r = syscall(SYS_ptrace, request, pid, addr, data);
+    return r < 0 ? -errno : r;
+}
+
+const unsigned char *ucr_restorer_blob(void) { return ucr_restorer_bytes; }
+size_t ucr_restorer_size(void) { return sizeof(ucr_restorer_bytes); }
+const char *ucr_arch_name(void) { return UCR_ARCH_NAME; }
+
+void ucr_arch_info(uint64_t *out)
+{
+    memset(out, 0, 4 * sizeof(*out));
+    ucr_arch_info_fill(out);
+}
+
+struct out {
+    int fd;
+    char *buf;
+    size_t used;
+    uint64_t *csum;
+    uint64_t bytes;
+};
+
+static int write_full(int fd, const char *b, size_t n)
+{
+    while (n) {
+        ssize_t r = write(fd, b, n);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        b += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int flush(struct out *o)
+{
+    ucr_csum_words(o->csum, o->buf, o->used);
+    int r = write_full(o->fd, o->buf, o->used);
+    o->bytes += o->used;
+    o->used = 0;
+    return r;
+}
+
+/* Copies [addr, addr+len) of the target into the buffer. process_vm_readv
+ * copies once; /proc/PID/mem also reaches pages the target cannot read
+ * itself (PROT_NONE), so it is the fallback. */
+static int copy_remote(int pid, int mem_fd, char *dst, uint64_t addr, size_t len)
+{
+    struct iovec local = { dst, len }, remote = { (void *)(uintptr_t)addr, len };
+    ssize_t r = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    size_t done = r > 0 ? (size_t)r : 0;
+    while (done < len) {
+        r = pread(mem_fd, dst + done, len - done, (off_t)(addr + done));
+        if (r <= 0)
+            return r < 0 ? -errno : -EIO;
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t npages, uint64_t ps)
+{
+    struct ucr_rec_pages rec = { { UCR_REC_PAGES, (uint32_t)(sizeof(rec) + npages * ps) }, vaddr, npages };
+    int r;
+    if (o->used + sizeof(rec) > OUT_BUF && (r = flush(o)))
+        return r;
+    memcpy(o->buf + o->used, &rec, sizeof(rec));
+    o->used += sizeof(rec);
+    uint64_t len = npages * ps;
+    while (len) {
+        size_t room = OUT_BUF - o->used;
+        if (!room) {
+            if ((r = flush(o)))
+                return r;
+            continue;
+        }
+        size_t n = len < room ? len : room;
+        if ((r = copy_remote(pid, mem_fd, o->buf + o->used, vaddr, n)))
+            return r;
+        o->used += n;
+        vaddr += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int wanted(uint64_t pm, uint32_t mode)
+{
+    if (mode == UCR_DUMP_ANON)
+        return (pm & (PM_PRESENT | PM_SWAPPED)) != 0;
+    /* Private file mapping: only pages the task has copied on write. */
+    return (pm & PM_SWAPPED) || ((pm & PM_PRESENT) && !(pm & PM_FILE));
+}
+
+int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
+                   uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written)
+{
+    struct out o = { out_fd, NULL, 0, csum, 0 };
+    uint64_t *pm = NULL;
+    int r = 0;
+
+    o.buf = mmap(NULL, OUT_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    pm = mmap(NULL, PM_BATCH * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (o.buf == MAP_FAILED || pm == MAP_FAILED) {
+        r = -ENOMEM;
+        goto out;
+    }
+    for (uint32_t i = 0; i < nranges && !r; i++) {
+        uint64_t first = ranges[i].start / page_size, last = ranges[i].end / page_size;
+        uint64_t run_start = 0, run_len = 0;
+        for (uint64_t pg = first; pg < last && !r; pg += PM_BATCH) {
+            uint64_t n = last - pg < PM_BATCH ? last - pg : PM_BATCH;
+            ssize_t got = pread(pagemap_fd, pm, n * 8, (off_t)(pg * 8));
+            if (got != (ssize_t)(n * 8)) {
+                r = got < 0 ? -errno : -EIO;
+                break;
+            }
+            for (uint64_t j = 0; j < n && !r; j++) {
+                if (wanted(pm[j], ranges[i].mode)) {
+                    if (!run_len)
+                        run_start = pg + j;
+                    if (++run_len == MAX_RUN_PAGES) {
+                        r = emit_run(&o, pid, mem_fd, run_start * page_size, run_len, page_size);
+                        run_len = 0;
+                    }
+                } else if (run_len) {
+                    r = emit_run(&o, pid, mem_fd, run_start * page_size, run_len, page_size);
+                    run_len = 0;
+                }
+            }
+        }
+        if (!r && run_len)
+            r = emit_run(&o, pid, mem_fd, run_start * page_size, run_len, page_size);
+    }
+    if (!r && o.used)
+        r = flush(&o);
+out:
+    *bytes_written = o.bytes;
+    if (o.buf && o.buf != MAP_FAILED)
+        munmap(o.buf, OUT_BUF);
+    if (pm && pm != MAP_FAILED)
+        munmap(pm, PM_BATCH * 8);
+    return r;
+}
+
+int ucr_map_region(uint64_t addr, uint64_t len)
+{
+    void *p = mmap((void *)(uintptr_t)addr, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    if ((uintptr_t)p != addr) {
+        munmap(p, len);
+        return -EEXIST;
+    }
+    return 0;
+}
+
+int ucr_protect(uint64_t addr, uint64_t len, int prot)
+{
+    return mprotect((void *)(uintptr_t)addr, len, prot) ? -errno : 0;
+}
+
+int ucr_unmap(uint64_t addr, uint64_t len)
+{
+    return munmap((void *)(uintptr_t)addr, len) ? -errno : 0;
+}
+
+/* glibc (2.35+) registers rseq for every thread; the restorer must drop that
+ * registration before it unmaps glibc. Weak, so older libcs simply lack it. */
+extern const ptrdiff_t __rseq_offset __attribute__((weak));
+extern const unsigned int __rseq_size __attribute__((weak));
+
+void ucr_rseq_self(uint64_t *ptr, uint32_t *len, uint32_t *sig)
+{
+    *ptr = 0;
+    *len = 0;
+    *sig = UCR_RSEQ_SIG;
+    if (&__rseq_size && &__rseq_offset && __rseq_size) {
+        *ptr = (uint64_t)(uintptr_t)((char *)__builtin_thread_pointer() + __rseq_offset);
+        /* The kernel wants the length glibc registered: 32 before glibc 2.40. */
+        *len = __rseq_size < 32 ? 32 : __rseq_size;
+    }
+}
+
+/* Creates the task with clone3 (set_tid gives it a chosen PID) and enters the
+ * restorer in it. Signals stay blocked across the clone so no Python handler
+ * can run in the child. Returns the child's PID or -errno. */
+long ucr_spawn_restorer(uint64_t flags, const int32_t *set_tid, uint32_t set_tid_size, int exit_signal,
+                        uint64_t entry, uint64_t plan, uint64_t stack_top)
+{
+    struct clone_args args;
+    sigset_t all, old;
+    memset(&args, 0, sizeof(args));
+    args.flags = flags;
+    args.exit_signal = (uint64_t)exit_signal;
+    args.set_tid = set_tid_size ? (uint64_t)(uintptr_t)set_tid : 0;
+    args.set_tid_size = set_tid_size;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    long pid = syscall(SYS_clone3, &args, sizeof(args));
+    if (pid == 0)
+        ucr_arch_jump(entry, plan, stack_top);
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return pid < 0 ? -saved : pid;
+}

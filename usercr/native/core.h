@@ -1,0 +1,28 @@
+/* The native core's interface. Read as it is by cffi's cdef (with plan.h),
+ * so: no preprocessor lines below the guard, fixed-width types only. */
+#ifndef UCR_CORE_H
+#define UCR_CORE_H
+
+enum ucr_dump_mode { UCR_DUMP_ANON = 1, UCR_DUMP_FILE_PRIVATE = 2 };
+
+struct ucr_dump_range {
+    uint64_t start, end;
+    uint32_t mode, pad;
+};
+
+void ucr_csum_update(uint64_t *state, const void *buf, size_t len);
+long ucr_ptrace(long request, long pid, uintptr_t addr, uintptr_t data);
+const unsigned char *ucr_restorer_blob(void);
+size_t ucr_restorer_size(void);
+const char *ucr_arch_name(void);
+void ucr_arch_info(uint64_t *out);
+int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
+                   uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written);
+int ucr_map_region(uint64_t addr, uint64_t len);
+int ucr_protect(uint64_t addr, uint64_t len, int prot);
+int ucr_unmap(uint64_t addr, uint64_t len);
+void ucr_rseq_self(uint64_t *ptr, uint32_t *len, uint32_t *sig);
+long ucr_spawn_restorer(uint64_t flags, const int32_t *set_tid, uint32_t set_tid_size, int exit_signal,
+                        uint64_t entry, uint64_t plan, uint64_t stack_top);
+
+#endif

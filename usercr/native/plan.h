@@ -1,0 +1,86 @@
+/* The restore plan: what rstr hands to the restorer blob, laid out in the
+ * restorer's region so it survives the unmapping of everything else.
+ * Only fixed-width types and no preprocessor lines below the guard: cffi's
+ * cdef reads this file as it is. Pointers are carried as uint64_t so that
+ * one layout serves 32- and 64-bit builds. */
+#ifndef UCR_PLAN_H
+#define UCR_PLAN_H
+
+enum ucr_vma_kind { UCR_VMA_ANON = 0, UCR_VMA_FILE = 1, UCR_VMA_SPECIAL = 2, UCR_VMA_SHARED_ANON = 3 };
+
+/* Restorer steps; a failing step is reported with its number. */
+enum ucr_step {
+    UCR_STEP_READY = 0, UCR_STEP_RSEQ_DROP = 1, UCR_STEP_PARK = 2, UCR_STEP_UNMAP = 3,
+    UCR_STEP_MAP = 4, UCR_STEP_READ = 5, UCR_STEP_RECORD = 6, UCR_STEP_CHECKSUM = 7,
+    UCR_STEP_PROTECT = 8, UCR_STEP_SPECIAL = 9, UCR_STEP_MM = 10, UCR_STEP_FDS = 11,
+    UCR_STEP_FS = 12, UCR_STEP_RLIMIT = 13, UCR_STEP_SIGACTION = 14, UCR_STEP_SIGQUEUE = 15,
+    UCR_STEP_CREDS = 16, UCR_STEP_RSEQ = 17, UCR_STEP_TLS = 18, UCR_STEP_GO = 19,
+    UCR_STEP_SIGRETURN = 20
+};
+
+struct ucr_vma {
+    uint64_t start, end, offset;  /* offset: file offset in bytes */
+    uint32_t prot;
+    uint32_t mmap_flags;
+    int32_t fd;           /* backing file, -1 for anonymous */
+    uint32_t kind;        /* UCR_VMA_* below */
+    uint64_t cur;         /* special mappings: where this kernel put it now */
+    uint64_t park;        /* special mappings: parking place inside the region */
+};
+
+struct ucr_fd {
+    int32_t src, dst;
+    uint32_t cloexec, pad;
+};
+
+struct ucr_sigaction {
+    uint64_t handler, flags, restorer, mask;
+};
+
+struct ucr_siginfo {
+    uint32_t shared, signo;
+    uint8_t info[128];
+};
+
+struct ucr_status {
+    int32_t step;         /* 0: ready */
+    int32_t err;          /* errno */
+    uint64_t detail;      /* address or offset the step was working on */
+};
+
+struct ucr_plan {
+    uint64_t region_start, region_end, unmap_end, page_size;
+    int32_t image_fd, status_fd, go_fd, fd_base;
+    uint64_t csum[2];
+    uint64_t image_offset;
+
+    uint32_t nr_vmas, nr_fds, nr_siginfo, nr_groups;
+    uint64_t vmas, fds, siginfo, groups;   /* arrays inside the region */
+    struct ucr_sigaction sigactions[64];
+    uint64_t rlimits[32];
+    uint32_t nr_rlimits;
+    int32_t cwd_fd, root_fd;
+    uint32_t umask;
+    char comm[16];
+
+    uint64_t mm[11];      /* prctl_mm_map order: start_code .. env_end */
+    uint64_t auxv;
+    uint32_t auxv_size;
+    int32_t exe_fd;
+
+    uint64_t cur_rseq;    /* glibc's registration in this process, to drop */
+    uint32_t cur_rseq_len, cur_rseq_sig;
+    uint64_t rseq;        /* the image's registration, to re-register */
+    uint32_t rseq_len, rseq_sig;
+
+    uint32_t uid, euid, suid, fsuid, gid, egid, sgid, fsgid;
+    uint32_t restore_creds, pad;
+
+    uint64_t sigframe;     /* prebuilt frame bytes inside the region */
+    uint64_t sigframe_len;
+    uint64_t sigframe_dest; /* where the frame goes on the restored stack */
+    uint64_t sigreturn_sp;  /* stack pointer for the final rt_sigreturn */
+    uint64_t tls[4];        /* arch: x86_64 fs_base, gs_base */
+};
+
+#endif

@@ -1,0 +1,134 @@
+"""Small named readers of /proc, in the manner of psutil's _pslinux.py."""
+import os
+from dataclasses import dataclass
+
+from .errors import UcrError
+
+PROC = "/proc"
+
+
+def path(pid, *parts):
+    return os.path.join(PROC, str(pid), *parts)
+
+
+def read_text(pid, name):
+    try:
+        with open(path(pid, name)) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UcrError(f"process {pid} does not exist") from None
+    except ProcessLookupError:
+        raise UcrError(f"process {pid} exited") from None
+
+
+def read_bytes(pid, name):
+    try:
+        with open(path(pid, name), "rb") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        raise UcrError(f"process {pid} does not exist") from None
+
+
+def exists(pid):
+    return os.path.exists(path(pid, "stat"))
+
+
+@dataclass
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: int
+    inode: int
+    name: str
+
+    @property
+    def prot(self):
+        return (1 if "r" in self.perms else 0) | (2 if "w" in self.perms else 0) | (4 if "x" in self.perms else 0)
+
+    @property
+    def shared(self):
+        return self.perms[3] == "s"
+
+    @property
+    def special(self):
+        """Kernel-provided mappings such as [vdso], [vvar], [vvar_vclock]."""
+        return self.name.startswith("[") and self.name not in ("[heap]", "[stack]") \
+            and not self.name.startswith("[anon:")
+
+    @property
+    def deleted(self):
+        return self.name.endswith(" (deleted)")
+
+
+def maps(pid):
+    out = []
+    for line in read_text(pid, "maps").splitlines():
+        parts = line.split(None, 5)
+        lo, hi = parts[0].split("-")
+        major, minor = parts[3].split(":")
+        out.append(Mapping(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16),
+                           os.makedev(int(major, 16), int(minor, 16)), int(parts[4]),
+                           parts[5] if len(parts) > 5 else ""))
+    return out
+
+
+def status(pid):
+    out = {}
+    for line in read_text(pid, "status").splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+def stat_fields(pid):
+    """Fields of /proc/PID/stat, 1-based as in proc(5); comm may hold spaces."""
+    text = read_text(pid, "stat")
+    lpar, rpar = text.index("("), text.rindex(")")
+    return [None, text[:lpar].strip(), text[lpar + 1:rpar]] + text[rpar + 2:].split()
+
+
+def threads(pid):
+    try:
+        return sorted(int(t) for t in os.listdir(path(pid, "task")))
+    except FileNotFoundError:
+        raise UcrError(f"process {pid} does not exist") from None
+
+
+def readlink(pid, name):
+    try:
+        return os.readlink(path(pid, name))
+    except FileNotFoundError:
+        raise UcrError(f"process {pid} exited") from None
+
+
+def fds(pid):
+    """[(fd, target, fdinfo dict)] for every open descriptor."""
+    out = []
+    try:
+        names = os.listdir(path(pid, "fd"))
+    except FileNotFoundError:
+        raise UcrError(f"process {pid} exited") from None
+    for name in sorted(names, key=int):
+        fd = int(name)
+        try:
+            target = os.readlink(path(pid, "fd", name))
+            info = {}
+            with open(path(pid, "fdinfo", name)) as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    info[key] = value.strip()
+        except FileNotFoundError:
+            continue  # closed meanwhile; a stopped task cannot do that, so it was ours
+        out.append((fd, target, info))
+    return out
+
+
+def sigmask(value):
+    return int(value, 16)
+
+
+def rlimits(pid):
+    import resource
+    return [resource.prlimit(pid, r) for r in range(16)]

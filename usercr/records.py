@@ -1,0 +1,226 @@
+"""Image record definitions: the single source for writer, reader, ckptinfo and the C core.
+
+Every record starts with {u32 type; u32 len}; len counts the header and the
+payload but not the padding that brings the next record to an 8-byte boundary.
+Fixed fields are little-endian; an optional variable tail follows them.
+This module must stay importable without the rest of the package: the native
+build imports it by path to generate the C header.
+"""
+import struct
+
+HEADER_MAGIC = 0x00FEED0CC0A2D200
+TAIL_MAGIC = 0x002D2A0CC0DEEF00
+FORMAT_VERSION = 1
+RECORD_HDR = struct.Struct("<II")
+ALIGN = 8
+
+# linux-cr arch ids, plus one for AArch64 which linux-cr never had.
+ARCH_IDS = {"x86_32": 1, "x86_64": 2, "s390x": 3, "arm": 4, "aarch64": 5}
+ARCH_NAMES = {v: k for k, v in ARCH_IDS.items()}
+
+# Field types: name -> (struct code, C type)
+_TYPES = {
+    "u8": ("B", "uint8_t"), "u16": ("H", "uint16_t"),
+    "u32": ("I", "uint32_t"), "s32": ("i", "int32_t"),
+    "u64": ("Q", "uint64_t"), "s64": ("q", "int64_t"),
+}
+
+# Tail kinds: None (no tail), "bytes", "str" (one string), "strs" (NUL-separated list),
+# "u32s"/"u64s" (arrays).
+TAIL_KINDS = (None, "bytes", "str", "strs", "u32s", "u64s")
+
+
+def align(n):
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+class Record:
+    """One record type: number, name, fixed fields, optional tail."""
+
+    def __init__(self, type_, name, fields=(), tail=None, doc="", c=False):
+        assert tail in TAIL_KINDS
+        self.type = type_
+        self.name = name
+        self.fields = []  # (name, code, count)
+        fmt = "<"
+        for fname, ftype in fields:
+            count = 1
+            if "[" in ftype:
+                ftype, n = ftype.rstrip("]").split("[")
+                count = int(n)
+            if ftype == "char":
+                fmt += f"{count}s"
+            else:
+                fmt += f"{count}{_TYPES[ftype][0]}"
+            self.fields.append((fname, ftype, count))
+        self.struct = struct.Struct(fmt)
+        assert self.struct.size % ALIGN == 0, f"{name}: fixed part must be 8-byte sized"
+        self.tail = tail
+        self.doc = doc
+        self.c = c
+
+    @property
+    def fixed_len(self):
+        return RECORD_HDR.size + self.struct.size
+
+    def pack(self, tail=None, **values):
+        flat = []
+        for fname, ftype, count in self.fields:
+            v = values.get(fname, b"" if ftype == "char" else 0)
+            if ftype == "char":
+                flat.append(v.encode() if isinstance(v, str) else v)
+            elif count > 1:
+                v = list(v) + [0] * (count - len(v))
+                flat.extend(v)
+            else:
+                flat.append(v)
+        body = self.struct.pack(*flat) + self._pack_tail(tail)
+        length = RECORD_HDR.size + len(body)
+        return RECORD_HDR.pack(self.type, length) + body + b"\0" * (align(length) - length)
+
+    def _pack_tail(self, tail):
+        if self.tail is None or tail is None:
+            return b""
+        if self.tail == "bytes":
+            return bytes(tail)
+        if self.tail == "str":
+            return tail.encode() + b"\0"
+        if self.tail == "strs":
+            return b"".join(s.encode() + b"\0" for s in tail)
+        code = "I" if self.tail == "u32s" else "Q"
+        return struct.pack(f"<{len(tail)}{code}", *tail)
+
+    def unpack(self, payload):
+        """Decode the payload (everything after the record header, unpadded)."""
+        if len(payload) < self.struct.size:
+            raise ValueError(f"{self.name} record too short")
+        flat = iter(self.struct.unpack_from(payload))
+        out = {}
+        for fname, ftype, count in self.fields:
+            if ftype == "char":
+                out[fname] = next(flat).split(b"\0", 1)[0].decode(errors="replace")
+            elif count > 1:
+                out[fname] = [next(flat) for _ in range(count)]
+            else:
+                out[fname] = next(flat)
+        rest = payload[self.struct.size:]
+        if self.tail == "bytes":
+            out["tail"] = bytes(rest)
+        elif self.tail == "str":
+            out["tail"] = rest.split(b"\0", 1)[0].decode(errors="surrogateescape")
+        elif self.tail == "strs":
+            out["tail"] = [s.decode(errors="surrogateescape") for s in rest.split(b"\0")[:-1]]
+        elif self.tail in ("u32s", "u64s"):
+            code, size = ("I", 4) if self.tail == "u32s" else ("Q", 8)
+            out["tail"] = list(struct.unpack(f"<{len(rest) // size}{code}", rest[: len(rest) // size * size]))
+        return out
+
+
+REGISTRY = {}
+
+
+def _rec(*args, **kw):
+    r = Record(*args, **kw)
+    assert r.type not in REGISTRY, r.type
+    REGISTRY[r.type] = r
+    return r
+
+
+# 1-8: header and buffers
+HEADER = _rec(1, "HEADER", [
+    ("magic", "u64"), ("version", "u32"), ("arch_id", "u32"),
+    ("page_size", "u32"), ("flags", "u32"), ("time", "s64"),
+    ("release", "char[72]"), ("kversion", "char[72]"), ("machine", "char[72]"),
+], doc="image header: magic, format version, arch, kernel identity, page size, time", c=True)
+
+# 101-118: tasks
+TREE = _rec(102, "TREE", [("nr_tasks", "u32"), ("root_pid", "u32")],
+            doc="task tree: number of tasks; PIDS records follow")
+PIDS = _rec(101, "PIDS", [("pid", "s32"), ("tgid", "s32"), ("ppid", "s32"), ("pgid", "s32"),
+                          ("sid", "s32"), ("pad", "u32")], doc="one task's ids as seen in its namespace")
+TASK = _rec(103, "TASK", [
+    ("pid", "s32"), ("exit_signal", "s32"), ("pdeathsig", "s32"), ("personality", "u32"),
+    ("comm", "char[16]"), ("tty_nr", "u64"), ("ctty_fg", "u32"), ("nr_threads", "u32"),
+], tail="str", doc="task: comm, personality; tail is the executable's ELF path")
+THREAD = _rec(104, "THREAD", [
+    ("tid", "s32"), ("rseq_len", "u32"), ("rseq_ptr", "u64"), ("rseq_sig", "u32"),
+    ("altstack_flags", "s32"), ("altstack_sp", "u64"), ("altstack_size", "u64"),
+    ("blocked", "u64"),
+], doc="thread: rseq registration, sigaltstack, blocked signals")
+CREDS = _rec(108, "CREDS", [
+    ("uid", "u32"), ("euid", "u32"), ("suid", "u32"), ("fsuid", "u32"),
+    ("gid", "u32"), ("egid", "u32"), ("sgid", "u32"), ("fsgid", "u32"),
+], tail="u32s", doc="credentials; tail is the supplementary groups")
+RLIMITS = _rec(109, "RLIMITS", [("limits", "u64[32]")],
+               doc="16 rlimits as (cur, max) pairs; RLIM_INFINITY is all ones")
+
+# 201-299: arch-specific
+X86_64_HEADER = _rec(201, "X86_64_HEADER", [("xfeatures", "u64"), ("xsave_size", "u32"), ("pad", "u32")],
+                     doc="x86_64: enabled XSAVE features and the size of the XSAVE area")
+X86_64_CPU = _rec(202, "X86_64_CPU", [("regs", "u64[27]"), ("pad", "u64")],
+                  doc="x86_64: struct user_regs_struct (includes fs_base/gs_base = TLS)")
+X86_64_FPU = _rec(203, "X86_64_FPU", tail="bytes",
+                  doc="x86_64: the XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) gives it")
+
+# 301-308: files
+FILE = _rec(301, "FILE", [
+    ("fd", "s32"), ("kind", "u32"), ("flags", "u32"), ("fd_flags", "u32"),
+    ("pos", "s64"), ("size", "s64"), ("mode", "u32"), ("pad", "u32"),
+    ("dev", "u64"), ("ino", "u64"), ("rdev", "u64"),
+], tail="str", doc="open file descriptor; tail is the path")
+FILE_KINDS = {0: "reg", 1: "dir", 2: "chr", 3: "tty", 4: "pipe", 5: "socket"}
+
+# 401-405: memory
+MM = _rec(401, "MM", [
+    ("start_code", "u64"), ("end_code", "u64"), ("start_data", "u64"), ("end_data", "u64"),
+    ("start_brk", "u64"), ("brk", "u64"), ("start_stack", "u64"), ("arg_start", "u64"),
+    ("arg_end", "u64"), ("env_start", "u64"), ("env_end", "u64"), ("nr_vmas", "u64"),
+], tail="bytes", doc="mm fields; tail is the saved auxv")
+VMA = _rec(402, "VMA", [
+    ("start", "u64"), ("end", "u64"), ("offset", "u64"), ("prot", "u32"), ("flags", "u32"),
+    ("kind", "u32"), ("pad", "u32"), ("dev", "u64"), ("ino", "u64"), ("size", "s64"),
+], tail="str", doc="one mapping; tail is the backing path or special name")
+VMA_KINDS = {0: "anon", 1: "file", 2: "special", 3: "shared-anon"}
+PAGES_BEGIN = _rec(404, "PAGES_BEGIN", [("nr_vmas", "u64")],
+                   doc="marks the start of the page data, which runs until the TAIL")
+PAGES = _rec(403, "PAGES", [("vaddr", "u64"), ("nr_pages", "u64")], tail="bytes",
+             doc="a run of page contents at vaddr; the restorer reads the data in place", c=True)
+SPECIAL_DATA = _rec(405, "SPECIAL_DATA", [("vaddr", "u64")], tail="bytes",
+                    doc="contents of a kernel special mapping ([vdso]), for comparison at restart")
+
+# 601-604: signals
+SIGHAND = _rec(601, "SIGHAND", [("actions", "u64[256]")],
+               doc="64 signal actions as (handler, flags, restorer, mask)")
+SIGPENDING = _rec(603, "SIGPENDING", [("shared", "u32"), ("signo", "u32")], tail="bytes",
+                  doc="one queued signal; tail is its 128-byte siginfo")
+
+FS = _rec(451, "FS", [("umask", "u32"), ("pad", "u32")], tail="strs",
+          doc="fs state; tail is [cwd, root]")
+
+TAIL = _rec(9001, "TAIL", [("magic", "u64"), ("csum_a", "u64"), ("csum_b", "u64")],
+            doc="tail: magic and checksum of every byte before this record", c=True)
+ERROR = _rec(9999, "ERROR", [("errno", "s32"), ("pad", "u32")], tail="str",
+             doc="an error the checkpointer met; tail is the message")
+
+BY_NAME = {r.name: r for r in REGISTRY.values()}
+
+
+def c_header():
+    """C declarations of record numbers and of the records the C core parses."""
+    out = ["/* Generated from usercr/records.py by the native build; do not edit. */",
+           "#ifndef UCR_RECORDS_H", "#define UCR_RECORDS_H", "#include <stdint.h>",
+           f"#define UCR_HEADER_MAGIC 0x{HEADER_MAGIC:016x}ULL",
+           f"#define UCR_TAIL_MAGIC 0x{TAIL_MAGIC:016x}ULL"]
+    for r in sorted(REGISTRY.values(), key=lambda r: r.type):
+        out.append(f"#define UCR_REC_{r.name} {r.type}")
+    out.append("struct ucr_rec_hdr { uint32_t type; uint32_t len; };")
+    for r in REGISTRY.values():
+        if not r.c:
+            continue
+        members = []
+        for fname, ftype, count in r.fields:
+            ctype = "char" if ftype == "char" else _TYPES[ftype][1]
+            members.append(f"{ctype} {fname}" + (f"[{count}]" if count > 1 or ftype == "char" else "") + ";")
+        out.append(f"struct ucr_rec_{r.name.lower()} {{ struct ucr_rec_hdr h; " + " ".join(members) + " };")
+    out.append("#endif")
+    return "\n".join(out) + "\n"
