@@ -216,7 +216,8 @@ def _info(**kw):
 def _check():
     from .check import run_checks
     ok = True
-    for name, good, detail in run_checks():
-        click.echo(f"{'ok     ' if good else 'missing'}  {name}" + (f": {detail}" if detail else ""))
-        ok &= good
+    for name, good, detail, required in run_checks():
+        label = "ok" if good else "missing" if required else "absent"
+        click.echo(f"{label:8} {name}" + (f": {detail}" if detail else ""))
+        ok &= good or not required
     sys.exit(0 if ok else 1)

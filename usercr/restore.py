@@ -173,6 +173,19 @@ class Restorer:
         except OSError as e:
             raise UcrError(f"cannot open mapped file {path}: {e.strerror}") from None
 
+    @staticmethod
+    def _open_exe(path):
+        """The executable for /proc/PID/exe, or -1 to keep rstr's. The kernel
+        refuses a new one while the old is still mapped, which it is when both
+        are the same file (a Python restoring a Python), and then keeping it is right."""
+        try:
+            st, mine = os.stat(path), os.stat("/proc/self/exe")
+        except OSError:
+            return -1
+        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            return -1
+        return os.open(path, os.O_RDONLY)
+
     # vDSO and friends
     def _specials(self, mine):
         """Pairs each special mapping of the image with this kernel's."""
@@ -206,7 +219,7 @@ class Restorer:
             if v["kind"] == 1:
                 self.vma_fds[v.offset] = self._open_vma_file(v)
         file_fds = [(rec, self._open_file(rec)) for rec in img.many["FILE"]]
-        exe_fd = os.open(img["TASK"]["tail"], os.O_RDONLY) if os.path.exists(img["TASK"]["tail"]) else -1
+        exe_fd = self._open_exe(img["TASK"]["tail"])
         cwd, root = img["FS"]["tail"]
         try:
             cwd_fd = os.open(cwd, os.O_PATH | os.O_DIRECTORY)

@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/prctl.h>
 #include <linux/sched.h>
 #include "records_gen.h"
 #include "plan.h"
@@ -242,4 +243,22 @@ long ucr_spawn_restorer(uint64_t flags, const int32_t *set_tid, uint32_t set_tid
     int saved = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return pid < 0 ? -saved : pid;
+}
+
+/* Probes for usercr check. */
+int ucr_probe_vm_readv(void)
+{
+    char src[8] = "usercr", dst[8] = { 0 };
+    struct iovec local = { dst, sizeof(dst) }, remote = { src, sizeof(src) };
+    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != sizeof(src))
+        return -errno;
+    return memcmp(src, dst, sizeof(src)) ? -EIO : 0;
+}
+
+long ucr_probe_mm_map_size(void)
+{
+    unsigned int size = 0;
+    if (prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE, &size, 0, 0))
+        return -errno;
+    return size;
 }

@@ -1,0 +1,157 @@
+"""Test harness: builds the workloads, runs them under a subreaper, and cleans
+up every process it started, by PID, with bounded waits."""
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = os.path.join(HERE, "workloads")
+BIN = os.path.join(WORKLOADS, "bin")
+PR_SET_CHILD_SUBREAPER = 36
+TIMEOUT = 60
+
+
+def tool(name):
+    """The installed console script next to this Python."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    return path if os.path.exists(path) else name
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subreaper():
+    """Orphans of killed or restored workloads become ours, so we reap them at
+    once and their PIDs are free again (PID 1 here is a slow reaper)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+@pytest.fixture(scope="session")
+def workloads():
+    os.makedirs(BIN, exist_ok=True)
+    out = {}
+    for src in sorted(os.listdir(WORKLOADS)):
+        if not src.endswith(".c"):
+            continue
+        name = src[:-2]
+        if name.endswith("_x86_64") and os.uname().machine != "x86_64":
+            continue
+        exe = os.path.join(BIN, name)
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", exe, os.path.join(WORKLOADS, src)], check=True)
+        out[name.replace("_x86_64", "")] = exe
+    return out
+
+
+def wait_until(cond, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def alive(pid):
+    """True while pid runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def reap_orphans():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+class Procs:
+    """Processes a test started or restored, killed by PID at the end."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.pids = []
+        self.popens = []
+
+    def start(self, argv, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, **kw):
+        out = open(stdout, "a") if isinstance(stdout, (str, os.PathLike)) else stdout
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=stdin,
+                             close_fds=True, start_new_session=True, **kw)
+        self.popens.append(p)
+        self.pids.append(p.pid)
+        return p
+
+    def track(self, pid):
+        self.pids.append(pid)
+        return pid
+
+    def kill(self, pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_until(lambda: not alive(pid) and (reap_orphans() or True), 10, f"PID {pid} to die")
+        for p in self.popens:
+            if p.pid == pid:
+                p.wait(timeout=10)
+
+    def cleanup(self):
+        for p in self.popens:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        for pid in self.pids:
+            if alive(pid):
+                self.kill(pid)
+        reap_orphans()
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Procs(tmp_path)
+    yield p
+    p.cleanup()
+
+
+def run(argv, timeout=TIMEOUT, **kw):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, close_fds=True, **kw)
+
+
+def ckpt(pid, image, *extra):
+    r = run([tool("ckpt"), str(pid), "-o", str(image), *extra])
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def rstr(procs, image, *extra, stdin=subprocess.DEVNULL):
+    """Restarts without waiting; returns the restored PID (tracked for cleanup)."""
+    pidfile = procs.tmp / f"rstr-{len(procs.pids)}.pid"
+    r = run([tool("rstr"), "-i", str(image), "-W", "--pidfile", str(pidfile), *extra], stdin=stdin)
+    assert r.returncode == 0, r.stderr
+    return procs.track(int(pidfile.read_text()))
+
+
+def lines(path):
+    try:
+        return open(path).read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def assert_one_line_error(r):
+    assert r.returncode != 0, "expected failure"
+    err = r.stderr.strip()
+    assert err and "\n" not in err, f"expected one line on stderr, got: {r.stderr!r}"
+    assert "Traceback" not in r.stderr
+    assert "internal error" not in err, err
+    return err
