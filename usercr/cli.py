@@ -90,12 +90,13 @@ def _apply(options):
 
 
 def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose):
-    from .dump import checkpoint
+    from .dump import checkpoint, validate_target
+    validate_target(pid)
     out = _open_output(output, output_fd, force)
     try:
         checkpoint(pid, out, kill=kill, log=Log(verbose, logfile))
     except BaseException:
-        if output:
+        if output and stat.S_ISREG(os.fstat(out).st_mode):
             os.unlink(output)  # no partial image left behind
         raise
     finally:

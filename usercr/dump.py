@@ -218,7 +218,8 @@ def _write_task(tracee, arch, writer, log):
     writer.add(R.MM.pack(nr_vmas=len(vmas), tail=proc.read_bytes(pid, "auxv"), **mm))
     for rec in vmas + specials:
         writer.add(rec)
-    writer.add(R.PAGES_BEGIN.pack(nr_vmas=len(vmas)))
+    writer.flush()
+    writer.add(R.PAGES_BEGIN.pack(nr_vmas=len(vmas), csum_a=writer.csum[0], csum_b=writer.csum[1]))
     log(f"copying memory of {len(ranges)} mappings")
     pagemap_fd = os.open(proc.path(pid, "pagemap"), os.O_RDONLY)
     try:

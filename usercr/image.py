@@ -108,6 +108,7 @@ class ImageReader:
     def next(self, skip_data=False):
         """The next record; with skip_data, a PAGES payload is read and summed but not kept."""
         at = self.offset
+        self.csum_before = (self.csum[0], self.csum[1])
         hdr = self._read(R.RECORD_HDR.size, "record header")
         type_, length = R.RECORD_HDR.unpack(hdr)
         spec = R.REGISTRY.get(type_)

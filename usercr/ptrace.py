@@ -148,9 +148,14 @@ class Tracee:
         return self.arch.syscall_result(self.get_regs())
 
     def end_injection(self):
+        """Puts the code and registers back at once, so that even if ckpt dies
+        later the task resumes as it was (the kernel detaches a dead tracer's tasks)."""
         if self.poked:
             self.write(*self.poked)
             self.poked = None
+            # The task now stops in a syscall-exit stop, where the kernel will not
+            # restart its interrupted syscall for us: do what it would have done.
+            self.set_regs(self.arch.restart_regs_live(self.orig_regs))
 
     def release(self, kill=False):
         """Puts back what was changed and lets the task go (or kills it)."""
@@ -158,8 +163,6 @@ class Tracee:
             return
         try:
             self.end_injection()
-            if self.orig_regs is not None:
-                self.set_regs(self.arch.restart_regs_live(self.orig_regs))
         finally:
             if kill:
                 os.kill(self.pid, 9)

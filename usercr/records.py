@@ -181,8 +181,9 @@ VMA = _rec(402, "VMA", [
     ("kind", "u32"), ("pad", "u32"), ("dev", "u64"), ("ino", "u64"), ("size", "s64"),
 ], tail="str", doc="one mapping; tail is the backing path or special name")
 VMA_KINDS = {0: "anon", 1: "file", 2: "special", 3: "shared-anon"}
-PAGES_BEGIN = _rec(404, "PAGES_BEGIN", [("nr_vmas", "u64")],
-                   doc="marks the start of the page data, which runs until the TAIL")
+PAGES_BEGIN = _rec(404, "PAGES_BEGIN", [("nr_vmas", "u64"), ("csum_a", "u64"), ("csum_b", "u64")],
+                   doc="marks the start of the page data, which runs until the TAIL; carries the "
+                       "checksum of everything before it, so metadata is verified before it is used")
 PAGES = _rec(403, "PAGES", [("vaddr", "u64"), ("nr_pages", "u64")], tail="bytes",
              doc="a run of page contents at vaddr; the restorer reads the data in place", c=True)
 SPECIAL_DATA = _rec(405, "SPECIAL_DATA", [("vaddr", "u64")], tail="bytes",

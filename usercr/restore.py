@@ -64,6 +64,8 @@ class Image:
         while True:
             rec = reader.next()
             if rec.type == R.PAGES_BEGIN.type:
+                if (rec["csum_a"], rec["csum_b"]) != reader.csum_before:
+                    raise UcrError("image corrupt: checksum mismatch in the metadata (a byte of the image changed)")
                 break
             if rec.type in (R.TAIL.type, R.PAGES.type):
                 raise UcrError(f"image corrupt at offset {rec.offset}: {rec.name} before the page data marker")
