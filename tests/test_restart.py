@@ -207,3 +207,18 @@ def test_checkpoint_to_stdout_and_restart_from_stdin(procs, workloads, tmp_path)
     assert r.returncode == 0, r.stderr
     procs.track(int(pidfile.read_text()))
     wait_until(lambda: last_int(out) >= saved + 3, what="restored counter")
+
+
+def test_same_pid_in_new_pid_namespace(procs, workloads, tmp_path):
+    out = tmp_path / "out"
+    p = procs.start([workloads["counter"], "20"], stdout=out)
+    orig = p.pid
+    wait_until(lambda: (last_int(out) or 0) >= 3, what="counter")
+    ckpt(orig, tmp_path / "img")  # the original keeps running: its PID stays taken here
+    pid = rstr(procs, tmp_path / "img", "--pids", "--pidns")
+    nspid = [ln for ln in open(f"/proc/{pid}/status") if ln.startswith("NSpid:")][0].split()[1:]
+    assert nspid == [str(pid), str(orig)], nspid
+    assert alive(orig)
+    with open(f"/proc/{pid}/stat") as f:
+        reaper = int(f.read().rsplit(")", 1)[1].split()[1])
+    procs.track(reaper)

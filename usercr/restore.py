@@ -41,6 +41,7 @@ STEP_TEXT = {
     lib.UCR_STEP_CREDS: "restoring credentials",
     lib.UCR_STEP_RSEQ: "registering rseq at 0x{detail:x}",
     lib.UCR_STEP_TLS: "restoring TLS",
+    lib.UCR_STEP_CLONE: "creating the task in the new PID namespace",
 }
 ERRNO_TEXT = {61: "image truncated"}  # ENODATA from the restorer's reader
 
@@ -390,6 +391,9 @@ class Restorer:
             how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.waitstatus_to_exitcode(status)}"
             raise UcrError(f"the restored task died before it was ready ({how})")
         step, err, detail = STATUS.unpack(data)
+        if step == lib.UCR_STEP_CLONE and err == 17:
+            os.waitpid(pid, 0)
+            raise UcrError(f"PID {detail} is in use in the new PID namespace")
         if step != lib.UCR_STEP_READY:
             os.waitpid(pid, 0)
             what = STEP_TEXT.get(step, f"step {step}").format(detail=detail)
@@ -407,8 +411,43 @@ def _fd_open(fd):
         return False
 
 
+def _reaper(rst, orig_pid):
+    """PID 1 of a new namespace: creates the task with its original PID,
+    reaps whatever is orphaned there, and exits as the task did."""
+    code = 127
+    try:
+        os.close(rst.status_r)
+        os.close(rst.go_w)
+        pid = rst.spawn([orig_pid])
+        if pid < 0:
+            os.write(rst.child_fds[0], STATUS.pack(lib.UCR_STEP_CLONE, -pid, orig_pid))
+            os._exit(code)
+        rst.cleanup_parent()
+        # Hold none of rstr's files: with --no-wait, rstr's caller waits for their EOF.
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        while True:
+            try:
+                got, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if got == pid:
+                code = os.waitstatus_to_exitcode(status)
+                code = 128 - code if code < 0 else code
+    finally:
+        os._exit(code)
+
+
+def _child_of(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return int(f.read().split()[0])
+
+
 def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, log=log_nothing):
-    """Restores the image read from in_fd. Returns (pid, wait status or None)."""
+    """Restores the image read from in_fd. Returns (pid, wait status or None);
+    with a reaper (--pids --pidns) the status is the reaper's, which mirrors the task's."""
     arch = current_arch()
     reader = ImageReader(in_fd)
     image = Image(reader, arch)
@@ -419,26 +458,32 @@ def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, log=log_not
     pid = None
     try:
         rst.prepare(pids)
-        if pids and pidns:
-            raise UcrError("--pidns is not supported yet")
-        pid = rst.spawn([orig_pid] if pids else [])
+        if pids and pidns and orig_pid == 1:
+            pid = rst.spawn([1], CLONE_NEWPID)
+        elif pids and pidns:
+            pid = lib.ucr_fork_pidns()
+            if pid == 0:
+                _reaper(rst, orig_pid)
+        else:
+            pid = rst.spawn([orig_pid] if pids else [])
         if pid == -17:  # EEXIST
             raise UcrError(f"PID {orig_pid} is in use; restart with --pidns or --no-pids")
         if pid < 0:
             raise UcrError(f"creating the task failed: {os.strerror(-pid)}")
         rst.cleanup_parent()
         rst.wait_ready(pid)
+        task = _child_of(pid) if pids and pidns and orig_pid != 1 else pid
         if pidfile:
             with open(pidfile, "w") as f:
-                f.write(f"{pid}\n")
+                f.write(f"{task}\n")
         os.write(rst.go_w, b"G")
         os.close(rst.go_w)
         rst.go_w = None
-        log(f"restored as PID {pid}")
+        log(f"restored as PID {task}")
         if not wait:
-            return pid, None
+            return task, None
         _, status = os.waitpid(pid, 0)
-        return pid, status
+        return task, status
     except BaseException:
         if pid and pid > 0:
             try:

@@ -245,6 +245,18 @@ long ucr_spawn_restorer(uint64_t flags, const int32_t *set_tid, uint32_t set_tid
     return pid < 0 ? -saved : pid;
 }
 
+/* fork() into a new PID namespace: the child is its PID 1, the reaper under
+ * which a task keeps a PID other than 1. Returns 0 in the child. */
+long ucr_fork_pidns(void)
+{
+    struct clone_args args;
+    memset(&args, 0, sizeof(args));
+    args.flags = CLONE_NEWPID;
+    args.exit_signal = SIGCHLD;
+    long pid = syscall(SYS_clone3, &args, sizeof(args));
+    return pid < 0 ? -errno : pid;
+}
+
 /* Probes for usercr check. */
 int ucr_probe_vm_readv(void)
 {

@@ -24,6 +24,7 @@ int ucr_unmap(uint64_t addr, uint64_t len);
 void ucr_rseq_self(uint64_t *ptr, uint32_t *len, uint32_t *sig);
 long ucr_spawn_restorer(uint64_t flags, const int32_t *set_tid, uint32_t set_tid_size, int exit_signal,
                         uint64_t entry, uint64_t plan, uint64_t stack_top);
+long ucr_fork_pidns(void);
 int ucr_probe_vm_readv(void);
 long ucr_probe_mm_map_size(void);
 
