@@ -45,7 +45,7 @@ case "$mode" in
     --shared)  flags=(-shared -fPIC) ;;
     --pyext)
         if [ "$ARCH" = x86_64 ]; then
-            read -ra inc <<< "$(python3-config --includes)"
+            inc=(-I"$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')")
         else
             R=${USERCR_CROSS_CACHE:-/var/cache/usercr-cross}/$ARCH/rootfs
             [ -e "$R/usr/include/python3.11/Python.h" ] \

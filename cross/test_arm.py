@@ -1,0 +1,95 @@
+"""usercr on ARM: cross-builds usercr (cross/build-usercr.sh) and the ARM
+workloads (cross/testprogs/arm_wl.c), boots one VM per arch (armhf: 6.1
+armmp-lpae, cortex-a15; aarch64: 6.1 arm64, cortex-a57) with cross/vm-run,
+and inside it checkpoints each workload with ckpt --kill, restarts it with
+rstr and checks that it carries on from the saved state
+(cross/arm_vm_driver.py prints one RESULT line per case). The two VMs run in
+parallel. Also installs the cross-built wheel in each VM and reads an image
+with its ckptinfo. The restart rules are in test_arm_rules.py (host only)."""
+import os
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+CROSS = os.path.dirname(os.path.abspath(__file__))
+VM_TIMEOUT = 420
+ARCHES = ("armhf", "aarch64")
+WORKLOADS = ("counter", "memsum", "fp", "signal", "sleep")
+# armhf: the ARM-state and the Thumb-state build of every workload
+CASES = {
+    "armhf": [f"{mode}-{w}" for w in WORKLOADS for mode in ("arm", "thumb")],
+    "aarch64": [f"a64-{w}" for w in WORKLOADS] + ["armhf-compat"],
+}
+PLAT = {"armhf": "linux_armv7l", "aarch64": "linux_aarch64"}
+
+
+def _run(cmd, timeout):
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def _build(arch, tmp):
+    r = _run([os.path.join(CROSS, "build-vm.sh"), arch], 1500)
+    assert r.returncode == 0, f"build-vm.sh {arch} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    tree, dist = os.path.join(tmp, f"{arch}-tree"), os.path.join(tmp, "dist")
+    r = _run([os.path.join(CROSS, "build-usercr.sh"), arch, tree, "--wheel", dist], 300)
+    assert r.returncode == 0, r.stderr
+    wheel = r.stdout.strip().splitlines()[-1]
+    progs = {}
+    src = os.path.join(CROSS, "testprogs", "arm_wl.c")
+    flavours = {"armhf": {"arm": ("armhf", ["-marm"]), "thumb": ("armhf", ["-mthumb"])},
+                "aarch64": {"a64": ("aarch64", []), "armhf": ("armhf", ["-mthumb"])}}[arch]
+    for name, (target, flags) in flavours.items():
+        out = os.path.join(tmp, f"wl-{arch}-{name}")
+        r = _run([os.path.join(CROSS, "build.sh"), target, "-o", out, src, "--"] + flags, 120)
+        assert r.returncode == 0, r.stderr
+        progs[name] = out
+    return tree, wheel, progs
+
+
+def _vm(arch, tmp):
+    tree, wheel, progs = _build(arch, tmp)
+    puts = ["--put", f"{tree}:/opt/usercr", "--put", f"{wheel}:/root/wheels/",
+            "--put", f"{os.path.join(CROSS, 'arm_vm_driver.py')}:/opt/drv.py"]
+    for name, path in progs.items():
+        puts += ["--put", f"{path}:/opt/wl/{name}"]
+    cases = [f"{c}=/opt/wl/{c.split('-')[0]}" for c in CASES[arch]]
+    first_img = f"/tmp/{CASES[arch][0]}.img"
+    script = ("python3 /opt/drv.py /opt/usercr/bin " + " ".join(cases) + "; rc=$?; "
+              "env -u PYTHONPATH pip install -q --no-deps --no-index /root/wheels/*.whl "
+              f"&& cd / && env -u PYTHONPATH ckptinfo {first_img} | sed 's/^/WHEEL /'; exit $rc")
+    cmd = [os.path.join(CROSS, "vm-run"), arch, "--timeout", str(VM_TIMEOUT)] + puts + \
+          ["--env", "PYTHONPATH=/opt/usercr", "--", "sh", "-c", script]
+    r = _run(cmd, VM_TIMEOUT + 60)
+    return r.returncode, r.stdout, r.stderr, wheel
+
+
+@pytest.fixture(scope="session")
+def arm_runs(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("arm"))
+    with ThreadPoolExecutor(2) as ex:
+        futs = {a: ex.submit(_vm, a, tmp) for a in ARCHES}
+        return {a: f.result() for a, f in futs.items()}
+
+
+def _results(out):
+    return {m.group(1): (m.group(2), m.group(0)) for m in re.finditer(r"^RESULT (\S+) (PASS|FAIL) .*$", out, re.M)}
+
+
+@pytest.mark.parametrize("arch,case", [(a, c) for a in ARCHES for c in CASES[a]])
+def test_checkpoint_restart_in_vm(arm_runs, arch, case):
+    rc, out, err, _ = arm_runs[arch]
+    res = _results(out)
+    assert case in res, f"no result for {case} (vm-run exit {rc}):\n{out[-3000:]}\n{err[-3000:]}"
+    print(res[case][1])
+    assert res[case][0] == "PASS", res[case][1] + "\n" + err[-2000:]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_wheel_installs_and_reads_image(arm_runs, arch):
+    rc, out, err, wheel = arm_runs[arch]
+    assert wheel.endswith(f"-cp311-cp311-{PLAT[arch]}.whl")
+    lines = [ln for ln in out.splitlines() if ln.startswith("WHEEL ")]
+    name = "arm" if arch == "armhf" else "aarch64"
+    assert lines and f", {name}," in lines[0], f"{out[-2000:]}\n{err[-2000:]}"
