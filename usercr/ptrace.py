@@ -163,6 +163,10 @@ class Tracee:
             return
         try:
             self.end_injection()
+        except UcrError:
+            if os.path.exists(f"/proc/{self.pid}/stat"):
+                raise
+            raise UcrError(f"process {self.pid} exited during the checkpoint") from None
         finally:
             if kill:
                 os.kill(self.pid, 9)

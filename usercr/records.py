@@ -161,6 +161,30 @@ X86_64_CPU = _rec(202, "X86_64_CPU", [("regs", "u64[27]"), ("pad", "u64")],
                   doc="x86_64: struct user_regs_struct (includes fs_base/gs_base = TLS)")
 X86_64_FPU = _rec(203, "X86_64_FPU", tail="bytes",
                   doc="x86_64: the XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) gives it")
+ARM_HEADER = _rec(211, "ARM_HEADER", [
+    ("cpu_architecture", "u32"), ("mmu", "u32"), ("aeabi", "u32"), ("oabi_compat", "s32"),
+    ("hwcap", "u64"), ("hwcap2", "u64"),
+], doc="arm: the checkpointing system's CPU architecture (cpuinfo/AT_PLATFORM), MMU, kernel EABI "
+       "support and CONFIG_OABI_COMPAT (-1: unknown), and AT_HWCAP/AT_HWCAP2 (linux-cr's arch header)")
+ARM_CPU = _rec(212, "ARM_CPU", [("regs", "u32[18]")],
+               doc="arm: r0-r15, cpsr, orig_r0 (struct pt_regs)")
+ARM_THREAD = _rec(213, "ARM_THREAD", [("syscall", "s32"), ("tp_value", "u32"), ("thumbee_state", "u32"),
+                                      ("pad", "u32")],
+                  doc="arm: syscall number if stopped in one (-1: none), TLS (TPIDRURO), ThumbEE state (TEEHBR)")
+ARM_VFP = _rec(214, "ARM_VFP", [("fpregs", "u64[32]"), ("fpscr", "u32"), ("pad", "u32")],
+               doc="arm: VFP/NEON d0-d31 and fpscr (PTRACE_GETREGSET NT_ARM_VFP)")
+ARM_MM_CONTEXT = _rec(215, "ARM_MM_CONTEXT", [("end_brk", "u64")],
+                      doc="arm: end of the heap mapping (linux-cr's mm_context)")
+ARM_TASK = _rec(216, "ARM_TASK", [("e_flags", "u32"), ("eabi_version", "s32")],
+                doc="arm: the executable's ELF e_flags and EABI version (e_flags >> 24; 0: OABI/legacy, "
+                    "-1: could not be read)")
+AARCH64_HEADER = _rec(221, "AARCH64_HEADER", [("hwcap", "u64"), ("hwcap2", "u64")],
+                      doc="aarch64: AT_HWCAP and AT_HWCAP2 of the checkpointing system")
+AARCH64_CPU = _rec(222, "AARCH64_CPU", [("regs", "u64[34]"), ("tls", "u64"), ("syscall", "s32"), ("pad", "u32")],
+                   doc="aarch64: x0-x30, sp, pc, pstate (NT_PRSTATUS), tpidr_el0 (NT_ARM_TLS), "
+                       "syscall number (NT_ARM_SYSTEM_CALL, -1: none)")
+AARCH64_FPSIMD = _rec(223, "AARCH64_FPSIMD", [("vregs", "u64[64]"), ("fpsr", "u32"), ("fpcr", "u32")],
+                      doc="aarch64: v0-v31 (as low, high 64-bit halves), fpsr, fpcr (NT_PRFPREG)")
 
 # 301-308: files
 FILE = _rec(301, "FILE", [

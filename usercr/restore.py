@@ -214,6 +214,8 @@ class Restorer:
     def prepare(self, pids):
         img, arch = self.img, self.arch
         arch.check_header(img[arch.HEADER_RECORD.name], self.log)
+        if hasattr(arch, "check_task"):  # arm: per-task rules (ThumbEE, OABI/EABI)
+            arch.check_task(img.one, _warn)
         mine = proc.maps("self")
         special_cur = self._specials(mine)
         vmas = img.many["VMA"]
@@ -401,6 +403,12 @@ class Restorer:
                 raise UcrError(what if step == lib.UCR_STEP_CHECKSUM else f"image truncated at offset {detail}")
             reason = ERRNO_TEXT.get(err) or (os.strerror(err) if err else "")
             raise UcrError(f"restart failed {what}" + (f": {reason}" if reason else ""))
+
+
+def _warn(msg):
+    """A warning that does not stop the restart: always on stderr."""
+    import sys
+    print(f"rstr: {msg}", file=sys.stderr)
 
 
 def _fd_open(fd):

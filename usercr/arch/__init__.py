@@ -4,7 +4,7 @@ import importlib
 from .. import records as R
 from ..errors import UcrError
 
-SUPPORTED = ("x86_64",)
+SUPPORTED = ("x86_64", "arm", "aarch64")
 
 
 def by_name(name):

@@ -182,7 +182,7 @@ static void replace_address_space(struct ucr_plan *p)
         uint32_t prot = needs_fill(&v[i]) ? (v[i].prot | PROT_WRITE) : v[i].prot;
         r = ucr_sys6(MMAP_NR, A(v[i].start), A(len), prot, v[i].mmap_flags | MAP_FIXED, v[i].fd,
                      MMAP_OFF(v[i].offset, p->page_size));
-        if (is_err(r) || (uint64_t)r != v[i].start)
+        if (is_err(r) || (uint64_t)(unsigned long)r != v[i].start)
             fail(p, UCR_STEP_MAP, is_err(r) ? r : -17, v[i].start);
     }
     read_pages(p);
@@ -256,7 +256,13 @@ static void restore_task_state(struct ucr_plan *p)
     for (int sig = 1; sig <= 64; sig++) {
         if (sig == 9 || sig == 19) /* SIGKILL, SIGSTOP */
             continue;
+#if UCR_KSIGACTION_SAME_AS_PLAN
         r = sys4(__NR_rt_sigaction, sig, A(&p->sigactions[sig - 1]), 0, 8);
+#else
+        struct ucr_ksigaction ka;
+        ucr_arch_ksigaction(&ka, &p->sigactions[sig - 1]);
+        r = sys4(__NR_rt_sigaction, sig, A(&ka), 0, 8);
+#endif
         if (r)
             fail(p, UCR_STEP_SIGACTION, r, (uint64_t)sig);
     }
