@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #define UCR_CORE 1
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -48,12 +49,23 @@ void ucr_arch_info(uint64_t *out)
     ucr_arch_info_fill(out);
 }
 
+/* The image output: the dumping thread fills buffers in turn while a writer
+ * thread checksums and writes the previous ones, so reading the target's
+ * memory overlaps with writing the image. */
+#define NBUF 3
+
 struct out {
     int fd;
-    char *buf;
+    char *bufs[NBUF];
+    size_t lens[NBUF];
+    char *buf;           /* the buffer being filled: bufs[submitted % NBUF] */
     size_t used;
     uint64_t *csum;
     uint64_t bytes;
+    uint64_t submitted, written;
+    int finished, err;
+    pthread_mutex_t lock;
+    pthread_cond_t work, space;
 };
 
 static int write_full(int fd, const char *b, size_t n)
@@ -71,13 +83,48 @@ static int write_full(int fd, const char *b, size_t n)
     return 0;
 }
 
+static void *writer_thread(void *arg)
+{
+    struct out *o = arg;
+    pthread_mutex_lock(&o->lock);
+    for (;;) {
+        while (o->written == o->submitted && !o->finished)
+            pthread_cond_wait(&o->work, &o->lock);
+        if (o->written == o->submitted)
+            break;
+        int k = (int)(o->written % NBUF), failed = o->err;
+        pthread_mutex_unlock(&o->lock);
+        int r = 0;
+        if (!failed) {  /* after an error, buffers are only drained */
+            ucr_csum_words(o->csum, o->bufs[k], o->lens[k]);
+            r = write_full(o->fd, o->bufs[k], o->lens[k]);
+            o->bytes += o->lens[k];
+        }
+        pthread_mutex_lock(&o->lock);
+        if (r && !o->err)
+            o->err = r;
+        o->written++;
+        pthread_cond_signal(&o->space);
+    }
+    pthread_mutex_unlock(&o->lock);
+    return NULL;
+}
+
+/* Hands the filled buffer to the writer and waits for a free one. */
 static int flush(struct out *o)
 {
-    ucr_csum_words(o->csum, o->buf, o->used);
-    int r = write_full(o->fd, o->buf, o->used);
-    o->bytes += o->used;
+    int err;
+    pthread_mutex_lock(&o->lock);
+    o->lens[o->submitted % NBUF] = o->used;
+    o->submitted++;
+    pthread_cond_signal(&o->work);
+    while (o->submitted - o->written >= NBUF && !o->err)
+        pthread_cond_wait(&o->space, &o->lock);
+    err = o->err;
+    pthread_mutex_unlock(&o->lock);
+    o->buf = o->bufs[o->submitted % NBUF];
     o->used = 0;
-    return r;
+    return err;
 }
 
 /* Copies [addr, addr+len) of the target into the buffer. process_vm_readv
@@ -134,16 +181,29 @@ static int wanted(uint64_t pm, uint32_t mode)
 int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
                    uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written)
 {
-    struct out o = { out_fd, NULL, 0, csum, 0 };
-    uint64_t *pm = NULL;
+    struct out o;
+    uint64_t *pm;
+    pthread_t writer;
     int r = 0;
 
-    o.buf = mmap(NULL, OUT_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(&o, 0, sizeof(o));
+    o.fd = out_fd;
+    o.csum = csum;
+    char *mem = mmap(NULL, NBUF * OUT_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     pm = mmap(NULL, PM_BATCH * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (o.buf == MAP_FAILED || pm == MAP_FAILED) {
+    if (mem == MAP_FAILED || pm == MAP_FAILED) {
         r = -ENOMEM;
-        goto out;
+        goto unmap;
     }
+    for (int i = 0; i < NBUF; i++)
+        o.bufs[i] = mem + i * OUT_BUF;
+    o.buf = o.bufs[0];
+    pthread_mutex_init(&o.lock, NULL);
+    pthread_cond_init(&o.work, NULL);
+    pthread_cond_init(&o.space, NULL);
+    if ((r = -pthread_create(&writer, NULL, writer_thread, &o)))
+        goto unmap;
+
     for (uint32_t i = 0; i < nranges && !r; i++) {
         uint64_t first = ranges[i].start / page_size, last = ranges[i].end / page_size;
         uint64_t run_start = 0, run_len = 0;
@@ -173,11 +233,18 @@ int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct
     }
     if (!r && o.used)
         r = flush(&o);
-out:
+    pthread_mutex_lock(&o.lock);
+    o.finished = 1;
+    pthread_cond_signal(&o.work);
+    pthread_mutex_unlock(&o.lock);
+    pthread_join(writer, NULL);
+    if (!r)
+        r = o.err;
+unmap:
     *bytes_written = o.bytes;
-    if (o.buf && o.buf != MAP_FAILED)
-        munmap(o.buf, OUT_BUF);
-    if (pm && pm != MAP_FAILED)
+    if (mem != MAP_FAILED)
+        munmap(mem, NBUF * OUT_BUF);
+    if (pm != MAP_FAILED)
         munmap(pm, PM_BATCH * 8);
     return r;
 }
