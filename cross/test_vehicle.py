@@ -7,7 +7,6 @@ first time).  Nothing here is skipped: a missing tool is a failure.
 """
 import os
 import subprocess
-import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 

@@ -4,11 +4,10 @@ import os
 import signal
 import struct
 import subprocess
-import time
 
 import pytest
 
-from conftest import alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
+from conftest import alive, assert_one_line_error, ckpt, lines, run, tool, wait_until
 from usercr import records as R
 
 

@@ -4,7 +4,6 @@ the restorer blob rebuild it."""
 import fcntl
 import os
 import select
-import stat
 import struct
 
 from . import proc
@@ -128,6 +127,7 @@ class Restorer:
         self.in_fd = in_fd
         self.log = log
         self.opened = []      # fds rstr opened for the task
+        self.region = None
         self.fd_pairs = []    # (src, dst)
 
     # Files
@@ -211,7 +211,7 @@ class Restorer:
                                "that made the checkpoint")
         return {name: m.start for name, m in here.items()}
 
-    def prepare(self, pids):
+    def prepare(self):
         img, arch = self.img, self.arch
         arch.check_header(img[arch.HEADER_RECORD.name], self.log)
         if hasattr(arch, "check_task"):  # arm: per-task rules (ThumbEE, OABI/EABI)
@@ -255,8 +255,8 @@ class Restorer:
                             + len(img["MM"]["tail"]) + 4096 * (1 + len(img.many["SIGPENDING"])))
         region = Region(page_up(len(blob)) + data_size + park + STACK_SIZE)
         busy = [(m.start, m.end) for m in mine] + [(v["start"], v["end"]) for v in vmas]
-        region.place(busy)
         self.region = region
+        region.place(busy)
         region.data_start = region.start + page_up(len(blob))
         ffi.memmove(ffi.cast("void *", region.start), blob, len(blob))
 
@@ -377,7 +377,8 @@ class Restorer:
         for fd in self.opened:
             os.close(fd)
         self.opened = []
-        lib.ucr_unmap(self.region.start, self.region.size)
+        if self.region is not None and self.region.start is not None:
+            lib.ucr_unmap(self.region.start, self.region.size)
 
     def wait_ready(self, pid):
         """Reads the restorer's report; raises UcrError if it failed."""
@@ -465,7 +466,7 @@ def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, log=log_not
     orig_pid = image.many["PIDS"][0]["pid"]
     pid = None
     try:
-        rst.prepare(pids)
+        rst.prepare()
         if pids and pidns and orig_pid == 1:
             pid = rst.spawn([1], CLONE_NEWPID)
         elif pids and pidns:

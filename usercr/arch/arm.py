@@ -8,7 +8,6 @@ PTRACE_GET_THREAD_AREA) work on both kernels."""
 import gzip
 import os
 import struct
-import sys
 
 from .. import records as R
 from ..errors import UcrError
