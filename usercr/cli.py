@@ -222,3 +222,28 @@ def _check():
         click.echo(f"{label:8} {name}" + (f": {detail}" if detail else ""))
         ok &= good or not required
     sys.exit(0 if ok else 1)
+
+
+@usercr_main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+                     help="""Start CMD so that it can later be restored with the same PIDs.
+
+With --pidns (default) CMD runs as PID 1 of a new PID namespace, with --ipcns
+(default) in a new IPC namespace too, so its SysV IPC objects die with it.
+Checkpoint it with `ckpt PID` (the PID from --pidfile) and restore it with
+`rstr --pids --pidns`: it comes back as PID 1 of a new namespace.
+
+usercr run stays outside as the waiter: it forwards SIGINT, SIGTERM, SIGHUP,
+SIGUSR1 and SIGUSR2 to CMD and exits with CMD's status (128+N if signal N
+killed it). As PID 1 of its namespace, CMD ignores every signal it has no
+handler for, except SIGKILL and SIGSTOP. /proc is not remounted: programs
+reading /proc/self inside see the outer /proc and their outer PID.""")
+@click.option("--pidns/--no-pidns", default=True, help="run CMD as PID 1 of a new PID namespace (default)")
+@click.option("--ipcns/--no-ipcns", default=True, help="run CMD in a new IPC namespace (default)")
+@click.option("--pidfile", type=click.Path(dir_okay=False), help="write CMD's PID (as seen from outside) to FILE")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
+@one_line_errors("usercr run")
+def _run(pidns, ipcns, pidfile, cmd):
+    from .run import run
+    if cmd and cmd[0].startswith("-"):  # before CMD, an option we do not know (CMD follows "--")
+        raise UcrError(f"no such option: {cmd[0]} (give the command after --)")
+    sys.exit(run(list(cmd), pidns=pidns, ipcns=ipcns, pidfile=pidfile))

@@ -1,13 +1,15 @@
-"""The user engine's checkpoint: freeze a task with ptrace, read it, write the image."""
+"""The user engine's checkpoint: freeze a process tree with ptrace, read it,
+write the image."""
 import os
 import stat
+import struct
 
 from . import proc
 from . import records as R
 from .arch import current as current_arch
 from .errors import UcrError
 from .image import ImageWriter, header_record
-from .native import lib
+from .native import ffi, lib
 from .ptrace import Tracee
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -15,6 +17,10 @@ PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x01, 0x02, 0x20, 0x0100
 TTY_MAJORS = set(range(136, 144)) | {4, 5}
 UNCATCHABLE = (9, 19)  # SIGKILL, SIGSTOP
+PR_GET_PDEATHSIG, PR_GET_TID_ADDRESS = 2, 40
+KCMP_FILE = 0
+FREEZE_ROUNDS = 50
+LONG = struct.Struct("<q" if ffi.sizeof("long") == 8 else "<i")
 
 
 def log_nothing(msg):
@@ -40,29 +46,84 @@ def validate_target(pid):
         raise UcrError(f"process {pid} is a zombie")
 
 
+class FrozenTree:
+    """Every thread of every process in the tree under root, seized and
+    stopped before any of them is read. A task that forks or exits while the
+    freeze is under way is caught by scanning again until nothing changes."""
+
+    def __init__(self, root, arch, log):
+        self.root, self.arch, self.log = root, arch, log
+        self.tracees = {}   # tid -> Tracee
+        self.order = []     # processes, parents before children
+        self.zombies = set()
+
+    def _scan(self):
+        order, stack = [], [self.root]
+        while stack:
+            pid = stack.pop()
+            order.append(pid)
+            stack.extend(sorted(proc.children(pid), reverse=True))
+        return order
+
+    def freeze(self):
+        for _ in range(FREEZE_ROUNDS):
+            order = self._scan()
+            new = []
+            for pid in order:
+                if proc.state(pid) in ("Z", None):
+                    self.zombies.add(pid)
+                    continue
+                for tid in proc.threads(pid, missing_ok=True):
+                    if tid not in self.tracees:
+                        t = Tracee(tid, self.arch)
+                        if t.attach(missing_ok=pid != self.root):
+                            self.tracees[tid] = t
+                            new.append(t)
+            for t in new:
+                t.wait_interrupted()
+            if not new and order == self.order:
+                self.zombies &= set(order)
+                return
+            self.order = order
+        raise UcrError(f"the process tree of {self.root} keeps changing (forking or exiting); "
+                       "it could not be frozen")
+
+    def threads(self, pid):
+        """The tracees of a process, its main thread first."""
+        return [self.tracees[t] for t in sorted(proc.threads(pid), key=lambda t: (t != pid, t))]
+
+    def release(self, kill=False):
+        """Puts back what was changed and lets every task go (or kills the tree)."""
+        errors = []
+        for t in self.tracees.values():
+            try:
+                t.release(kill=kill)
+            except UcrError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
 def checkpoint(pid, out_fd, kill=False, log=log_nothing):
-    """Writes an image of process pid to out_fd. On any failure the process is
-    released unharmed and UcrError is raised."""
+    """Writes an image of the process tree rooted at pid to out_fd. On any
+    failure every task is released unharmed and UcrError is raised."""
     validate_target(pid)
     arch = current_arch()
-    tracee = Tracee(pid, arch)
+    tree = FrozenTree(pid, arch, log)
     done = False
     try:
-        tracee.seize()
-        log(f"seized {pid}")
-        tids = proc.threads(pid)
-        if len(tids) > 1:
-            raise UcrError(f"process {pid} has {len(tids)} threads; multithreaded processes are not supported yet")
+        tree.freeze()
+        log(f"froze {len(tree.order)} processes, {len(tree.tracees)} threads")
         writer = ImageWriter(out_fd)
         writer.add(header_record(arch.ARCH_ID, PAGE_SIZE))
         writer.add(arch.dump_header())
-        _write_task(tracee, arch, writer, log)
+        _write_tree(tree, arch, writer, log)
         writer.finish()
         _sync(out_fd)
         done = True
         log(f"image complete: {writer.offset} bytes")
     finally:
-        tracee.release(kill=kill and done)
+        tree.release(kill=kill and done)
 
 
 def _sync(fd):
@@ -72,40 +133,176 @@ def _sync(fd):
         pass  # pipes and ttys cannot be synced; the reader has what was written
 
 
-def _injected_state(tracee, arch, maps):
-    """State only the task itself can tell: signal actions, sigaltstack, brk."""
+class Namespace:
+    """Translates this namespace's PIDs to the tree's: the tree's PID
+    namespace is its root's; ids outside the tree become 0."""
+
+    def __init__(self, root, pids):
+        depth = len(proc.nspids(root))
+        self.map = {}
+        for pid in pids:
+            ns = proc.nspids(pid)
+            if len(ns) != depth:
+                raise UcrError(f"process {pid} is in a nested PID namespace; that cannot be checkpointed yet")
+            self.map[pid] = ns[-1]
+
+    def __call__(self, pid):
+        return self.map.get(pid, 0)
+
+    @staticmethod
+    def thread(tid):
+        return proc.nspids(tid)[-1]
+
+
+def _write_tree(tree, arch, writer, log):
+    ns = Namespace(tree.root, tree.order)
+    writer.add(R.TREE.pack(nr_tasks=len(tree.order), root_pid=ns(tree.root)))
+    for pid in tree.order:
+        sf = proc.stat_fields(pid)
+        ppid, pgid, sid = int(sf[4]), int(sf[5]), int(sf[6])
+        writer.add(R.PIDS.pack(pid=ns(pid), tgid=ns(pid), ppid=ns(ppid) if pid != tree.root else 0,
+                               pgid=ns(pgid), sid=ns(sid)))
+    files = FileTable()
+    memory = []
+    for pid in tree.order:
+        if pid in tree.zombies:
+            writer.add(_zombie_record(pid, ns))
+            continue
+        ranges = _write_process(tree.threads(pid), arch, writer, files, ns)
+        memory.append((pid, ranges))
+    for rec in files.pipe_records():
+        writer.add(rec)
+    writer.flush()
+    writer.add(R.PAGES_BEGIN.pack(nr_sections=len(memory), csum_a=writer.csum[0], csum_b=writer.csum[1]))
+    for pid, ranges in memory:
+        log(f"copying memory of process {pid}: {len(ranges)} mappings")
+        main = tree.tracees[pid]
+        pagemap_fd = os.open(proc.path(pid, "pagemap"), os.O_RDONLY)
+        try:
+            writer.pages(pid, pagemap_fd, main.mem_fd, ranges, PAGE_SIZE)
+        finally:
+            os.close(pagemap_fd)
+        writer.add(R.PAGES_END.pack(pid=ns(pid)))
+
+
+def _zombie_record(pid, ns):
+    sf = proc.stat_fields(pid)
+    return R.TASK.pack(pid=ns(pid), exit_signal=int(sf[38]), comm=sf[2][:15], zombie=1,
+                       exit_status=int(sf[52]) if len(sf) > 52 else 0, nr_threads=0)
+
+
+def _code_mapping(pid, maps):
     code = next((m for m in maps if "x" in m.perms and not m.special and m.name != "[stack]"), None)
     if code is None:
-        raise UcrError(f"process {tracee.pid} has no executable mapping to run syscalls from")
-    st = proc.status(tracee.pid)
+        raise UcrError(f"process {pid} has no executable mapping to run syscalls from")
+    return code.start
+
+
+def _call(tracee, what, nr, *args):
+    r = tracee.syscall(nr, *args)
+    if r < 0:
+        raise UcrError(f"{what} of process {tracee.pid}: {os.strerror(-r)}")
+    return r
+
+
+def _injected_state(threads, arch, maps):
+    """State only the tasks themselves can tell, read by syscalls run inside
+    them: signal actions, brk, itimers, POSIX timers, pdeathsig (process);
+    sigaltstack, clear_child_tid, robust list (each thread)."""
+    main = threads[0]
+    pid = main.pid
+    st = proc.status(pid)
     interesting = proc.sigmask(st["SigCgt"]) | proc.sigmask(st["SigIgn"])
     nr = arch.SYSCALLS
-    tracee.prepare_injection(code.start)
+    code = _code_mapping(pid, maps)
+    word = LONG.size
+    main.prepare_injection(code)
+    for t in threads[1:]:
+        t.prepare_injection(code, poke=False)
+    out = {"threads": []}
     try:
-        scratch = tracee.syscall(nr["mmap"], 0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        scratch = main.syscall(nr["mmap"], 0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         if scratch < 0:
-            raise UcrError(f"mmap inside process {tracee.pid} failed: {os.strerror(-scratch)}")
+            raise UcrError(f"mmap inside process {pid} failed: {os.strerror(-scratch)}")
         actions = []
         for sig in range(1, 65):
             if sig in UNCATCHABLE or not interesting >> (sig - 1) & 1:
                 actions.append((0, 0, 0, 0))
                 continue
-            r = tracee.syscall(nr["rt_sigaction"], sig, 0, scratch, 8)
-            if r < 0:
-                raise UcrError(f"reading the action of signal {sig}: {os.strerror(-r)}")
-            actions.append(arch.unpack_ksigaction(tracee.read(scratch, arch.KSIGACTION_SIZE)))
-        r = tracee.syscall(nr["sigaltstack"], 0, scratch)
-        if r < 0:
-            raise UcrError(f"reading the signal stack: {os.strerror(-r)}")
-        altstack = arch.unpack_stack_t(tracee.read(scratch, arch.STACK_T_SIZE))
-        brk = tracee.syscall(nr["brk"], 0)
-        tracee.syscall(nr["munmap"], scratch, PAGE_SIZE)
+            _call(main, f"reading the action of signal {sig}", nr["rt_sigaction"], sig, 0, scratch, 8)
+            actions.append(arch.unpack_ksigaction(main.read(scratch, arch.KSIGACTION_SIZE)))
+        out["actions"] = actions
+        out["brk"] = main.syscall(nr["brk"], 0)
+        _call(main, "reading pdeathsig", nr["prctl"], PR_GET_PDEATHSIG, scratch)
+        out["pdeathsig"] = struct.unpack("<i", main.read(scratch, 4))[0]
+        itimers = []
+        for which in range(3):
+            _call(main, "reading an interval timer", nr["getitimer"], which, scratch)
+            itimers += [LONG.unpack(main.read(scratch + i * word, word))[0] for i in range(4)]
+        out["itimers"] = itimers
+        timers = []
+        for t in proc.posix_timers(pid):
+            _call(main, f"reading POSIX timer {t['id']}", nr["timer_gettime"], t["id"], scratch)
+            v = [LONG.unpack(main.read(scratch + i * word, word))[0] for i in range(4)]
+            timers.append(dict(t, interval_ns=v[0] * 10**9 + v[1], value_ns=v[2] * 10**9 + v[3]))
+        out["timers"] = timers
+        for t in threads:
+            _call(t, "reading the signal stack", nr["sigaltstack"], 0, scratch)
+            altstack = arch.unpack_stack_t(t.read(scratch, arch.STACK_T_SIZE))
+            r = t.syscall(nr["prctl"], PR_GET_TID_ADDRESS, scratch)
+            tid_address = LONG.unpack(t.read(scratch, word))[0] & ((1 << 8 * word) - 1) if r == 0 else 0
+            _call(t, "reading the robust futex list", nr["get_robust_list"], 0, scratch, scratch + word)
+            head, size = (LONG.unpack(t.read(scratch + i * word, word))[0] for i in range(2))
+            out["threads"].append(dict(altstack=altstack, clear_child_tid=tid_address,
+                                       robust_list=head & ((1 << 8 * word) - 1), robust_len=size))
+        main.syscall(nr["munmap"], scratch, PAGE_SIZE)
     finally:
-        tracee.end_injection()
-    return actions, altstack, brk
+        for t in threads[1:]:
+            t.end_injection()
+        main.end_injection()
+    return out
 
 
-def _file_record(pid, fd, target, info):
+class FileTable:
+    """Open file descriptions across the tree: fds that share one (dup, fork)
+    get one file_id, found with kcmp; and the pipes and FIFOs they name."""
+
+    def __init__(self):
+        self.descs = []      # (pid, fd, dev, ino, file_id)
+        self.pipes = {}      # ino -> (pid, fd) to read its buffered data from
+
+    def file_id(self, pid, fd, st):
+        for opid, ofd, dev, ino, fid in self.descs:
+            if (dev, ino) == (st.st_dev, st.st_ino) and lib.ucr_kcmp(pid, opid, KCMP_FILE, fd, ofd) == 0:
+                return fid
+        fid = len({d[4] for d in self.descs}) + 1
+        self.descs.append((pid, fd, st.st_dev, st.st_ino, fid))
+        return fid
+
+    def note_pipe(self, pid, fd, ino):
+        self.pipes.setdefault(ino, (pid, fd))
+
+    def pipe_records(self):
+        out = []
+        for ino, (pid, fd) in self.pipes.items():
+            try:
+                peek = os.open(proc.path(pid, "fd", str(fd)), os.O_RDONLY | os.O_NONBLOCK)
+            except OSError as e:
+                raise UcrError(f"cannot open the pipe at fd {fd} of process {pid}: {e.strerror}") from None
+            try:
+                capacity = lib.ucr_pipe_capacity(peek)
+                buf = ffi.new("char[]", max(capacity, 1))
+                n = lib.ucr_pipe_peek(peek, buf, capacity)
+            finally:
+                os.close(peek)
+            if n < 0:
+                raise UcrError(f"reading the data buffered in the pipe at fd {fd} of process {pid}: "
+                               f"{os.strerror(-n)}")
+            out.append(R.PIPE.pack(ino=ino, capacity=capacity, tail=bytes(ffi.buffer(buf, n))))
+        return out
+
+
+def _file_record(pid, fd, target, info, files):
     try:
         st = os.stat(proc.path(pid, "fd", str(fd)))
     except FileNotFoundError:
@@ -123,17 +320,18 @@ def _file_record(pid, fd, target, info):
     elif stat.S_ISCHR(st.st_mode):
         kind = 2
     elif stat.S_ISFIFO(st.st_mode):
-        kind = 4
+        kind = 4 if target.startswith("pipe:") else 6
+        files.note_pipe(pid, fd, st.st_ino)
     elif stat.S_ISSOCK(st.st_mode):
         kind = 5
     else:
         raise UcrError(f"fd {fd} of process {pid} ({target}) is of a type that cannot be checkpointed yet")
-    if kind in (0, 1, 2) and target.endswith(" (deleted)"):
+    if kind in (0, 1, 2, 6) and target.endswith(" (deleted)"):
         raise UcrError(f"fd {fd} of process {pid} refers to deleted file {target[:-10]}")
-    if kind in (3, 4, 5) and fd > 2:
+    if kind in (3, 5) and fd > 2:
         raise UcrError(f"fd {fd} of process {pid} is a {R.FILE_KINDS[kind]} ({target}); "
                        "only standard input/output/error may be one yet")
-    return R.FILE.pack(kind=kind, tail=target, **common)
+    return R.FILE.pack(kind=kind, tail=target, file_id=files.file_id(pid, fd, st), **common)
 
 
 def _vma_records(tracee, maps):
@@ -155,13 +353,11 @@ def _vma_records(tracee, maps):
             flags |= MAP_ANONYMOUS | (MAP_GROWSDOWN if m.name == "[stack]" else 0)
             ranges.append((m.start, m.end, lib.UCR_DUMP_ANON))
         elif m.deleted or m.name.startswith(("/memfd:", "/SYSV", "/dev/zero")):
-            # Backing object cannot be reopened by path: keep the contents.
-            if m.shared:
-                kind = 3
-                flags |= MAP_ANONYMOUS
-            else:
-                kind = 0
-                flags |= MAP_ANONYMOUS
+            # Backing object cannot be reopened by path: keep the contents. A
+            # shared one is one object for every process that maps it (dev, ino).
+            kind = 3 if m.shared else 0
+            flags |= MAP_ANONYMOUS
+            fields.update(dev=m.dev, ino=m.inode)
             ranges.append((m.start, m.end, lib.UCR_DUMP_ANON))
         else:
             kind = 1
@@ -176,53 +372,55 @@ def _vma_records(tracee, maps):
     return vmas, specials, ranges
 
 
-def _write_task(tracee, arch, writer, log):
-    pid = tracee.pid
-    before = proc.maps(pid)
-    actions, altstack, brk = _injected_state(tracee, arch, before)
+def _write_process(threads, arch, writer, files, ns):
+    """Writes one process's records; returns the page ranges to copy later."""
+    main = threads[0]
+    pid = main.pid
+    injected = _injected_state(threads, arch, proc.maps(pid))
     maps = proc.maps(pid)
     st = proc.status(pid)
     sf = proc.stat_fields(pid)
-    ppid, pgid, sid, tty_nr, tpgid = (int(x) for x in sf[4:9])
+    pgid, tty_nr, tpgid = int(sf[5]), int(sf[7]), int(sf[8])
     mm = dict(start_code=int(sf[26]), end_code=int(sf[27]), start_stack=int(sf[28]),
-              start_data=int(sf[45]), end_data=int(sf[46]), start_brk=int(sf[47]), brk=brk,
+              start_data=int(sf[45]), end_data=int(sf[46]), start_brk=int(sf[47]), brk=injected["brk"],
               arg_start=int(sf[48]), arg_end=int(sf[49]), env_start=int(sf[50]), env_end=int(sf[51]))
     uids = [int(x) for x in st["Uid"].split()]
     gids = [int(x) for x in st["Gid"].split()]
     groups = [int(x) for x in st.get("Groups", "").split()]
-    rseq = tracee.rseq_configuration() or (0, 0, 0)
 
-    writer.add(R.TREE.pack(nr_tasks=1, root_pid=pid))
-    writer.add(R.PIDS.pack(pid=pid, tgid=pid, ppid=ppid, pgid=pgid, sid=sid))
-    writer.add(R.TASK.pack(pid=pid, exit_signal=int(sf[38]), comm=sf[2][:15],
+    writer.add(R.TASK.pack(pid=ns(pid), exit_signal=int(sf[38]), pdeathsig=injected["pdeathsig"], comm=sf[2][:15],
                            personality=int(proc.read_text(pid, "personality"), 16),
-                           tty_nr=tty_nr, ctty_fg=1 if tty_nr and tpgid == pgid else 0, nr_threads=1,
-                           tail=proc.readlink(pid, "exe")))
+                           tty_nr=tty_nr, ctty_fg=1 if tty_nr and tpgid == pgid else 0,
+                           nr_threads=len(threads), tail=proc.readlink(pid, "exe")))
     writer.add(R.CREDS.pack(uid=uids[0], euid=uids[1], suid=uids[2], fsuid=uids[3],
                             gid=gids[0], egid=gids[1], sgid=gids[2], fsgid=gids[3], tail=groups))
     writer.add(R.RLIMITS.pack(limits=[v & (2**64 - 1) for lim in proc.rlimits(pid) for v in lim]))
     writer.add(R.FS.pack(umask=int(st.get("Umask", "0022"), 8),
                          tail=[proc.readlink(pid, "cwd"), proc.readlink(pid, "root")]))
-    writer.add(R.SIGHAND.pack(actions=[v for a in actions for v in a]))
-    writer.add(R.THREAD.pack(tid=pid, rseq_ptr=rseq[0], rseq_len=rseq[1], rseq_sig=rseq[2],
-                             altstack_sp=altstack[0], altstack_flags=altstack[1], altstack_size=altstack[2],
-                             blocked=proc.sigmask(st["SigBlk"])))
-    for rec in arch.dump_cpu(tracee):
+    writer.add(R.SIGHAND.pack(actions=[v for a in injected["actions"] for v in a]))
+    writer.add(R.SIGNAL.pack(itimers=[v & (2**64 - 1) for v in injected["itimers"]]))
+    for t in injected["timers"]:
+        writer.add(R.POSIX_TIMER.pack(**dict(t, notify_tid=ns.thread(t["notify_tid"]) if t["notify_tid"] else 0)))
+    for rec in getattr(arch, "dump_process", lambda t: [])(main):
         writer.add(rec)
-    for shared in (False, True):
-        for info in tracee.pending_signals(shared):
-            writer.add(R.SIGPENDING.pack(shared=int(shared), signo=int.from_bytes(info[:4], "little"), tail=info))
+    for t, extra in zip(threads, injected["threads"]):
+        rseq = t.rseq_configuration() or (0, 0, 0)
+        tst = proc.status(t.pid)
+        sp, ss_flags, ss_size = extra["altstack"]
+        writer.add(R.THREAD.pack(tid=ns.thread(t.pid), rseq_ptr=rseq[0], rseq_len=rseq[1], rseq_sig=rseq[2],
+                                 altstack_sp=sp, altstack_flags=ss_flags, altstack_size=ss_size,
+                                 blocked=proc.sigmask(tst["SigBlk"]), clear_child_tid=extra["clear_child_tid"],
+                                 robust_list=extra["robust_list"], robust_len=extra["robust_len"]))
+        for rec in arch.dump_cpu(t):
+            writer.add(rec)
+        for info in t.pending_signals(False):
+            writer.add(R.SIGPENDING.pack(shared=0, signo=int.from_bytes(info[:4], "little"), tail=info))
+    for info in main.pending_signals(True):
+        writer.add(R.SIGPENDING.pack(shared=1, signo=int.from_bytes(info[:4], "little"), tail=info))
     for fd, target, info in proc.fds(pid):
-        writer.add(_file_record(pid, fd, target, info))
-    vmas, specials, ranges = _vma_records(tracee, maps)
+        writer.add(_file_record(pid, fd, target, info, files))
+    vmas, specials, ranges = _vma_records(main, maps)
     writer.add(R.MM.pack(nr_vmas=len(vmas), tail=proc.read_bytes(pid, "auxv"), **mm))
     for rec in vmas + specials:
         writer.add(rec)
-    writer.flush()
-    writer.add(R.PAGES_BEGIN.pack(nr_vmas=len(vmas), csum_a=writer.csum[0], csum_b=writer.csum[1]))
-    log(f"copying memory of {len(ranges)} mappings")
-    pagemap_fd = os.open(proc.path(pid, "pagemap"), os.O_RDONLY)
-    try:
-        writer.pages(pid, pagemap_fd, tracee.mem_fd, ranges, PAGE_SIZE)
-    finally:
-        os.close(pagemap_fd)
+    return ranges

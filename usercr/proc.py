@@ -89,11 +89,64 @@ def stat_fields(pid):
     return [None, text[:lpar].strip(), text[lpar + 1:rpar]] + text[rpar + 2:].split()
 
 
-def threads(pid):
+def threads(pid, missing_ok=False):
     try:
         return sorted(int(t) for t in os.listdir(path(pid, "task")))
     except FileNotFoundError:
+        if missing_ok:
+            return []
         raise UcrError(f"process {pid} does not exist") from None
+
+
+def state(pid):
+    """The one-letter state of /proc/PID/stat, or None once it is gone."""
+    try:
+        return stat_fields(pid)[3]
+    except UcrError:
+        return None
+
+
+def children(pid):
+    """The children of every thread of process pid."""
+    out = set()
+    for tid in threads(pid, missing_ok=True):
+        try:
+            with open(path(pid, "task", str(tid), "children")) as f:
+                out.update(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def nspids(pid):
+    """The PIDs of a task from this namespace inward (NSpid)."""
+    return [int(x) for x in status(pid)["NSpid"].split()]
+
+
+SIGEV_BASE = {"signal": 0, "none": 1, "thread": 2}
+SIGEV_THREAD_ID = 4
+
+
+def posix_timers(pid):
+    """POSIX timers from /proc/PID/timers: id, signo, sigev_value, notify
+    (SIGEV_*), notify_tid (the thread it targets, 0 for the process), clockid."""
+    out = []
+    for line in read_text(pid, "timers").splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "ID":
+            out.append({"id": int(value)})
+        elif key == "signal":
+            signo, _, sigval = value.partition("/")
+            out[-1].update(signo=int(signo), value=int(sigval, 16))
+        elif key == "notify":
+            how, _, target = value.partition("/")
+            kind, _, tid = target.partition(".")
+            out[-1]["notify"] = SIGEV_BASE[how] | (SIGEV_THREAD_ID if kind == "tid" else 0)
+            out[-1]["notify_tid"] = int(tid) if kind == "tid" else 0
+        elif key == "ClockID":
+            out[-1]["clockid"] = int(value)
+    return out
 
 
 def readlink(pid, name):

@@ -60,8 +60,13 @@ class Tracee:
             raise UcrError(f"{what} of process {self.pid}: {os.strerror(-r)}")
         return r
 
-    def seize(self):
+    def attach(self, missing_ok=False):
+        """PTRACE_SEIZE and PTRACE_INTERRUPT; the stop is awaited by
+        wait_interrupted, so a whole tree can be asked to stop at once.
+        Returns False if the task is gone and missing_ok."""
         r = lib.ucr_ptrace(PTRACE_SEIZE, self.pid, 0, PTRACE_O_TRACESYSGOOD)
+        if r == -3 and missing_ok:
+            return False
         if r < 0:
             hint = " (is it traced already, or are you not allowed to trace it?)" if r == -1 else ""
             if r == -3:
@@ -69,6 +74,9 @@ class Tracee:
             raise UcrError(f"cannot attach to process {self.pid}: {os.strerror(-r)}{hint}")
         self.seized = True
         self.call(PTRACE_INTERRUPT, what="interrupt")
+        return True
+
+    def wait_interrupted(self):
         while True:
             status = wait_stop(self.pid)
             if status >> 16 == PTRACE_EVENT_STOP:
@@ -128,10 +136,13 @@ class Tracee:
         os.pwrite(self.mem_fd, data, addr)
 
     # Syscall injection
-    def prepare_injection(self, code_addr):
+    def prepare_injection(self, code_addr, poke=True):
+        """Puts a syscall instruction at code_addr; another thread of the same
+        process (poke=False) uses the one its main thread put there."""
         insn = self.arch.SYSCALL_INSN
-        self.poked = (code_addr, self.read(code_addr, len(insn)))
-        self.write(code_addr, insn)
+        self.poked = (code_addr, self.read(code_addr, len(insn)) if poke else None)
+        if poke:
+            self.write(code_addr, insn)
 
     def syscall(self, nr, *args):
         """Runs one syscall in the task and returns its result."""
@@ -151,7 +162,8 @@ class Tracee:
         """Puts the code and registers back at once, so that even if ckpt dies
         later the task resumes as it was (the kernel detaches a dead tracer's tasks)."""
         if self.poked:
-            self.write(*self.poked)
+            if self.poked[1] is not None:
+                self.write(*self.poked)
             self.poked = None
             # The task now stops in a syscall-exit stop, where the kernel will not
             # restart its interrupted syscall for us: do what it would have done.
@@ -169,7 +181,10 @@ class Tracee:
             raise UcrError(f"process {self.pid} exited during the checkpoint") from None
         finally:
             if kill:
-                os.kill(self.pid, 9)
+                try:
+                    os.kill(self.pid, 9)
+                except ProcessLookupError:
+                    pass  # another thread's kill took the whole process
             else:
                 lib.ucr_ptrace(PTRACE_DETACH, self.pid, 0, 0)
                 for sig in self.late_signals:

@@ -10,7 +10,7 @@ import struct
 
 HEADER_MAGIC = 0x00FEED0CC0A2D200
 TAIL_MAGIC = 0x002D2A0CC0DEEF00
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 RECORD_HDR = struct.Struct("<II")
 ALIGN = 8
 
@@ -135,18 +135,22 @@ HEADER = _rec(1, "HEADER", [
 
 # 101-118: tasks
 TREE = _rec(102, "TREE", [("nr_tasks", "u32"), ("root_pid", "u32")],
-            doc="task tree: number of tasks; PIDS records follow")
+            doc="task tree: number of processes; one PIDS record per process follows, parents first")
 PIDS = _rec(101, "PIDS", [("pid", "s32"), ("tgid", "s32"), ("ppid", "s32"), ("pgid", "s32"),
-                          ("sid", "s32"), ("pad", "u32")], doc="one task's ids as seen in its namespace")
+                          ("sid", "s32"), ("pad", "u32")],
+            doc="one process's ids as seen in the tree's PID namespace")
 TASK = _rec(103, "TASK", [
     ("pid", "s32"), ("exit_signal", "s32"), ("pdeathsig", "s32"), ("personality", "u32"),
     ("comm", "char[16]"), ("tty_nr", "u64"), ("ctty_fg", "u32"), ("nr_threads", "u32"),
-], tail="str", doc="task: comm, personality; tail is the executable's ELF path")
+    ("zombie", "u32"), ("exit_status", "s32"),
+], tail="str", doc="process: comm, personality, threads; a zombie has only this record and its wait "
+                   "status; tail is the executable's ELF path. Its records follow up to the next TASK")
 THREAD = _rec(104, "THREAD", [
     ("tid", "s32"), ("rseq_len", "u32"), ("rseq_ptr", "u64"), ("rseq_sig", "u32"),
     ("altstack_flags", "s32"), ("altstack_sp", "u64"), ("altstack_size", "u64"),
-    ("blocked", "u64"),
-], doc="thread: rseq registration, sigaltstack, blocked signals")
+    ("blocked", "u64"), ("clear_child_tid", "u64"), ("robust_list", "u64"), ("robust_len", "u64"),
+], doc="thread: rseq registration, sigaltstack, blocked signals, clear_child_tid, robust futex list; "
+       "its CPU records and per-thread SIGPENDING records follow")
 CREDS = _rec(108, "CREDS", [
     ("uid", "u32"), ("euid", "u32"), ("suid", "u32"), ("fsuid", "u32"),
     ("gid", "u32"), ("egid", "u32"), ("sgid", "u32"), ("fsgid", "u32"),
@@ -189,10 +193,14 @@ AARCH64_FPSIMD = _rec(223, "AARCH64_FPSIMD", [("vregs", "u64[64]"), ("fpsr", "u3
 # 301-308: files
 FILE = _rec(301, "FILE", [
     ("fd", "s32"), ("kind", "u32"), ("flags", "u32"), ("fd_flags", "u32"),
-    ("pos", "s64"), ("size", "s64"), ("mode", "u32"), ("pad", "u32"),
+    ("pos", "s64"), ("size", "s64"), ("mode", "u32"), ("file_id", "u32"),
     ("dev", "u64"), ("ino", "u64"), ("rdev", "u64"),
-], tail="str", doc="open file descriptor; tail is the path")
-FILE_KINDS = {0: "reg", 1: "dir", 2: "chr", 3: "tty", 4: "pipe", 5: "socket"}
+], tail="str", doc="open file descriptor; fds with the same file_id share one open file description "
+                   "(offset, flags) across the tree; tail is the path")
+FILE_KINDS = {0: "reg", 1: "dir", 2: "chr", 3: "tty", 4: "pipe", 5: "socket", 6: "fifo"}
+PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
+            doc="a pipe or FIFO used in the tree (FILE records name it by ino); tail is the data "
+                "buffered in it")
 
 # 401-405: memory
 MM = _rec(401, "MM", [
@@ -205,17 +213,27 @@ VMA = _rec(402, "VMA", [
     ("kind", "u32"), ("pad", "u32"), ("dev", "u64"), ("ino", "u64"), ("size", "s64"),
 ], tail="str", doc="one mapping; tail is the backing path or special name")
 VMA_KINDS = {0: "anon", 1: "file", 2: "special", 3: "shared-anon"}
-PAGES_BEGIN = _rec(404, "PAGES_BEGIN", [("nr_vmas", "u64"), ("csum_a", "u64"), ("csum_b", "u64")],
-                   doc="marks the start of the page data, which runs until the TAIL; carries the "
-                       "checksum of everything before it, so metadata is verified before it is used")
+PAGES_BEGIN = _rec(404, "PAGES_BEGIN", [("nr_sections", "u64"), ("csum_a", "u64"), ("csum_b", "u64")],
+                   doc="ends the metadata; carries the checksum of everything before it, so metadata is "
+                       "verified before it is used. Then one section of PAGES per live process, in PIDS "
+                       "order, each ended by PAGES_END, then the TAIL")
 PAGES = _rec(403, "PAGES", [("vaddr", "u64"), ("nr_pages", "u64")], tail="bytes",
              doc="a run of page contents at vaddr; the restorer reads the data in place", c=True)
+PAGES_END = _rec(406, "PAGES_END", [("pid", "s32"), ("pad", "u32")],
+                 doc="ends one process's page data; the next process's (or the TAIL) follows", c=True)
 SPECIAL_DATA = _rec(405, "SPECIAL_DATA", [("vaddr", "u64")], tail="bytes",
                     doc="contents of a kernel special mapping ([vdso]), for comparison at restart")
 
 # 601-604: signals
 SIGHAND = _rec(601, "SIGHAND", [("actions", "u64[256]")],
                doc="64 signal actions as (handler, flags, restorer, mask)")
+SIGNAL = _rec(602, "SIGNAL", [("itimers", "u64[12]")],
+              doc="process-wide signal state: ITIMER_REAL, _VIRTUAL, _PROF as (interval s, us, value s, us)")
+POSIX_TIMER = _rec(604, "POSIX_TIMER", [
+    ("id", "s32"), ("clockid", "s32"), ("signo", "s32"), ("notify", "s32"), ("value", "u64"),
+    ("notify_tid", "s32"), ("pad", "u32"), ("interval_ns", "u64"), ("value_ns", "u64"),
+], doc="a POSIX timer: id, clock, sigevent (signo, SIGEV_* notify, sigev_value, target thread), "
+       "interval and time left")
 SIGPENDING = _rec(603, "SIGPENDING", [("shared", "u32"), ("signo", "u32")], tail="bytes",
                   doc="one queued signal; tail is its 128-byte siginfo")
 

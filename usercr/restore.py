@@ -1,6 +1,6 @@
-"""The user engine's restart: read the image's metadata, prepare the restore
-plan in a region free in both layouts, create the task with clone3, and let
-the restorer blob rebuild it."""
+"""The user engine's restart: read the image's metadata, prepare one restore
+plan per process in a region free in every layout, create the root with
+clone3, and let the restorer blob rebuild the tree from there."""
 import fcntl
 import os
 import select
@@ -17,9 +17,12 @@ from .native import ffi, lib
 CLONE_NEWPID = 0x20000000
 SIGCHLD = 17
 STACK_SIZE = 64 * 1024
+THREAD_STACK = 16 * 1024
 MIN_REGION_ADDR = 1 << 30
 RLIM_INFINITY = 2**64 - 1
-STATUS = struct.Struct("<iiQ")
+STATUS = struct.Struct("<iiQii")
+POLL_INTERVAL = 0.5
+MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",
@@ -40,7 +43,11 @@ STEP_TEXT = {
     lib.UCR_STEP_CREDS: "restoring credentials",
     lib.UCR_STEP_RSEQ: "registering rseq at 0x{detail:x}",
     lib.UCR_STEP_TLS: "restoring TLS",
-    lib.UCR_STEP_CLONE: "creating the task in the new PID namespace",
+    lib.UCR_STEP_CLONE: "creating process {detail}",
+    lib.UCR_STEP_IDS: "restoring the session and process group of process {detail}",
+    lib.UCR_STEP_THREAD: "creating thread {detail}",
+    lib.UCR_STEP_TIMER: "restoring timer {detail}",
+    lib.UCR_STEP_ZOMBIE: "waiting for zombie {detail} to exit",
 }
 ERRNO_TEXT = {61: "image truncated"}  # ENODATA from the restorer's reader
 
@@ -49,8 +56,52 @@ def page_up(n):
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
+class Process:
+    """One process's records: `one` by name, `many` lists, and its threads,
+    each a dict of the THREAD record, its CPU records and its SIGPENDING list."""
+
+    def __init__(self, task):
+        self.one = {"TASK": task}
+        self.many = {"FILE": [], "VMA": [], "SPECIAL_DATA": [], "SIGPENDING": [], "POSIX_TIMER": []}
+        self.threads = []
+
+    @property
+    def pid(self):
+        return self.one["TASK"]["pid"]
+
+    @property
+    def zombie(self):
+        return bool(self.one["TASK"]["zombie"])
+
+    def add(self, rec):
+        if rec.name == "THREAD":
+            self.threads.append({"THREAD": rec, "SIGPENDING": []})
+        elif rec.name == "SIGPENDING" and not rec["shared"] and self.threads:
+            self.threads[-1]["SIGPENDING"].append(rec)
+        elif rec.name in self.many:
+            self.many[rec.name].append(rec)
+        elif self.threads and 200 < rec.type < 300:
+            self.threads[-1][rec.name] = rec
+        else:
+            self.one[rec.name] = rec
+
+    def __getitem__(self, name):
+        return self.one[name]
+
+    def check(self):
+        if self.zombie:
+            return
+        for name in ("CREDS", "RLIMITS", "FS", "SIGHAND", "SIGNAL", "MM"):
+            if name not in self.one:
+                raise UcrError(f"image corrupt: no {name} record for process {self.pid}")
+        if not self.threads or len(self.threads) != self.one["TASK"]["nr_threads"]:
+            raise UcrError(f"image corrupt: thread records of process {self.pid} do not match its TASK record")
+        if len(self.many["VMA"]) != self.one["MM"]["nr_vmas"]:
+            raise UcrError(f"image corrupt: VMA count of process {self.pid} does not match its MM record")
+
+
 class Image:
-    """The metadata records of a one-task image, up to PAGES_BEGIN."""
+    """The metadata of an image, up to PAGES_BEGIN, checked."""
 
     def __init__(self, reader, arch):
         self.header = reader.header()
@@ -59,37 +110,106 @@ class Image:
             raise UcrError(f"image is for {name}; this machine runs {arch.NAME}")
         if self.header["page_size"] != PAGE_SIZE:
             raise UcrError(f"image page size {self.header['page_size']} differs from this system's {PAGE_SIZE}")
-        self.one = {}
-        self.many = {"PIDS": [], "FILE": [], "VMA": [], "SPECIAL_DATA": [], "SIGPENDING": []}
+        self.one, self.pids, self.procs, self.pipes = {}, [], [], {}
         while True:
             rec = reader.next()
             if rec.type == R.PAGES_BEGIN.type:
                 if (rec["csum_a"], rec["csum_b"]) != reader.csum_before:
                     raise UcrError("image corrupt: checksum mismatch in the metadata (a byte of the image changed)")
+                self.nr_sections = rec["nr_sections"]
                 break
-            if rec.type in (R.TAIL.type, R.PAGES.type):
+            if rec.type in (R.TAIL.type, R.PAGES.type, R.PAGES_END.type):
                 raise UcrError(f"image corrupt at offset {rec.offset}: {rec.name} before the page data marker")
-            if rec.name in self.many:
-                self.many[rec.name].append(rec)
+            if rec.name == "PIDS":
+                self.pids.append(rec)
+            elif rec.name == "TASK":
+                self.procs.append(Process(rec))
+            elif rec.name == "PIPE":
+                self.pipes[rec["ino"]] = rec
+            elif self.procs:
+                self.procs[-1].add(rec)
             else:
                 self.one[rec.name] = rec
-        for name in ("TREE", "TASK", "CREDS", "RLIMITS", "FS", "SIGHAND", "THREAD", "MM"):
-            if name not in self.one:
-                raise UcrError(f"image corrupt: no {name} record")
-        if self.one["TREE"]["nr_tasks"] != 1 or len(self.many["PIDS"]) != 1:
-            raise UcrError("image holds several tasks; restoring process trees is not supported yet")
-        if len(self.many["VMA"]) != self.one["MM"]["nr_vmas"]:
-            raise UcrError("image corrupt: VMA count does not match the MM record")
+        self._check_tree()
 
-    def __getitem__(self, name):
-        return self.one[name]
+    def _check_tree(self):
+        if "TREE" not in self.one or not self.procs:
+            raise UcrError("image corrupt: no task tree")
+        tree = self.one["TREE"]
+        if not tree["nr_tasks"] == len(self.pids) == len(self.procs):
+            raise UcrError("image corrupt: the task tree does not match the tasks it holds "
+                           f"({tree['nr_tasks']} in TREE, {len(self.pids)} PIDS, {len(self.procs)} TASK records)")
+        self.index = {}
+        for i, (ids, p) in enumerate(zip(self.pids, self.procs)):
+            if ids["pid"] != p.pid or ids["pid"] <= 0 or ids["pid"] in self.index:
+                raise UcrError(f"image corrupt: task tree entry {i} (PID {ids['pid']}) is inconsistent")
+            self.index[ids["pid"]] = i
+            p.check()
+        if self.pids[0]["pid"] != tree["root_pid"] or self.procs[0].zombie:
+            raise UcrError("image corrupt: the task tree's root is not its first task")
+        self.parent = [None]
+        for ids in self.pids[1:]:
+            ppid = self.index.get(ids["ppid"])
+            if ppid is None or ppid >= self.index[ids["pid"]]:
+                raise UcrError(f"image corrupt: the parent {ids['ppid']} of PID {ids['pid']} is not "
+                               "before it in the task tree")
+            self.parent.append(ppid)
+        if self.nr_sections != sum(not p.zombie for p in self.procs):
+            raise UcrError("image corrupt: the number of page sections does not match the live tasks")
+
+    def descends(self, i, ancestor):
+        while i is not None:
+            if i == ancestor:
+                return True
+            i = self.parent[i]
+        return False
+
+
+def session_plan(img):
+    """How each process gets its session and process group, as the restorer
+    does it: [(setsid, pgid_action, leader index)]. Ids of processes outside
+    the tree stand for rstr's own session and group, and so does the group
+    the root leads when its session is outside. Raises UcrError where the
+    image's sessions and groups cannot be recreated that way."""
+    ids, index = img.pids, img.index
+    root = ids[0]
+    outside = lambda v: v not in index or (v == root["pid"] and root["sid"] not in index)  # noqa: E731
+    plan, sim_sid, sim_pgid = [], [], []
+    for i, t in enumerate(ids):
+        parent = img.parent[i]
+        setsid = t["sid"] == t["pid"]
+        if setsid:
+            action, leader = 0, -1
+        elif outside(t["pgid"]):
+            action, leader = 0, -1
+        elif t["pgid"] == t["pid"]:
+            action, leader = 1, -1
+        else:
+            action, leader = 2, index[t["pgid"]]
+            if img.descends(leader, i):
+                raise UcrError(f"process {t['pid']} is in the process group of its descendant {t['pgid']}; "
+                               "that cannot be recreated")
+        sid = i if setsid else (sim_sid[parent] if parent is not None else "out")
+        pgid = i if setsid or action == 1 else leader if action == 2 else \
+            (sim_pgid[parent] if parent is not None else "out")
+        want_sid = "out" if outside(t["sid"]) else index[t["sid"]]
+        want_pgid = "out" if outside(t["pgid"]) else index[t["pgid"]]
+        if (sid, pgid) != (want_sid, want_pgid) or (action == 2 and sim_sid[leader] != sid):
+            raise UcrError(f"the session {t['sid']} and process group {t['pgid']} of process {t['pid']} "
+                           "cannot be recreated (their leader is gone)")
+        sim_sid.append(sid)
+        sim_pgid.append(pgid)
+        plan.append((setsid, action, leader))
+    return plan
 
 
 class Region:
-    """The restorer's address range: code, plan and arrays, parking, stack."""
+    """The restorer's address range: code, plans and arrays, parking, thread
+    stacks and stack (private to each process), then the shared table."""
 
-    def __init__(self, size):
-        self.size = size
+    def __init__(self, private_size, shared_size):
+        self.private_size = private_size
+        self.size = private_size + shared_size
         self.start = None
         self.used = 0
 
@@ -102,14 +222,20 @@ class Region:
             if lo >= cand + self.size:
                 break
             cand = page_up(hi)
-        self.start = cand
-        r = lib.ucr_map_region(cand, self.size)
+        r = lib.ucr_map_region(cand, self.private_size, 0)
+        if r == 0:
+            self.start = cand
+            r = lib.ucr_map_region(self.shared_start, self.size - self.private_size, 1)
         if r < 0:
             raise UcrError(f"cannot map the restorer region at 0x{cand:x}: {os.strerror(-r)}")
 
     @property
     def end(self):
         return self.start + self.size
+
+    @property
+    def shared_start(self):
+        return self.start + self.private_size
 
     def put(self, data, align=16):
         """Copies bytes into the data part; returns their address."""
@@ -119,26 +245,59 @@ class Region:
         self.used += len(data)
         return addr
 
+    def array(self, ctype, items, fill):
+        """An array of struct ctype in the region, each element set by fill(elem, item)."""
+        arr = ffi.new(f"struct {ctype}[]", max(1, len(items)))
+        for i, item in enumerate(items):
+            fill(arr[i], item)
+        return self.put(ffi.buffer(arr), 64), len(items)
+
 
 class Restorer:
-    def __init__(self, image, arch, in_fd, log):
+    def __init__(self, image, arch, in_fd, pids, log):
         self.img = image
         self.arch = arch
         self.in_fd = in_fd
+        self.pids = pids
         self.log = log
-        self.opened = []      # fds rstr opened for the task
+        self.opened = []      # fds rstr opened for the tasks, at fd_base or above
         self.region = None
-        self.fd_pairs = []    # (src, dst)
+        self.files = {}       # file_id -> fd
+        self.pipe_ends = {}   # ino -> {access mode: fd}
+        self.shm = {}         # (dev, ino) -> memfd
+        self.cwd = {}         # path -> fd
+
+    def _keep(self, fd):
+        """Moves an fd rstr opened to fd_base or above, out of the tasks' way."""
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD, self.fd_base)
+        os.close(fd)
+        self.opened.append(new)
+        return new
 
     # Files
+    def _external(self, rec):
+        """Standard streams that are a terminal, a socket, or a pipe the tree
+        holds only one end of follow rstr's own (unless that is the image)."""
+        kind = R.FILE_KINDS[rec["kind"]]
+        if rec["fd"] > 2 or kind not in ("tty", "socket", "pipe"):
+            return False
+        if kind == "pipe":
+            modes = {f["flags"] & os.O_ACCMODE for p in self.img.procs for f in p.many["FILE"]
+                     if f["kind"] == rec["kind"] and f["ino"] == rec["ino"]}
+            return len(modes) == 1
+        return True
+
     def _open_file(self, rec):
         path, fd = rec["tail"], rec["fd"]
         kind = R.FILE_KINDS[rec["kind"]]
-        if kind in ("tty", "pipe", "socket"):
-            # Standard streams follow rstr's own, unless rstr's is the image.
+        if self._external(rec):
             if fd != self.in_fd and _fd_open(fd):
                 return os.dup(fd)
             return os.open("/dev/null", rec["flags"] & os.O_ACCMODE)
+        if kind in ("pipe", "fifo"):
+            return self._open_pipe(rec)
+        if kind in ("tty", "socket"):
+            raise UcrError(f"fd {fd} is a {kind} ({path}); restoring that is not supported yet")
         try:
             st = os.stat(path)
         except OSError as e:
@@ -155,12 +314,45 @@ class Restorer:
             os.lseek(new, rec["pos"], os.SEEK_SET)
         return new
 
-    def _keep(self, fd, fd_base):
-        """Moves an fd rstr opened to fd_base or above, out of the task's way."""
-        new = fcntl.fcntl(fd, fcntl.F_DUPFD, fd_base)
-        os.close(fd)
-        self.opened.append(new)
+    def _pipe(self, rec):
+        """Both ends of the pipe or FIFO rec names, filled with its buffered data."""
+        ino = rec["ino"]
+        if ino in self.pipe_ends:
+            return self.pipe_ends[ino]
+        saved = self.img.pipes.get(ino)
+        if saved is None:
+            raise UcrError(f"image corrupt: no PIPE record for the pipe at fd {rec['fd']}")
+        if R.FILE_KINDS[rec["kind"]] == "fifo":
+            try:
+                both = os.open(rec["tail"], os.O_RDWR | os.O_NONBLOCK)
+            except OSError as e:
+                raise UcrError(f"FIFO {rec['tail']} (fd {rec['fd']}): {e.strerror}") from None
+            r = w = self._keep(both)
+        else:
+            r, w = (self._keep(e) for e in os.pipe())
+        if saved["capacity"] > 65536:
+            fcntl.fcntl(w, 1031, saved["capacity"])  # F_SETPIPE_SZ
+        data = saved["tail"]
+        while data:
+            data = data[os.write(w, data):]
+        self.pipe_ends[ino] = {os.O_RDONLY: r, os.O_WRONLY: w}
+        return self.pipe_ends[ino]
+
+    def _open_pipe(self, rec):
+        ends = self._pipe(rec)
+        mode = rec["flags"] & os.O_ACCMODE
+        end = ends.get(mode, ends[os.O_RDONLY])
+        # A new open file description on the same pipe, with the saved flags.
+        new = os.open(f"/proc/self/fd/{end}", mode | os.O_NONBLOCK)
+        fcntl.fcntl(new, fcntl.F_SETFL, rec["flags"])
         return new
+
+    def _file(self, rec):
+        """The kept fd for rec's open file description, opened once per file_id."""
+        fid = rec["file_id"]
+        if fid not in self.files:
+            self.files[fid] = self._keep(self._open_file(rec))
+        return self.files[fid]
 
     def _open_vma_file(self, rec):
         path = rec["tail"]
@@ -172,12 +364,24 @@ class Restorer:
             raise UcrError(f"mapped file {path} changed size since the checkpoint ({rec['size']} -> {st.st_size} bytes)")
         writable = rec["flags"] & 0x01 and rec["prot"] & 2  # shared and writable
         try:
-            return os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+            return self._keep(os.open(path, os.O_RDWR if writable else os.O_RDONLY))
         except OSError as e:
             raise UcrError(f"cannot open mapped file {path}: {e.strerror}") from None
 
-    @staticmethod
-    def _open_exe(path):
+    def _shared_memory(self):
+        """One memfd per shared anonymous object, as large as its largest use."""
+        sizes = {}
+        for p in self.img.procs:
+            for v in p.many["VMA"]:
+                if v["kind"] == 3:
+                    key = (v["dev"], v["ino"])
+                    sizes[key] = max(sizes.get(key, 0), v["offset"] + v["end"] - v["start"])
+        for key, size in sizes.items():
+            fd = os.memfd_create("usercr-shared", 0)
+            os.ftruncate(fd, size)
+            self.shm[key] = self._keep(fd)
+
+    def _open_exe(self, path):
         """The executable for /proc/PID/exe, or -1 to keep rstr's. The kernel
         refuses a new one while the old is still mapped, which it is when both
         are the same file (a Python restoring a Python), and then keeping it is right."""
@@ -187,12 +391,20 @@ class Restorer:
             return -1
         if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
             return -1
-        return os.open(path, os.O_RDONLY)
+        return self._keep(os.open(path, os.O_RDONLY))
+
+    def _dir(self, path):
+        if path not in self.cwd:
+            try:
+                self.cwd[path] = self._keep(os.open(path, os.O_PATH | os.O_DIRECTORY))
+            except OSError as e:
+                raise UcrError(f"working directory {e.filename} is gone: {e.strerror}") from None
+        return self.cwd[path]
 
     # vDSO and friends
-    def _specials(self, mine):
+    def _specials(self, p, mine):
         """Pairs each special mapping of the image with this kernel's."""
-        image_sp = {v["tail"]: v for v in self.img.many["VMA"] if v["kind"] == 2}
+        image_sp = {v["tail"]: v for v in p.many["VMA"] if v["kind"] == 2}
         here = {m.name: m for m in mine if m.special and m.name not in self.arch.GATE_MAPPINGS}
         if set(image_sp) != set(here):
             raise UcrError(f"kernel special mappings differ: image has {sorted(image_sp)}, "
@@ -204,147 +416,202 @@ class Restorer:
             if m.end - m.start != v["end"] - v["start"] or m.start - base_here != v["start"] - base_img:
                 raise UcrError(f"{name} of this kernel ({m.end - m.start} bytes) does not match the image's "
                                f"({v['end'] - v['start']} bytes); restart on a kernel with the same vDSO layout")
-        for data in self.img.many["SPECIAL_DATA"]:
+        for data in p.many["SPECIAL_DATA"]:
             vdso = here.get("[vdso]")
             if vdso and bytes(ffi.buffer(ffi.cast("char *", vdso.start), vdso.end - vdso.start)) != data["tail"]:
                 raise UcrError("the vDSO of this kernel differs from the image's; restart on the kernel "
                                "that made the checkpoint")
         return {name: m.start for name, m in here.items()}
 
+    def _data_size(self):
+        size = ffi.sizeof("struct ucr_plan") + 64 * 1024
+        for p in self.img.procs:
+            size += ffi.sizeof("struct ucr_plan") + 8 * 64
+            size += len(p.many["VMA"]) * ffi.sizeof("struct ucr_vma")
+            size += len(p.many["FILE"]) * ffi.sizeof("struct ucr_fd")
+            size += (len(p.many["SIGPENDING"]) + sum(len(t["SIGPENDING"]) for t in p.threads)) \
+                * ffi.sizeof("struct ucr_siginfo")
+            size += len(p.many["POSIX_TIMER"]) * ffi.sizeof("struct ucr_timer")
+            size += len(p.threads) * (ffi.sizeof("struct ucr_thread") + 32 * 1024)  # with its signal frame
+            size += ffi.sizeof("struct ucr_child") + 64
+            if "MM" in p.one:
+                size += len(p["MM"]["tail"]) + 4 * len(p["CREDS"]["tail"])
+        return page_up(size)
+
     def prepare(self):
         img, arch = self.img, self.arch
-        arch.check_header(img[arch.HEADER_RECORD.name], self.log)
-        if hasattr(arch, "check_task"):  # arm: per-task rules (ThumbEE, OABI/EABI)
-            arch.check_task(img.one, _warn)
-        mine = proc.maps("self")
-        special_cur = self._specials(mine)
-        vmas = img.many["VMA"]
-        self.vma_fds = {}
-        for v in vmas:
-            if v["kind"] == 1:
-                self.vma_fds[v.offset] = self._open_vma_file(v)
-        file_fds = [(rec, self._open_file(rec)) for rec in img.many["FILE"]]
-        exe_fd = self._open_exe(img["TASK"]["tail"])
-        cwd, root = img["FS"]["tail"]
-        try:
-            cwd_fd = os.open(cwd, os.O_PATH | os.O_DIRECTORY)
-            root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY) if root != "/" else -1
-        except OSError as e:
-            raise UcrError(f"working directory {e.filename} is gone: {e.strerror}") from None
+        arch.check_header(img.one[arch.HEADER_RECORD.name], self.log)
+        mine = self.mine = proc.maps("self")
+        live = [p for p in img.procs if not p.zombie]
+        self.special_cur = {}
+        for p in live:
+            if hasattr(arch, "check_task"):  # arm: per-task rules (ThumbEE, OABI/EABI)
+                arch.check_task({**img.one, **p.one, **p.threads[0]}, _warn)
+            self.special_cur = self._specials(p, mine)
+        self.sessions = session_plan(img)
         self.status_r, status_w = os.pipe()
         go_r, self.go_w = os.pipe()
 
-        # Everything the task keeps or the restorer uses sits at fd_base or above.
+        # Everything the tasks keep or the restorer uses sits at fd_base or above.
         busy_fds = [int(f) for f in os.listdir("/proc/self/fd")]
-        fd_base = max(busy_fds + [r["fd"] for r in img.many["FILE"]] + [2]) + 1
-        self.fd_pairs = [(self._keep(new, fd_base), rec["fd"], rec["fd_flags"]) for rec, new in file_fds]
-        for key in list(self.vma_fds):
-            self.vma_fds[key] = self._keep(self.vma_fds[key], fd_base)
-        exe_fd = self._keep(exe_fd, fd_base) if exe_fd >= 0 else -1
-        cwd_fd = self._keep(cwd_fd, fd_base)
-        root_fd = self._keep(root_fd, fd_base) if root_fd >= 0 else -1
-        image_fd = self._keep(os.dup(self.in_fd), fd_base)
-        status_w = self._keep(status_w, fd_base)
-        go_r = self._keep(go_r, fd_base)
+        self.fd_base = max(busy_fds + [r["fd"] for p in img.procs for r in p.many["FILE"]] + [2]) + 1
+        self._shared_memory()
+        self.image_fd = self._keep(os.dup(self.in_fd))
+        self.status_w = self._keep(status_w)
+        self.go_r = self._keep(go_r)
 
-        # The region: free in this process and in the image.
         blob = bytes(ffi.buffer(lib.ucr_restorer_blob(), lib.ucr_restorer_size()))
-        specials = [v for v in vmas if v["kind"] == 2]
-        park = sum(v["end"] - v["start"] for v in specials)
-        data_size = page_up(ffi.sizeof("struct ucr_plan") + 64 * 1024 + len(vmas) * ffi.sizeof("struct ucr_vma")
-                            + len(img["MM"]["tail"]) + 4096 * (1 + len(img.many["SIGPENDING"])))
-        region = Region(page_up(len(blob)) + data_size + park + STACK_SIZE)
-        busy = [(m.start, m.end) for m in mine] + [(v["start"], v["end"]) for v in vmas]
+        park = max(sum(v["end"] - v["start"] for v in p.many["VMA"] if v["kind"] == 2) for p in live)
+        max_threads = max(len(p.threads) for p in live)
+        data_size = self._data_size()
+        shared_size = page_up(ffi.sizeof("struct ucr_shared") + 8 * len(img.procs))
+        region = Region(page_up(len(blob)) + data_size + park + max_threads * THREAD_STACK + STACK_SIZE,
+                        shared_size)
+        busy = [(m.start, m.end) for m in mine] + [(v["start"], v["end"]) for p in live for v in p.many["VMA"]]
         self.region = region
         region.place(busy)
         region.data_start = region.start + page_up(len(blob))
+        region.park_start = region.data_start + data_size
+        region.stacks_start = region.park_start + park
         ffi.memmove(ffi.cast("void *", region.start), blob, len(blob))
 
-        plan_addr = region.put(bytes(ffi.sizeof("struct ucr_plan")), 64)
-        plan = ffi.cast("struct ucr_plan *", plan_addr)
-        plan.region_start, plan.region_end = region.start, region.end
-        gate_start = min([m.start for m in mine if m.name in arch.GATE_MAPPINGS] + [2**64])
-        plan.unmap_end = max([m.end for m in mine if m.start < gate_start] + [v["end"] for v in vmas])
-        plan.page_size = PAGE_SIZE
-        plan.image_fd, plan.status_fd, plan.go_fd, plan.fd_base = image_fd, status_w, go_r, fd_base
-
-        # VMAs, with this kernel's special mappings parked before the region's stack.
-        arr = ffi.new("struct ucr_vma[]", len(vmas))
-        park_at = region.end - STACK_SIZE - park
-        for i, v in enumerate(vmas):
-            a = arr[i]
-            a.start, a.end, a.offset, a.prot, a.mmap_flags = v["start"], v["end"], v["offset"], v["prot"], v["flags"]
-            a.kind, a.fd = v["kind"], self.vma_fds.get(v.offset, -1)
-            if v["kind"] == 2:
-                a.cur, a.park = special_cur[v["tail"]], park_at
-                park_at += v["end"] - v["start"]
-        plan.vmas = region.put(ffi.buffer(arr))
-        plan.nr_vmas = len(vmas)
-
-        fds = ffi.new("struct ucr_fd[]", max(1, len(self.fd_pairs)))
-        for i, (src, dst, cloexec) in enumerate(self.fd_pairs):
-            fds[i].src, fds[i].dst, fds[i].cloexec = src, dst, cloexec
-        plan.fds = region.put(ffi.buffer(fds))
-        plan.nr_fds = len(self.fd_pairs)
-
-        pend = img.many["SIGPENDING"]
-        si = ffi.new("struct ucr_siginfo[]", max(1, len(pend)))
-        for i, rec in enumerate(pend):
-            si[i].shared, si[i].signo = rec["shared"], rec["signo"]
-            ffi.memmove(si[i].info, rec["tail"], 128)
-        plan.siginfo = region.put(ffi.buffer(si))
-        plan.nr_siginfo = len(pend)
-
-        acts = img["SIGHAND"]["actions"]
-        for i in range(64):
-            a = plan.sigactions[i]
-            a.handler, a.flags, a.restorer, a.mask = acts[4 * i:4 * i + 4]
-        plan.nr_rlimits = 16
-        for i, v in enumerate(self._rlimits()):
-            plan.rlimits[i] = v
-        plan.cwd_fd, plan.root_fd, plan.umask = cwd_fd, root_fd, img["FS"]["umask"]
-        comm = img["TASK"]["comm"].encode()[:15]
-        ffi.memmove(plan.comm, comm + b"\0", len(comm) + 1)
-
-        mm = img["MM"]
-        for i, key in enumerate(("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
-                                 "start_stack", "arg_start", "arg_end", "env_start", "env_end")):
-            plan.mm[i] = mm[key]
-        plan.auxv = region.put(mm["tail"]) if mm["tail"] else 0
-        plan.auxv_size = len(mm["tail"])
-        plan.exe_fd = exe_fd
-
-        cur = ffi.new("uint64_t *"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
-        lib.ucr_rseq_self(*cur)
-        plan.cur_rseq, plan.cur_rseq_len, plan.cur_rseq_sig = cur[0][0], cur[1][0], cur[2][0]
-        th = img["THREAD"]
-        plan.rseq, plan.rseq_len, plan.rseq_sig = th["rseq_ptr"], th["rseq_len"], th["rseq_sig"]
-
-        self._creds(plan)
-        regs, fpstate = arch.cpu_state(img.one)
-        sp = arch.stack_pointer(regs)
-        stack_vma = next((v for v in vmas if v["start"] <= sp - 1 < v["end"]), None)
-        if stack_vma is None:
-            raise UcrError("image corrupt: the stack pointer is outside every mapping")
-        frame_addr, frame, sigreturn_sp = arch.build_sigframe(
-            regs, fpstate, th["blocked"], (th["altstack_sp"], th["altstack_flags"], th["altstack_size"]),
-            stack_vma["start"], img[arch.HEADER_RECORD.name])
-        plan.sigframe = region.put(frame, 64)
-        plan.sigframe_len, plan.sigframe_dest, plan.sigreturn_sp = len(frame), frame_addr, sigreturn_sp
-        for i, v in enumerate(arch.tls(regs)):
-            plan.tls[i] = v
-        plan.csum[0], plan.csum[1] = self.reader_csum
-        plan.image_offset = self.reader_offset
+        self.shared = ffi.cast("struct ucr_shared *", region.shared_start)
+        self.shared.csum[0], self.shared.csum[1] = self.reader_csum
+        self.shared.image_offset = self.reader_offset
+        self.plans = [ffi.cast("struct ucr_plan *", region.put(bytes(ffi.sizeof("struct ucr_plan")), 64))
+                      for _ in img.procs]
+        turn = 0
+        for i, p in enumerate(img.procs):
+            self._plan(i, p, turn, turn == len(live) - 1)
+            turn += not p.zombie
         if region.used > data_size:
             raise UcrError("internal error: restore plan larger than its region")
         lib.ucr_protect(region.start, page_up(len(blob)), 5)  # PROT_READ | PROT_EXEC
-        self.plan_addr = plan_addr
-        self.child_fds = [status_w, go_r]
+        cur = ffi.new("uint64_t *"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
+        lib.ucr_rseq_self(*cur)
+        root = self.plans[0]
+        root.cur_rseq, root.cur_rseq_len, root.cur_rseq_sig = cur[0][0], cur[1][0], cur[2][0]
+        self.child_fds = [self.status_w, self.go_r]
 
-    def _rlimits(self):
+    def _plan(self, i, p, turn, last):
+        img, region = self.img, self.region
+        plan = self.plans[i]
+        plan.region_start, plan.region_end, plan.page_size = region.start, region.end, PAGE_SIZE
+        plan.stack_top = region.shared_start
+        plan.shared = region.shared_start
+        plan.image_fd, plan.status_fd, plan.go_fd, plan.fd_base = \
+            self.image_fd, self.status_w, self.go_r, self.fd_base
+        plan.index, plan.image_pid = i, p.pid
+        plan.setsid, plan.pgid_action, plan.pgid_leader = self.sessions[i]
+        kids = [j for j in range(len(img.procs)) if img.parent[j] == i]
+        # group leaders first, so members rarely wait
+        kids.sort(key=lambda j: (img.pids[j]["pgid"] != img.pids[j]["pid"], j))
+
+        def child(c, j):
+            c.plan, c.pid = int(ffi.cast("uintptr_t", self.plans[j])), img.procs[j].pid if self.pids else 0
+            c.exit_signal, c.zombie = img.procs[j]["TASK"]["exit_signal"], img.procs[j].zombie
+        plan.children, plan.nr_children = region.array("ucr_child", kids, child)
+        task = p["TASK"]
+        if p.zombie:
+            plan.zombie, plan.exit_status = 1, task["exit_status"]
+            return
+        plan.pages_turn, plan.last_pages = turn, last
+        plan.pdeathsig = task["pdeathsig"]
+        self._memory(plan, p)
+        self._files(plan, p)
+        self._threads(plan, p)
+        acts = p["SIGHAND"]["actions"]
+        for k in range(64):
+            a = plan.sigactions[k]
+            a.handler, a.flags, a.restorer, a.mask = acts[4 * k:4 * k + 4]
+        for k, v in enumerate(p["SIGNAL"]["itimers"]):
+            plan.itimers[k] = v
+        tids = [t["THREAD"]["tid"] for t in p.threads]
+
+        def timer(t, rec):
+            t.id, t.clockid, t.signo, t.notify, t.value = rec["id"], rec["clockid"], rec["signo"], rec["notify"], \
+                rec["value"]
+            t.thread = tids.index(rec["notify_tid"]) if rec["notify_tid"] in tids else -1
+            t.interval_ns, t.value_ns = rec["interval_ns"], rec["value_ns"]
+        plan.timers, plan.nr_timers = region.array("ucr_timer", p.many["POSIX_TIMER"], timer)
+        plan.nr_rlimits = 16
+        for k, v in enumerate(self._rlimits(p)):
+            plan.rlimits[k] = v
+        cwd, root = p["FS"]["tail"]
+        plan.cwd_fd, plan.root_fd = self._dir(cwd), self._dir(root) if root != "/" else -1
+        plan.umask = p["FS"]["umask"]
+        comm = task["comm"].encode()[:15]
+        ffi.memmove(plan.comm, comm + b"\0", len(comm) + 1)
+        self._creds(plan, p)
+
+    def _memory(self, plan, p):
+        vmas, region = p.many["VMA"], self.region
+        park_at = [region.park_start]
+
+        def vma(a, v):
+            a.start, a.end, a.offset, a.prot, a.mmap_flags = v["start"], v["end"], v["offset"], v["prot"], v["flags"]
+            a.kind, a.fd = v["kind"], -1
+            if v["kind"] == 1:
+                a.fd = self._open_vma_file(v)
+            elif v["kind"] == 3:
+                a.fd, a.mmap_flags = self.shm[(v["dev"], v["ino"])], MAP_SHARED
+            elif v["kind"] == 2:
+                a.cur, a.park = self.special_cur[v["tail"]], park_at[0]
+                park_at[0] += v["end"] - v["start"]
+        plan.vmas, plan.nr_vmas = region.array("ucr_vma", vmas, vma)
+        gate_start = min([m.start for m in self.mine if m.name in self.arch.GATE_MAPPINGS] + [2**64])
+        plan.unmap_end = max([m.end for m in self.mine if m.start < gate_start] + [v["end"] for v in vmas])
+        mm = p["MM"]
+        for k, key in enumerate(("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+                                 "start_stack", "arg_start", "arg_end", "env_start", "env_end")):
+            plan.mm[k] = mm[key]
+        plan.auxv = region.put(mm["tail"]) if mm["tail"] else 0
+        plan.auxv_size = len(mm["tail"])
+        plan.exe_fd = self._open_exe(p["TASK"]["tail"])
+
+    def _files(self, plan, p):
+        def fd(f, rec):
+            f.src, f.dst, f.cloexec = self._file(rec), rec["fd"], rec["fd_flags"]
+        plan.fds, plan.nr_fds = self.region.array("ucr_fd", p.many["FILE"], fd)
+
+    def _threads(self, plan, p):
+        arch, region = self.arch, self.region
+        vmas = p.many["VMA"]
+        pending = [(1, 0, rec) for rec in p.many["SIGPENDING"]]
+        pending += [(0, k, rec) for k, t in enumerate(p.threads) for rec in t["SIGPENDING"]]
+
+        def siginfo(s, item):
+            s.shared, s.thread, rec = item
+            s.signo = rec["signo"]
+            ffi.memmove(s.info, rec["tail"], 128)
+        plan.siginfo, plan.nr_siginfo = region.array("ucr_siginfo", pending, siginfo)
+
+        def thread(t, item):
+            k, records = item
+            th = records["THREAD"]
+            regs, fpstate = arch.cpu_state(records)
+            sp = arch.stack_pointer(regs)
+            stack_vma = next((v for v in vmas if v["start"] <= sp - 1 < v["end"]), None)
+            if stack_vma is None:
+                raise UcrError(f"image corrupt: the stack pointer of thread {th['tid']} is outside every mapping")
+            frame_addr, frame, sigreturn_sp = arch.build_sigframe(
+                regs, fpstate, th["blocked"], (th["altstack_sp"], th["altstack_flags"], th["altstack_size"]),
+                stack_vma["start"], self.img.one[arch.HEADER_RECORD.name])
+            t.plan = int(ffi.cast("uintptr_t", plan))
+            t.sigframe = region.put(frame, 64)
+            t.sigframe_len, t.sigframe_dest, t.sigreturn_sp = len(frame), frame_addr, sigreturn_sp
+            for n, v in enumerate(arch.tls(regs)):
+                t.tls[n] = v
+            t.rseq, t.rseq_len, t.rseq_sig = th["rseq_ptr"], th["rseq_len"], th["rseq_sig"]
+            t.clear_child_tid, t.robust_list, t.robust_len = th["clear_child_tid"], th["robust_list"], th["robust_len"]
+            t.stack_top = region.stacks_start + (k + 1) * THREAD_STACK
+            t.tid = th["tid"] if self.pids else 0
+        plan.threads, plan.nr_threads = region.array("ucr_thread", list(enumerate(p.threads)), thread)
+
+    def _rlimits(self, p):
         import resource
         out = []
-        lims = self.img["RLIMITS"]["limits"]
+        lims = p["RLIMITS"]["limits"]
         for res in range(16):
             cur, hard = lims[2 * res], lims[2 * res + 1]
             _, my_hard = resource.getrlimit(res)
@@ -355,8 +622,8 @@ class Restorer:
             out += [min(cur, hard), hard]
         return out
 
-    def _creds(self, plan):
-        c = self.img["CREDS"]
+    def _creds(self, plan, p):
+        c = p["CREDS"]
         for key in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
             setattr(plan, key, c[key])
         groups = c["tail"]
@@ -369,41 +636,84 @@ class Restorer:
 
     def spawn(self, set_tid, flags=0):
         arr = ffi.new("int32_t[]", set_tid or [0])
-        pid = lib.ucr_spawn_restorer(flags, arr, len(set_tid), SIGCHLD, self.region.start, self.plan_addr,
-                                     self.region.end)
-        return pid
+        return lib.ucr_spawn_restorer(flags, arr, len(set_tid), SIGCHLD, self.region.start,
+                                      int(ffi.cast("uintptr_t", self.plans[0])), self.region.shared_start)
 
-    def cleanup_parent(self):
+    def close_fds(self):
         for fd in self.opened:
             os.close(fd)
         self.opened = []
+
+    def cleanup_parent(self):
+        self.close_fds()
         if self.region is not None and self.region.start is not None:
             lib.ucr_unmap(self.region.start, self.region.size)
+            self.region.start = None
 
-    def wait_ready(self, pid):
-        """Reads the restorer's report; raises UcrError if it failed."""
-        data = b""
-        while len(data) < STATUS.size:
-            select.select([self.status_r], [], [])
-            chunk = os.read(self.status_r, STATUS.size - len(data))
-            if not chunk:
-                break
-            data += chunk
-        if len(data) < STATUS.size:
-            _, status = os.waitpid(pid, 0)
-            how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.waitstatus_to_exitcode(status)}"
-            raise UcrError(f"the restored task died before it was ready ({how})")
-        step, err, detail = STATUS.unpack(data)
+    def slots(self):
+        """(pid in the tree's namespace, state) of every process created so far."""
+        return [(s.pid, s.state) for s in self.shared.slots[0:len(self.img.procs)]]
+
+    def _failure(self, data):
+        step, err, detail, task, _ = STATUS.unpack(data)
+        what = STEP_TEXT.get(step, f"step {step}").format(detail=detail)
+        where = f" (process {self.img.procs[task].pid})" if len(self.img.procs) > 1 else ""
         if step == lib.UCR_STEP_CLONE and err == 17:
-            os.waitpid(pid, 0)
-            raise UcrError(f"PID {detail} is in use in the new PID namespace")
-        if step != lib.UCR_STEP_READY:
-            os.waitpid(pid, 0)
-            what = STEP_TEXT.get(step, f"step {step}").format(detail=detail)
-            if step == lib.UCR_STEP_CHECKSUM or (step == lib.UCR_STEP_READ and err == 61):
-                raise UcrError(what if step == lib.UCR_STEP_CHECKSUM else f"image truncated at offset {detail}")
-            reason = ERRNO_TEXT.get(err) or (os.strerror(err) if err else "")
-            raise UcrError(f"restart failed {what}" + (f": {reason}" if reason else ""))
+            return UcrError(f"PID {detail} is in use; restart with --pidns or --no-pids")
+        if step == lib.UCR_STEP_THREAD and err == 17:
+            return UcrError(f"thread ID {detail} is in use; restart with --pidns or --no-pids")
+        if step == lib.UCR_STEP_CHECKSUM:
+            return UcrError(what)
+        if step == lib.UCR_STEP_READ and err == 61:
+            return UcrError(f"image truncated at offset {detail}")
+        reason = ERRNO_TEXT.get(err) or (os.strerror(err) if err else "")
+        return UcrError(f"restart failed {what}{where}" + (f": {reason}" if reason else ""))
+
+    def wait_ready(self, top):
+        """Waits until every live process reported ready; raises UcrError on
+        the first failure, or when a task died without a word (top is the
+        process rstr created: the root, or PID 1 of the new namespace)."""
+        want = sum(not p.zombie for p in self.img.procs)
+        data = b""
+        while want:
+            ready, _, _ = select.select([self.status_r], [], [], POLL_INTERVAL)
+            if not ready:
+                self._check_alive(top)
+                continue
+            chunk = os.read(self.status_r, 4096)
+            if not chunk:  # every restorer is gone
+                self._check_alive(top)
+                raise UcrError("the restored tasks died before they were ready")
+            data += chunk
+            while len(data) >= STATUS.size:
+                msg, data = data[:STATUS.size], data[STATUS.size:]
+                if STATUS.unpack(msg)[0] != lib.UCR_STEP_READY:
+                    raise self._failure(msg)
+                want -= 1
+
+    def _check_alive(self, top):
+        got, status = os.waitpid(top, os.WNOHANG)
+        if got == top:
+            how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else \
+                f"status {os.waitstatus_to_exitcode(status)}"
+            raise UcrError(f"the restored task died before it was ready ({how})")
+        states = _tree_states(top)
+        for (pid, state), p in zip(self.slots(), self.img.procs):
+            if pid and state not in (lib.UCR_SLOT_READY, lib.UCR_SLOT_ZOMBIE) and states.get(pid, "Z") == "Z":
+                raise UcrError(f"restored process {p.pid} died before it was ready")
+
+
+def _tree_states(top):
+    """{PID in the innermost namespace: state} of top and its descendants."""
+    out, stack = {}, [top]
+    while stack:
+        pid = stack.pop()
+        try:
+            out[proc.nspids(pid)[-1]] = proc.state(pid)
+        except (UcrError, KeyError):
+            continue
+        stack.extend(proc.children(pid))
+    return out
 
 
 def _warn(msg):
@@ -421,15 +731,15 @@ def _fd_open(fd):
 
 
 def _reaper(rst, orig_pid):
-    """PID 1 of a new namespace: creates the task with its original PID,
-    reaps whatever is orphaned there, and exits as the task did."""
+    """PID 1 of a new namespace: creates the root with its original PID,
+    reaps whatever is orphaned there, and exits as the root did."""
     code = 127
     try:
         os.close(rst.status_r)
         os.close(rst.go_w)
         pid = rst.spawn([orig_pid])
         if pid < 0:
-            os.write(rst.child_fds[0], STATUS.pack(lib.UCR_STEP_CLONE, -pid, orig_pid))
+            os.write(rst.status_w, STATUS.pack(lib.UCR_STEP_CLONE, -pid, orig_pid, 0, 0))
             os._exit(code)
         rst.cleanup_parent()
         # Hold none of rstr's files: with --no-wait, rstr's caller waits for their EOF.
@@ -454,53 +764,74 @@ def _child_of(pid):
         return int(f.read().split()[0])
 
 
+def _check_pids_free(image):
+    for p in image.procs:
+        for tid in [p.pid] + [t["THREAD"]["tid"] for t in p.threads]:
+            if os.path.exists(f"/proc/{tid}"):
+                raise UcrError(f"PID {tid} is in use; restart with --pidns or --no-pids")
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
 def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, log=log_nothing):
-    """Restores the image read from in_fd. Returns (pid, wait status or None);
-    with a reaper (--pids --pidns) the status is the reaper's, which mirrors the task's."""
+    """Restores the image read from in_fd. Returns (root pid, wait status or
+    None); with a reaper (--pids --pidns) the status is the reaper's, which
+    mirrors the root's."""
     arch = current_arch()
     reader = ImageReader(in_fd)
     image = Image(reader, arch)
-    rst = Restorer(image, arch, in_fd, log)
+    if pids and not pidns:
+        _check_pids_free(image)
+    rst = Restorer(image, arch, in_fd, pids, log)
     rst.reader_csum = (reader.csum[0], reader.csum[1])
     rst.reader_offset = reader.offset
-    orig_pid = image.many["PIDS"][0]["pid"]
-    pid = None
+    orig_pid = image.procs[0].pid
+    top = None
     try:
         rst.prepare()
         if pids and pidns and orig_pid == 1:
-            pid = rst.spawn([1], CLONE_NEWPID)
+            top = rst.spawn([1], CLONE_NEWPID)
         elif pids and pidns:
-            pid = lib.ucr_fork_pidns()
-            if pid == 0:
+            top = lib.ucr_fork_pidns()
+            if top == 0:
                 _reaper(rst, orig_pid)
         else:
-            pid = rst.spawn([orig_pid] if pids else [])
-        if pid == -17:  # EEXIST
+            top = rst.spawn([orig_pid] if pids else [])
+        if top == -17:  # EEXIST
             raise UcrError(f"PID {orig_pid} is in use; restart with --pidns or --no-pids")
-        if pid < 0:
-            raise UcrError(f"creating the task failed: {os.strerror(-pid)}")
-        rst.cleanup_parent()
-        rst.wait_ready(pid)
-        task = _child_of(pid) if pids and pidns and orig_pid != 1 else pid
+        if top < 0:
+            raise UcrError(f"creating the task failed: {os.strerror(-top)}")
+        rst.close_fds()
+        rst.wait_ready(top)
+        root = _child_of(top) if pids and pidns and orig_pid != 1 else top
         if pidfile:
             with open(pidfile, "w") as f:
-                f.write(f"{task}\n")
-        os.write(rst.go_w, b"G")
+                f.write(f"{root}\n")
+        live = sum(not p.zombie for p in image.procs)
+        os.write(rst.go_w, b"G" * live)
         os.close(rst.go_w)
         rst.go_w = None
-        log(f"restored as PID {task}")
+        log(f"restored {len(image.procs)} processes, root PID {root}")
         if not wait:
-            return task, None
-        _, status = os.waitpid(pid, 0)
-        return task, status
+            return root, None
+        _, status = os.waitpid(top, 0)
+        return root, status
     except BaseException:
-        if pid and pid > 0:
-            try:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+        if top and top > 0:
+            if not pidns:  # otherwise PID 1 of the namespace takes them all along
+                for pid, _ in rst.slots():
+                    if pid > 0 and pid != top:
+                        try:
+                            os.kill(pid, 9)
+                        except ProcessLookupError:
+                            pass
+            _kill(top)
         raise
     finally:
-        if rst.opened:
-            rst.cleanup_parent()
+        rst.cleanup_parent()

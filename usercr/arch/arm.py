@@ -338,20 +338,25 @@ def _thumbee_state(tracee):
 
 
 def dump_cpu(tracee):
-    from .. import proc
+    """The records of one thread: registers, VFP, TLS, syscall, ThumbEE."""
     from ..native import ffi
     vfp = tracee.get_regset(NT_ARM_VFP, VFP_REGSET_SIZE)
     fpregs = struct.unpack_from("<32Q", vfp)
     fpscr = struct.unpack_from("<I", vfp, 256)[0]
     tp = ffi.new("uint32_t *")
     tracee.call(PTRACE_GET_THREAD_AREA, 0, int(ffi.cast("uintptr_t", tp)), what="reading TLS")
-    heap = [m for m in proc.maps(tracee.pid) if m.name == "[heap]"]
-    e_flags, eabi = elf_eabi(tracee.pid)
     return [R.ARM_CPU.pack(regs=tracee.orig_regs),
             R.ARM_VFP.pack(fpregs=fpregs, fpscr=fpscr),
             R.ARM_THREAD.pack(syscall=_syscall_nr(tracee.pid), tp_value=tp[0],
-                              thumbee_state=_thumbee_state(tracee)),
-            R.ARM_MM_CONTEXT.pack(end_brk=heap[0].end if heap else 0),
+                              thumbee_state=_thumbee_state(tracee))]
+
+
+def dump_process(tracee):
+    """The records of one process: end_brk and the executable's ABI."""
+    from .. import proc
+    heap = [m for m in proc.maps(tracee.pid) if m.name == "[heap]"]
+    e_flags, eabi = elf_eabi(tracee.pid)
+    return [R.ARM_MM_CONTEXT.pack(end_brk=heap[0].end if heap else 0),
             R.ARM_TASK.pack(e_flags=e_flags, eabi_version=eabi)]
 
 

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #define UCR_CORE 1
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -249,10 +250,10 @@ unmap:
     return r;
 }
 
-int ucr_map_region(uint64_t addr, uint64_t len)
+int ucr_map_region(uint64_t addr, uint64_t len, int shared)
 {
     void *p = mmap((void *)(uintptr_t)addr, len, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+                   (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
     if (p == MAP_FAILED)
         return -errno;
     if ((uintptr_t)p != addr) {
@@ -322,6 +323,50 @@ long ucr_fork_pidns(void)
     args.exit_signal = SIGCHLD;
     long pid = syscall(SYS_clone3, &args, sizeof(args));
     return pid < 0 ? -errno : pid;
+}
+
+/* 0 if fd1 of pid1 and fd2 of pid2 are one open file description. */
+long ucr_kcmp(int pid1, int pid2, int type, long idx1, long idx2)
+{
+    long r = syscall(SYS_kcmp, pid1, pid2, type, idx1, idx2);
+    return r < 0 ? -errno : r;
+}
+
+int ucr_pipe_capacity(int fd)
+{
+    int r = fcntl(fd, F_GETPIPE_SZ);
+    return r < 0 ? -errno : r;
+}
+
+/* Copies what is buffered in the pipe behind fd without consuming it: tee()
+ * duplicates it into a private pipe, which is then drained. */
+long ucr_pipe_peek(int fd, char *buf, size_t cap)
+{
+    int p[2];
+    long total = 0;
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC))
+        return -errno;
+    if (fcntl(p[1], F_SETPIPE_SZ, (int)cap) < 0 && cap > 65536) {
+        total = -errno;
+        goto out;
+    }
+    ssize_t n = tee(fd, p[1], cap, SPLICE_F_NONBLOCK);
+    if (n < 0) {
+        total = errno == EAGAIN ? 0 : -errno;
+        goto out;
+    }
+    while (total < n) {
+        ssize_t r = read(p[0], buf + total, (size_t)(n - total));
+        if (r <= 0) {
+            total = r < 0 ? -errno : -EIO;
+            goto out;
+        }
+        total += r;
+    }
+out:
+    close(p[0]);
+    close(p[1]);
+    return total;
 }
 
 /* Probes for usercr check. */

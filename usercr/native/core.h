@@ -18,13 +18,16 @@ const char *ucr_arch_name(void);
 void ucr_arch_info(uint64_t *out);
 int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
                    uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written);
-int ucr_map_region(uint64_t addr, uint64_t len);
+int ucr_map_region(uint64_t addr, uint64_t len, int shared);
 int ucr_protect(uint64_t addr, uint64_t len, int prot);
 int ucr_unmap(uint64_t addr, uint64_t len);
 void ucr_rseq_self(uint64_t *ptr, uint32_t *len, uint32_t *sig);
 long ucr_spawn_restorer(uint64_t flags, const int32_t *set_tid, uint32_t set_tid_size, int exit_signal,
                         uint64_t entry, uint64_t plan, uint64_t stack_top);
 long ucr_fork_pidns(void);
+long ucr_kcmp(int pid1, int pid2, int type, long idx1, long idx2);
+int ucr_pipe_capacity(int fd);
+long ucr_pipe_peek(int fd, char *buf, size_t cap);
 int ucr_probe_vm_readv(void);
 long ucr_probe_mm_map_size(void);
 

@@ -15,7 +15,8 @@ enum ucr_step {
     UCR_STEP_PROTECT = 8, UCR_STEP_SPECIAL = 9, UCR_STEP_MM = 10, UCR_STEP_FDS = 11,
     UCR_STEP_FS = 12, UCR_STEP_RLIMIT = 13, UCR_STEP_SIGACTION = 14, UCR_STEP_SIGQUEUE = 15,
     UCR_STEP_CREDS = 16, UCR_STEP_RSEQ = 17, UCR_STEP_TLS = 18, UCR_STEP_GO = 19,
-    UCR_STEP_SIGRETURN = 20, UCR_STEP_CLONE = 21
+    UCR_STEP_SIGRETURN = 20, UCR_STEP_CLONE = 21, UCR_STEP_IDS = 22, UCR_STEP_THREAD = 23,
+    UCR_STEP_TIMER = 24, UCR_STEP_ZOMBIE = 25
 };
 
 struct ucr_vma {
@@ -39,6 +40,7 @@ struct ucr_sigaction {
 
 struct ucr_siginfo {
     uint32_t shared, signo;
+    uint32_t thread, pad;  /* per-thread signals: index into threads */
     uint8_t info[128];
 };
 
@@ -46,16 +48,84 @@ struct ucr_status {
     int32_t step;         /* 0: ready */
     int32_t err;          /* errno */
     uint64_t detail;      /* address or offset the step was working on */
+    int32_t task;         /* index of the process in the tree */
+    int32_t pid;          /* its PID in its namespace */
+};
+
+/* A process the restorer creates from its parent's restorer. */
+struct ucr_child {
+    uint64_t plan;
+    int32_t pid;          /* set_tid: the PID to create it with; 0: any */
+    int32_t exit_signal;
+    uint32_t zombie, pad;
+};
+
+struct ucr_thread {
+    uint64_t plan;          /* the process's plan */
+    uint64_t sigframe;      /* prebuilt frame bytes inside the region */
+    uint64_t sigframe_len;
+    uint64_t sigframe_dest; /* where the frame goes on the restored stack */
+    uint64_t sigreturn_sp;  /* stack pointer for the final rt_sigreturn */
+    uint64_t tls[4];        /* arch: x86_64 fs_base, gs_base */
+    uint64_t rseq;          /* the image's rseq registration */
+    uint32_t rseq_len, rseq_sig;
+    uint64_t clear_child_tid, robust_list, robust_len;
+    uint64_t stack_top;     /* restorer stack of a non-main thread */
+    int32_t tid;            /* set_tid; 0: any */
+    int32_t new_tid;        /* what it got, for timers aimed at it */
+};
+
+struct ucr_timer {
+    int32_t id, clockid, signo, notify;
+    uint64_t value;         /* sigev_value */
+    int32_t thread, pad;    /* SIGEV_THREAD_ID: index into threads */
+    uint64_t interval_ns, value_ns;
+};
+
+/* Shared by every process of the tree (MAP_SHARED): whose turn it is to read
+ * its pages from the image stream, the running checksum and offset it hands
+ * on, and each process's PID and progress. */
+struct ucr_slot {
+    int32_t pid;
+    uint32_t state;       /* UCR_SLOT_* */
+};
+
+enum ucr_slot_state { UCR_SLOT_NONE = 0, UCR_SLOT_IDS = 1, UCR_SLOT_READY = 2, UCR_SLOT_ZOMBIE = 3 };
+
+struct ucr_shared {
+    uint32_t turn, pad;
+    uint64_t csum[2];
+    uint64_t image_offset;
+    struct ucr_slot slots[1];  /* nr_tasks of them */
 };
 
 struct ucr_plan {
     uint64_t region_start, region_end, unmap_end, page_size;
     int32_t image_fd, status_fd, go_fd, fd_base;
+    uint64_t shared;      /* struct ucr_shared */
+    uint64_t stack_top;   /* the restorer's stack, the same in every process */
     uint64_t csum[2];
     uint64_t image_offset;
 
+    int32_t index;        /* this process's slot */
+    int32_t image_pid;
+    int32_t pages_turn;   /* position of its pages in the image */
+    uint32_t last_pages;  /* its section is the last: the TAIL follows */
+    uint32_t setsid;
+    uint32_t pgid_action; /* 0: keep the parent's group, 1: its own, 2: join pgid_leader's */
+    int32_t pgid_leader;
+    uint32_t zombie;
+    int32_t exit_status;
+    int32_t pdeathsig;
+
     uint32_t nr_vmas, nr_fds, nr_siginfo, nr_groups;
     uint64_t vmas, fds, siginfo, groups;   /* arrays inside the region */
+    uint32_t nr_children, nr_threads;
+    uint64_t children, threads;
+    uint32_t nr_timers, threads_ready;
+    uint64_t timers;
+    uint32_t threads_go, pad2;
+    uint64_t itimers[12];
     struct ucr_sigaction sigactions[64];
     uint64_t rlimits[32];
     uint32_t nr_rlimits;
@@ -68,19 +138,11 @@ struct ucr_plan {
     uint32_t auxv_size;
     int32_t exe_fd;
 
-    uint64_t cur_rseq;    /* glibc's registration in this process, to drop */
+    uint64_t cur_rseq;    /* glibc's registration in rstr, to drop (root only) */
     uint32_t cur_rseq_len, cur_rseq_sig;
-    uint64_t rseq;        /* the image's registration, to re-register */
-    uint32_t rseq_len, rseq_sig;
 
     uint32_t uid, euid, suid, fsuid, gid, egid, sgid, fsgid;
-    uint32_t restore_creds, pad;
-
-    uint64_t sigframe;     /* prebuilt frame bytes inside the region */
-    uint64_t sigframe_len;
-    uint64_t sigframe_dest; /* where the frame goes on the restored stack */
-    uint64_t sigreturn_sp;  /* stack pointer for the final rt_sigreturn */
-    uint64_t tls[4];        /* arch: x86_64 fs_base, gs_base */
+    uint32_t restore_creds, pad3;
 };
 
 #endif

@@ -1,7 +1,9 @@
 /* The restorer: a freestanding, position-independent blob that runs inside the
- * new task. It replaces the task's address space with the image's, reads the
- * page contents straight from the image stream, restores the per-task kernel
- * state that needs no outside help, and ends in rt_sigreturn.
+ * new tasks. Each process's restorer first creates its children (which run
+ * their own copy of it with their own plan), then replaces its address space
+ * with the image's, reads its page contents straight from the image stream
+ * when its turn comes, restores the per-process kernel state, creates its
+ * threads, and every thread ends in rt_sigreturn once rstr says go.
  * No libc, no globals, no relocations: it is copied to a free address range
  * and entered there, so it also works where ptrace does not (qemu-user). */
 #include <stdint.h>
@@ -36,6 +38,31 @@ static inline long sys5(long n, long a, long b, long c, long d, long e) { return
 
 #define RSEQ_FLAG_UNREGISTER 1
 #define READ_CHUNK (1UL << 20)
+#define FUTEX_WAIT 0
+#define FUTEX_WAKE 1
+#define SIGCHLD 17
+#define P_PID 1
+#define WEXITED 4
+#define WNOWAIT 0x01000000
+#define PR_TIMER_CREATE_RESTORE_IDS 77
+#define THREAD_FLAGS (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM)
+#define CLONE_VM 0x100
+#define CLONE_FS 0x200
+#define CLONE_FILES 0x400
+#define CLONE_SIGHAND 0x800
+#define CLONE_THREAD 0x10000
+#define CLONE_SYSVSEM 0x40000
+
+/* The kernel's struct clone_args (v2, with set_tid). */
+struct kclone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size;
+};
+
+struct ksigevent {
+    uintptr_t value;
+    int32_t signo, notify, tid;
+    int32_t pad[13];
+};
 
 /* The compiler may emit calls to these for struct copies. */
 HIDDEN void *memcpy(void *dst, const void *src, size_t n)
@@ -57,12 +84,49 @@ HIDDEN void *memset(void *dst, int c, size_t n)
 
 static inline int is_err(long r) { return (unsigned long)r > -4096UL; }
 
+static struct ucr_shared *shared(struct ucr_plan *p) { return (struct ucr_shared *)(uintptr_t)p->shared; }
+
+static void report(struct ucr_plan *p, int step, long err, uint64_t detail)
+{
+    struct ucr_status st = { step, (int32_t)-err, detail, p->index, shared(p)->slots[p->index].pid };
+    sys3(__NR_write, p->status_fd, A(&st), sizeof(st));
+}
+
 static __attribute__((noreturn)) void fail(struct ucr_plan *p, int step, long err, uint64_t detail)
 {
-    struct ucr_status st = { step, (int32_t)-err, detail };
-    sys3(__NR_write, p->status_fd, A(&st), sizeof(st));
+    report(p, step, err, detail);
     sys1(__NR_exit_group, 127);
     __builtin_unreachable();
+}
+
+static void futex_wait(uint32_t *addr, uint32_t val)
+{
+    sys4(__NR_futex, A(addr), FUTEX_WAIT, val, 0);
+}
+
+static void futex_wake(uint32_t *addr)
+{
+    sys3(__NR_futex, A(addr), FUTEX_WAKE, 0x7fffffff);
+}
+
+static void wait_until_equal(uint32_t *addr, uint32_t want)
+{
+    uint32_t v;
+    while ((v = __atomic_load_n(addr, __ATOMIC_ACQUIRE)) != want)
+        futex_wait(addr, v);
+}
+
+static void wait_at_least(uint32_t *addr, uint32_t want)
+{
+    uint32_t v;
+    while ((v = __atomic_load_n(addr, __ATOMIC_ACQUIRE)) < want)
+        futex_wait(addr, v);
+}
+
+static void publish(uint32_t *addr, uint32_t val)
+{
+    __atomic_store_n(addr, val, __ATOMIC_RELEASE);
+    futex_wake(addr);
 }
 
 /* Reads exactly len bytes; a short stream is a truncated image. */
@@ -100,6 +164,8 @@ static int pages_target_ok(struct ucr_plan *p, uint64_t addr, uint64_t len)
     return 0;
 }
 
+/* Reads this process's section of PAGES records, up to its PAGES_END; the
+ * last section is followed by the TAIL, whose checksum covers the stream. */
 static void read_pages(struct ucr_plan *p)
 {
     for (;;) {
@@ -108,13 +174,27 @@ static void read_pages(struct ucr_plan *p)
         long r = read_full(p->image_fd, &rec.h, sizeof(rec.h));
         if (r)
             fail(p, UCR_STEP_READ, r, at);
-        if (rec.h.type == UCR_REC_TAIL) {
-            struct ucr_rec_tail tail;
-            if (rec.h.len != sizeof(tail))
+        if (rec.h.type == UCR_REC_PAGES_END) {
+            struct ucr_rec_pages_end end;
+            if (rec.h.len != sizeof(end))
                 fail(p, UCR_STEP_RECORD, -22, at);
-            r = read_full(p->image_fd, (char *)&tail + sizeof(tail.h), sizeof(tail) - sizeof(tail.h));
+            end.h = rec.h;
+            r = read_full(p->image_fd, (char *)&end + sizeof(end.h), sizeof(end) - sizeof(end.h));
             if (r)
                 fail(p, UCR_STEP_READ, r, at);
+            if (end.pid != p->image_pid)
+                fail(p, UCR_STEP_RECORD, -22, at);
+            ucr_csum_words(p->csum, &end, sizeof(end));
+            p->image_offset += sizeof(end);
+            if (!p->last_pages)
+                return;
+            struct ucr_rec_tail tail;
+            at = p->image_offset;
+            r = read_full(p->image_fd, &tail, sizeof(tail));
+            if (r)
+                fail(p, UCR_STEP_READ, r, at);
+            if (tail.h.type != UCR_REC_TAIL || tail.h.len != sizeof(tail))
+                fail(p, UCR_STEP_RECORD, -22, at);
             if (tail.magic != UCR_TAIL_MAGIC || tail.csum_a != p->csum[0] || tail.csum_b != p->csum[1])
                 fail(p, UCR_STEP_CHECKSUM, 0, at);
             return;
@@ -139,6 +219,22 @@ static void read_pages(struct ucr_plan *p)
         }
         p->image_offset += rec.h.len;
     }
+}
+
+/* The image is one stream: processes read their sections in turn, each
+ * handing the running checksum and offset to the next. */
+static void read_pages_in_turn(struct ucr_plan *p)
+{
+    struct ucr_shared *sh = shared(p);
+    wait_until_equal(&sh->turn, (uint32_t)p->pages_turn);
+    p->csum[0] = sh->csum[0];
+    p->csum[1] = sh->csum[1];
+    p->image_offset = sh->image_offset;
+    read_pages(p);
+    sh->csum[0] = p->csum[0];
+    sh->csum[1] = p->csum[1];
+    sh->image_offset = p->image_offset;
+    publish(&sh->turn, (uint32_t)p->pages_turn + 1);
 }
 
 static int needs_fill(const struct ucr_vma *v)
@@ -185,7 +281,7 @@ static void replace_address_space(struct ucr_plan *p)
         if (is_err(r) || (uint64_t)(unsigned long)r != v[i].start)
             fail(p, UCR_STEP_MAP, is_err(r) ? r : -17, v[i].start);
     }
-    read_pages(p);
+    read_pages_in_turn(p);
     for (uint32_t i = 0; i < p->nr_vmas; i++) {
         if (v[i].kind == UCR_VMA_SPECIAL || !needs_fill(&v[i]) || (v[i].prot & PROT_WRITE))
             continue;
@@ -266,26 +362,72 @@ static void restore_task_state(struct ucr_plan *p)
         if (r)
             fail(p, UCR_STEP_SIGACTION, r, (uint64_t)sig);
     }
-    /* Queued to ourselves, so any si_code is accepted; still blocked here,
-     * they are delivered as soon as rt_sigreturn installs the saved mask. */
-    struct ucr_siginfo *si = (struct ucr_siginfo *)(uintptr_t)p->siginfo;
-    long pid = sys0(__NR_getpid), tid = sys0(__NR_gettid);
-    for (uint32_t i = 0; i < p->nr_siginfo; i++) {
-        if (si[i].shared)
-            r = sys3(__NR_rt_sigqueueinfo, pid, si[i].signo, A(si[i].info));
-        else
-            r = sys4(__NR_rt_tgsigqueueinfo, pid, tid, si[i].signo, A(si[i].info));
+    for (int which = 0; which < 3; which++) {
+        long tv[4];
+        for (int k = 0; k < 4; k++)
+            tv[k] = (long)p->itimers[4 * which + k];
+        if (!tv[2] && !tv[3])
+            continue;
+        r = sys3(__NR_setitimer, which, A(tv), 0);
         if (r)
-            fail(p, UCR_STEP_SIGQUEUE, r, si[i].signo);
+            fail(p, UCR_STEP_TIMER, r, 100 + which);
     }
-    if (p->rseq) {
-        r = sys4(__NR_rseq, A(p->rseq), p->rseq_len, 0, p->rseq_sig);
+}
+
+static struct ucr_thread *threads(struct ucr_plan *p) { return (struct ucr_thread *)(uintptr_t)p->threads; }
+
+/* POSIX timers keep their ids: asked for explicitly where the kernel allows
+ * it (6.14+), otherwise ids are handed out in increasing order from 0. */
+static void restore_timers(struct ucr_plan *p)
+{
+    struct ucr_timer *t = (struct ucr_timer *)(uintptr_t)p->timers;
+    int explicit_ids = p->nr_timers && !sys2(__NR_prctl, PR_TIMER_CREATE_RESTORE_IDS, 1);
+    for (uint32_t i = 0; i < p->nr_timers; i++) {
+        struct ksigevent ev;
+        memset(&ev, 0, sizeof(ev));
+        ev.value = (uintptr_t)t[i].value;
+        ev.signo = t[i].signo;
+        ev.notify = t[i].notify;
+        if (t[i].thread >= 0)
+            ev.tid = threads(p)[t[i].thread].new_tid;
+        int32_t id;
+        long r;
+        do {
+            id = t[i].id;
+            r = sys3(__NR_timer_create, t[i].clockid, A(&ev), A(&id));
+            if (!r && !explicit_ids && id < t[i].id)
+                sys1(__NR_timer_delete, id);
+        } while (!r && !explicit_ids && id < t[i].id);
+        if (!r && id != t[i].id)
+            r = -17; /* EEXIST: the id is taken */
         if (r)
-            fail(p, UCR_STEP_RSEQ, r, p->rseq);
+            fail(p, UCR_STEP_TIMER, r, (uint64_t)t[i].id);
+        long its[4] = {
+            (long)(t[i].interval_ns / 1000000000ULL), (long)(t[i].interval_ns % 1000000000ULL),
+            (long)(t[i].value_ns / 1000000000ULL), (long)(t[i].value_ns % 1000000000ULL),
+        };
+        if (t[i].value_ns && (r = sys4(__NR_timer_settime, id, 0, A(its), 0)))
+            fail(p, UCR_STEP_TIMER, r, (uint64_t)t[i].id);
     }
-    r = ucr_arch_restore_tls(p->tls);
+    if (explicit_ids)
+        sys2(__NR_prctl, PR_TIMER_CREATE_RESTORE_IDS, 0);
+}
+
+/* Per-thread state, the same for the main thread and the others. */
+static void restore_thread_state(struct ucr_plan *p, struct ucr_thread *t)
+{
+    long r;
+    if (t->rseq) {
+        r = sys4(__NR_rseq, A(t->rseq), t->rseq_len, 0, t->rseq_sig);
+        if (r)
+            fail(p, UCR_STEP_RSEQ, r, t->rseq);
+    }
+    r = ucr_arch_restore_tls(t->tls);
     if (r)
         fail(p, UCR_STEP_TLS, r, 0);
+    sys1(__NR_set_tid_address, A(t->clear_child_tid));
+    if (t->robust_list)
+        sys2(__NR_set_robust_list, A(t->robust_list), A(t->robust_len));
     if (p->restore_creds) {
         r = sys2(__NR_setgroups, p->nr_groups, A(p->groups));
         if (!r)
@@ -297,6 +439,180 @@ static void restore_task_state(struct ucr_plan *p)
         sys1(__NR_setfsgid, p->fsgid);
         sys1(__NR_setfsuid, p->fsuid);
     }
+    memcpy((void *)(uintptr_t)t->sigframe_dest, (void *)(uintptr_t)t->sigframe, t->sigframe_len);
+}
+
+static __attribute__((noreturn)) void thread_main(void *arg)
+{
+    struct ucr_thread *t = arg;
+    struct ucr_plan *p = (struct ucr_plan *)(uintptr_t)t->plan;
+    restore_thread_state(p, t);
+    __atomic_fetch_add(&p->threads_ready, 1, __ATOMIC_ACQ_REL);
+    futex_wake(&p->threads_ready);
+    wait_until_equal(&p->threads_go, 1);
+    ucr_arch_sigreturn(t->sigreturn_sp);
+}
+
+static void create_threads(struct ucr_plan *p)
+{
+    struct ucr_thread *t = threads(p);
+    t[0].new_tid = (int32_t)sys0(__NR_gettid);
+    for (uint32_t i = 1; i < p->nr_threads; i++) {
+        struct kclone_args args;
+        memset(&args, 0, sizeof(args));
+        args.flags = THREAD_FLAGS;
+        args.stack = t[i].stack_top - 16384;
+        args.stack_size = 16384;
+        if (t[i].tid) {
+            args.set_tid = (uint64_t)(uintptr_t)&t[i].tid;
+            args.set_tid_size = 1;
+        }
+        long r = ucr_arch_clone_thread(&args, sizeof(args), thread_main, &t[i]);
+        if (r < 0)
+            fail(p, UCR_STEP_THREAD, r, (uint64_t)t[i].tid);
+        t[i].new_tid = (int32_t)r;
+    }
+    wait_until_equal(&p->threads_ready, p->nr_threads - 1);
+}
+
+/* Queued by the main thread, whose tid is the tgid, so that any si_code is
+ * accepted; still blocked everywhere, they are delivered as soon as
+ * rt_sigreturn installs each thread's saved mask. */
+static void queue_signals(struct ucr_plan *p)
+{
+    struct ucr_siginfo *si = (struct ucr_siginfo *)(uintptr_t)p->siginfo;
+    long pid = sys0(__NR_getpid), r;
+    for (uint32_t i = 0; i < p->nr_siginfo; i++) {
+        if (si[i].shared)
+            r = sys3(__NR_rt_sigqueueinfo, pid, si[i].signo, A(si[i].info));
+        else
+            r = sys4(__NR_rt_tgsigqueueinfo, pid, threads(p)[si[i].thread].new_tid, si[i].signo, A(si[i].info));
+        if (r)
+            fail(p, UCR_STEP_SIGQUEUE, r, si[i].signo);
+    }
+}
+
+/* A zombie comes back only to die again the same way. */
+static __attribute__((noreturn)) void become_zombie(struct ucr_plan *p)
+{
+    int status = p->exit_status, sig = status & 0x7f;
+    publish(&shared(p)->slots[p->index].state, UCR_SLOT_ZOMBIE);
+    if (sig) {
+        uint64_t no_core[2] = { 0, 0 }, none = 0, unblock = 1ULL << (sig - 1);
+        struct ucr_sigaction dfl = { 0, 0, 0, 0 };
+        sys4(__NR_prlimit64, 0, 4 /* RLIMIT_CORE */, A(no_core), 0);
+#if UCR_KSIGACTION_SAME_AS_PLAN
+        sys4(__NR_rt_sigaction, sig, A(&dfl), 0, 8);
+#else
+        struct ucr_ksigaction ka;
+        ucr_arch_ksigaction(&ka, &dfl);
+        sys4(__NR_rt_sigaction, sig, A(&ka), 0, 8);
+#endif
+        sys2(__NR_kill, sys0(__NR_getpid), sig);
+        sys4(__NR_rt_sigprocmask, 1 /* SIG_UNBLOCK */, A(&unblock), A(&none), 8);
+    }
+    sys1(__NR_exit_group, (status >> 8) & 0xff);
+    __builtin_unreachable();
+}
+
+static void set_ids(struct ucr_plan *p)
+{
+    struct ucr_shared *sh = shared(p);
+    long r = 0;
+    if (p->setsid)
+        r = sys0(__NR_setsid);
+    else if (p->pgid_action == 1)
+        r = sys2(__NR_setpgid, 0, 0);
+    else if (p->pgid_action == 2) {
+        struct ucr_slot *leader = &sh->slots[p->pgid_leader];
+        wait_at_least(&leader->state, UCR_SLOT_IDS);
+        r = sys2(__NR_setpgid, 0, leader->pid);
+    }
+    if (is_err(r))
+        fail(p, UCR_STEP_IDS, r, (uint64_t)p->image_pid);
+    publish(&sh->slots[p->index].state, UCR_SLOT_IDS);
+}
+
+static __attribute__((noreturn)) void restore_process(struct ucr_plan *p);
+
+static void create_children(struct ucr_plan *p)
+{
+    struct ucr_child *c = (struct ucr_child *)(uintptr_t)p->children;
+    for (uint32_t i = 0; i < p->nr_children; i++) {
+        struct kclone_args args;
+        memset(&args, 0, sizeof(args));
+        args.exit_signal = (uint64_t)c[i].exit_signal;
+        if (c[i].pid) {
+            args.set_tid = (uint64_t)(uintptr_t)&c[i].pid;
+            args.set_tid_size = 1;
+        }
+        long r = sys2(__NR_clone3, A(&args), sizeof(args));
+        if (r == 0)  /* a fresh stack, however deep the tree */
+            ucr_arch_jump((uint64_t)(uintptr_t)restore_process, c[i].plan, p->stack_top);
+        if (r < 0)
+            fail(p, UCR_STEP_CLONE, r, (uint64_t)c[i].pid);
+    }
+}
+
+/* A child that is a zombie exits at once; its exit must not add a SIGCHLD
+ * the image did not have pending, so wait for each and drop the signal
+ * (a pending one in the image is queued again afterwards). */
+static void settle_zombie_children(struct ucr_plan *p)
+{
+    struct ucr_child *c = (struct ucr_child *)(uintptr_t)p->children;
+    int any = 0;
+    for (uint32_t i = 0; i < p->nr_children; i++) {
+        if (!c[i].zombie)
+            continue;
+        struct ucr_plan *cp = (struct ucr_plan *)(uintptr_t)c[i].plan;
+        int32_t pid = shared(p)->slots[cp->index].pid;
+        char info[128];
+        long r;
+        do
+            r = sys5(__NR_waitid, P_PID, pid, A(info), WEXITED | WNOWAIT, 0);
+        while (r == -4);
+        if (r)
+            fail(p, UCR_STEP_ZOMBIE, r, (uint64_t)c[i].pid);
+        any = 1;
+    }
+    if (any) {
+        uint64_t chld = 1ULL << (SIGCHLD - 1);
+        long zero[2] = { 0, 0 };
+        char info[128];
+        sys4(__NR_rt_sigtimedwait, A(&chld), A(info), A(zero), 8);
+    }
+}
+
+static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
+{
+    long r;
+    struct ucr_slot *slot = &shared(p)->slots[p->index];
+    /* Until the end, a restorer dies with its parent: nothing is left
+     * half-restored if rstr or a parent fails. */
+    sys2(__NR_prctl, PR_SET_PDEATHSIG, 9);
+    slot->pid = (int32_t)sys0(__NR_getpid);
+    set_ids(p);
+    if (p->zombie)
+        become_zombie(p);
+    create_children(p);
+    replace_address_space(p);
+    restore_task_state(p);
+    settle_zombie_children(p);
+    create_threads(p);
+    restore_timers(p);
+    queue_signals(p);
+    restore_thread_state(p, &threads(p)[0]);
+    sys2(__NR_prctl, PR_SET_PDEATHSIG, p->pdeathsig);
+
+    publish(&slot->state, UCR_SLOT_READY);
+    report(p, UCR_STEP_READY, 0, 0);
+    char go = 0;
+    r = sys3(__NR_read, p->go_fd, A(&go), 1);
+    if (r != 1 || go != 'G')
+        sys1(__NR_exit_group, 1);
+    sys3(__NR_close_range, p->fd_base, ~0U, 0);
+    publish(&p->threads_go, 1);
+    ucr_arch_sigreturn(threads(p)[0].sigreturn_sp);
 }
 
 __attribute__((section(".text.entry"), used, noreturn)) void ucr_restorer_entry(struct ucr_plan *p)
@@ -305,22 +621,12 @@ __attribute__((section(".text.entry"), used, noreturn)) void ucr_restorer_entry(
     long r;
 
     sys4(__NR_rt_sigprocmask, 2 /* SIG_SETMASK */, A(&all), 0, 8);
-    /* glibc's rseq area is about to be unmapped: the kernel would fault on it. */
+    /* glibc's rseq area in rstr is about to be unmapped: the kernel would
+     * fault on it. Children are created after this, without it. */
     if (p->cur_rseq) {
         r = sys4(__NR_rseq, A(p->cur_rseq), p->cur_rseq_len, RSEQ_FLAG_UNREGISTER, p->cur_rseq_sig);
         if (r)
             fail(p, UCR_STEP_RSEQ_DROP, r, p->cur_rseq);
     }
-    replace_address_space(p);
-    restore_task_state(p);
-    memcpy((void *)(uintptr_t)p->sigframe_dest, (void *)(uintptr_t)p->sigframe, p->sigframe_len);
-
-    struct ucr_status st = { UCR_STEP_READY, 0, 0 };
-    sys3(__NR_write, p->status_fd, A(&st), sizeof(st));
-    char go = 0;
-    r = sys3(__NR_read, p->go_fd, A(&go), 1);
-    if (r != 1 || go != 'G')
-        sys1(__NR_exit_group, 1);
-    sys3(__NR_close_range, p->fd_base, ~0U, 0);
-    ucr_arch_sigreturn(p->sigreturn_sp);
+    restore_process(p);
 }

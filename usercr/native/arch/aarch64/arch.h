@@ -64,6 +64,25 @@ static inline long ucr_arch_restore_tls(const uint64_t *tls)
     return 0;
 }
 
+/* clone3 for a thread: the child starts on an empty stack, so it must not
+ * return into C code; it calls fn(arg), which never returns. */
+static inline long ucr_arch_clone_thread(void *args, long size, void (*fn)(void *), void *arg)
+{
+    register long x8 __asm__("x8") = 435;
+    register long x0 __asm__("x0") = (long)args;
+    register long x1 __asm__("x1") = size;
+    __asm__ volatile("svc #0\n\t"
+                     "cbnz x0, 1f\n\t"
+                     "mov x0, %[arg]\n\t"
+                     "blr %[fn]\n\t"
+                     "brk #0\n"
+                     "1:"
+                     : "+r"(x0)
+                     : "r"(x8), "r"(x1), [fn] "r"(fn), [arg] "r"(arg)
+                     : "x30", "memory");
+    return x0;
+}
+
 #ifdef UCR_CORE
 #include <sys/auxv.h>
 static inline void ucr_arch_info_fill(uint64_t *out)

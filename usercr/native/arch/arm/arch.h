@@ -87,6 +87,26 @@ static inline long ucr_arch_restore_tls(const uint64_t *tls)
     return 0;
 }
 
+/* clone3 for a thread: the child starts on an empty stack, so it must not
+ * return into C code; it calls fn(arg), which never returns. */
+static inline long ucr_arch_clone_thread(void *args, long size, void (*fn)(void *), void *arg)
+{
+    register long r7 __asm__("r7") = 435;
+    register long r0 __asm__("r0") = (long)args;
+    register long r1 __asm__("r1") = size;
+    __asm__ volatile("svc #0\n\t"
+                     "cmp r0, #0\n\t"
+                     "bne 1f\n\t"
+                     "mov r0, %[arg]\n\t"
+                     "blx %[fn]\n\t"
+                     "udf #0\n"
+                     "1:"
+                     : "+r"(r0)
+                     : "r"(r7), "r"(r1), [fn] "r"(fn), [arg] "r"(arg)
+                     : "lr", "memory", "cc");
+    return r0;
+}
+
 #ifdef UCR_CORE
 #include <sys/auxv.h>
 /* out[0]: AT_HWCAP, out[1]: AT_HWCAP2 (Python reads the rest itself). */

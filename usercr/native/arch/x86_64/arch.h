@@ -59,6 +59,26 @@ static inline long ucr_arch_restore_tls(const uint64_t *tls)
 /* Facts rstr compares with the image: XCR0 (enabled XSAVE features) and the
  * size of the standard-format XSAVE area for them. Only the native core
  * includes this; the restorer has no use for it. */
+/* clone3 for a thread: the child starts on an empty stack, so it must not
+ * return into C code; it calls fn(arg), which never returns. */
+static inline long ucr_arch_clone_thread(void *args, long size, void (*fn)(void *), void *arg)
+{
+    register long r12 __asm__("r12") = (long)fn;
+    register long r13 __asm__("r13") = (long)arg;
+    long ret;
+    __asm__ volatile("syscall\n\t"
+                     "test %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "mov %%r13, %%rdi\n\t"
+                     "call *%%r12\n\t"
+                     "hlt\n"
+                     "1:"
+                     : "=a"(ret)
+                     : "a"(435L), "D"(args), "S"(size), "r"(r12), "r"(r13)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
 #ifdef UCR_CORE
 #include <cpuid.h>
 static inline void ucr_arch_info_fill(uint64_t *out)
