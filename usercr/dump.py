@@ -92,6 +92,17 @@ class FrozenTree:
         """The tracees of a process, its main thread first."""
         return [self.tracees[t] for t in sorted(proc.threads(pid), key=lambda t: (t != pid, t))]
 
+    def vanished(self):
+        """A process of the tree that died since it was frozen, or None. One
+        that is still exiting has no state letter to show it yet, but has
+        already lost its memory map."""
+        def gone(pid):
+            try:
+                return proc.state(pid) in (None, "Z", "X") or not proc.maps(pid)
+            except UcrError:
+                return True
+        return next((pid for pid in self.order if pid not in self.zombies and gone(pid)), None)
+
     def release(self, kill=False):
         """Puts back what was changed and lets every task go (or kills the tree)."""
         errors = []
@@ -117,7 +128,13 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing):
         writer = ImageWriter(out_fd)
         writer.add(header_record(arch.ARCH_ID, PAGE_SIZE))
         writer.add(arch.dump_header())
-        _write_tree(tree, arch, writer, log)
+        try:
+            _write_tree(tree, arch, writer, log)
+        except UcrError:
+            gone = tree.vanished()
+            if gone:
+                raise UcrError(f"process {gone} exited during the checkpoint") from None
+            raise
         writer.finish()
         _sync(out_fd)
         done = True

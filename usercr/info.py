@@ -31,8 +31,10 @@ def _arch_regs(recs):
 
 def summary(recs):
     hdr = recs[0]
-    pids = [r.fields for r in recs if r.type == R.PIDS.type]
-    task = next((r for r in recs if r.type == R.TASK.type), None)
+    tasks = [r for r in recs if r.type == R.TASK.type]
+    pids = [dict(r.fields, comm=t["comm"], threads=t["nr_threads"], zombie=bool(t["zombie"]))
+            for r, t in zip((r for r in recs if r.type == R.PIDS.type), tasks)]
+    task = tasks[0] if tasks else None
     vmas = [r for r in recs if r.type == R.VMA.type]
     pages = sum(r["nr_pages"] for r in recs if r.type == R.PAGES.type)
     return {
@@ -69,13 +71,18 @@ def render(recs, verbose=False, tree=False, regs=False, as_json=False, errors=Fa
     out = [f"usercr image v{s['format_version']}, {s['arch']}, page size {s['page_size']}",
            f"kernel: {s['kernel']} ({s['machine']})",
            f"taken: {s['time']}",
-           f"task: {s['command']} ({s['executable']}), {len(s['tasks'])} task(s)",
+           f"task: {s['command']} ({s['executable']}), {len(s['tasks'])} process(es), "
+           f"{sum(t['threads'] for t in s['tasks'])} thread(s)",
            f"memory: {s['vmas']} mappings, {s['pages']} pages saved ({s['memory_bytes'] / 2**20:.1f} MiB)",
            f"files: {len(s['files'])} open descriptors"]
     if tree:
         out.append("task tree:")
+        depth = {0: -1}
         for p in s["tasks"]:
-            out.append(f"  pid {p['pid']} ppid {p['ppid']} pgid {p['pgid']} sid {p['sid']}")
+            depth[p["pid"]] = depth.get(p["ppid"], -1) + 1
+            what = "zombie" if p["zombie"] else f"{p['threads']} thread(s)"
+            out.append(f"  {'  ' * depth[p['pid']]}pid {p['pid']} ppid {p['ppid']} pgid {p['pgid']} "
+                       f"sid {p['sid']} {p['comm']} ({what})")
     if regs:
         out.append("registers:")
         out += [f"  {k:9} 0x{v:016x}" for k, v in _arch_regs(recs).items()]
