@@ -110,7 +110,12 @@ RSTR_OPTIONS = [
     click.option("--pids/--no-pids", default=False, help="restore the original PID (default: a new one)"),
     click.option("--pidns/--no-pidns", default=False, help="with --pids: in a new PID namespace"),
     click.option("-w/-W", "--wait/--no-wait", default=True, help="wait for the restored process to exit"),
-    click.option("--pidfile", type=click.Path(dir_okay=False), help="write the restored PID to FILE"),
+    click.option("--pidfile", type=click.Path(dir_okay=False),
+                 help="write the restored root's PID (one line per copy) to FILE"),
+    click.option("--copies", type=click.IntRange(1, 1024), default=1,
+                 help="restore N independent copies (each in its own PID namespace, or with new PIDs)"),
+    click.option("--signal", "forward", metavar="SIG",
+                 help="with --wait: on Ctrl-C, send SIG (name or number) to the restored root(s)"),
     click.option("--show-status", is_flag=True, help="print the exit status of the restored process"),
     click.option("--copy-status", is_flag=True, help="exit with the restored process's status"),
     click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
@@ -119,7 +124,20 @@ RSTR_OPTIONS = [
 ]
 
 
-def do_restart(input, input_fd, pids, pidns, wait, pidfile, show_status, copy_status, logfile, verbose, debug):
+def _signal_number(name):
+    import signal
+    if name is None:
+        return None
+    if name.isdigit():
+        return int(name)
+    try:
+        return signal.Signals[name.upper() if name.upper().startswith("SIG") else "SIG" + name.upper()]
+    except KeyError:
+        raise UcrError(f"unknown signal {name}") from None
+
+
+def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, show_status, copy_status, logfile,
+               verbose, debug):
     from .restore import restart
     if debug:
         os.environ["USERCR_DEBUG"] = "1"
@@ -132,7 +150,9 @@ def do_restart(input, input_fd, pids, pidns, wait, pidfile, show_status, copy_st
         fd = 0 if input_fd is None else input_fd
         if os.isatty(fd):
             raise UcrError("standard input is a terminal; give the image with -i FILE or redirect it")
-    pid, status = restart(fd, pids=pids, pidns=pidns, wait=wait, pidfile=pidfile, log=Log(verbose, logfile))
+    roots, status = restart(fd, pids=pids, pidns=pidns, wait=wait, pidfile=pidfile, copies=copies,
+                            forward=_signal_number(forward), log=Log(verbose, logfile))
+    pid = roots[0]
     if status is None:
         return
     code = os.waitstatus_to_exitcode(status)

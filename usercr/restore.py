@@ -4,6 +4,7 @@ clone3, and let the restorer blob rebuild the tree from there."""
 import fcntl
 import os
 import select
+import signal
 import struct
 
 from . import proc
@@ -266,6 +267,7 @@ class Restorer:
         self.pipe_ends = {}   # ino -> {access mode: fd}
         self.shm = {}         # (dev, ino) -> memfd
         self.cwd = {}         # path -> fd
+        self.status_r = self.go_w = None
 
     def _keep(self, fd):
         """Moves an fd rstr opened to fd_base or above, out of the tasks' way."""
@@ -532,7 +534,7 @@ class Restorer:
             t.id, t.clockid, t.signo, t.notify, t.value = rec["id"], rec["clockid"], rec["signo"], rec["notify"], \
                 rec["value"]
             t.thread = tids.index(rec["notify_tid"]) if rec["notify_tid"] in tids else -1
-            t.interval_ns, t.value_ns = rec["interval_ns"], rec["value_ns"]
+            t.its = [*divmod(rec["interval_ns"], 10**9), *divmod(rec["value_ns"], 10**9)]
         plan.timers, plan.nr_timers = region.array("ucr_timer", p.many["POSIX_TIMER"], timer)
         plan.nr_rlimits = 16
         for k, v in enumerate(self._rlimits(p)):
@@ -779,15 +781,9 @@ def _kill(pid):
         pass
 
 
-def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, log=log_nothing):
-    """Restores the image read from in_fd. Returns (root pid, wait status or
-    None); with a reaper (--pids --pidns) the status is the reaper's, which
-    mirrors the root's."""
-    arch = current_arch()
-    reader = ImageReader(in_fd)
-    image = Image(reader, arch)
-    if pids and not pidns:
-        _check_pids_free(image)
+def _restore_tree(image, reader, arch, in_fd, pids, pidns, log):
+    """Creates one copy of the tree and waits until it is ready; returns
+    (top: the process rstr created, root, go fd that releases the tree)."""
     rst = Restorer(image, arch, in_fd, pids, log)
     rst.reader_csum = (reader.csum[0], reader.csum[1])
     rst.reader_offset = reader.offset
@@ -810,18 +806,7 @@ def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, log=log_not
         rst.close_fds()
         rst.wait_ready(top)
         root = _child_of(top) if pids and pidns and orig_pid != 1 else top
-        if pidfile:
-            with open(pidfile, "w") as f:
-                f.write(f"{root}\n")
-        live = sum(not p.zombie for p in image.procs)
-        os.write(rst.go_w, b"G" * live)
-        os.close(rst.go_w)
-        rst.go_w = None
-        log(f"restored {len(image.procs)} processes, root PID {root}")
-        if not wait:
-            return root, None
-        _, status = os.waitpid(top, 0)
-        return root, status
+        return top, root, rst.go_w
     except BaseException:
         if top and top > 0:
             if not pidns:  # otherwise PID 1 of the namespace takes them all along
@@ -832,6 +817,84 @@ def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, log=log_not
                         except ProcessLookupError:
                             pass
             _kill(top)
+        if rst.go_w is not None:
+            os.close(rst.go_w)
         raise
     finally:
+        if rst.status_r is not None:
+            os.close(rst.status_r)
         rst.cleanup_parent()
+
+
+def _copy_input(in_fd, offset):
+    """An fd of its own on the image, at offset: the page data is read once
+    per copy. A stream that cannot seek is kept in memory for that."""
+    try:
+        os.lseek(in_fd, 0, os.SEEK_CUR)
+        fd = os.open(f"/proc/self/fd/{in_fd}", os.O_RDONLY)
+    except OSError:
+        fd = os.memfd_create("usercr-image", 0)
+        os.lseek(fd, offset, os.SEEK_SET)
+        while True:
+            chunk = os.read(in_fd, 1 << 20)
+            if not chunk:
+                break
+            os.write(fd, chunk)
+        os.dup2(fd, in_fd)
+        os.close(fd)
+        fd = os.open(f"/proc/self/fd/{in_fd}", os.O_RDONLY)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return fd
+
+
+def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, copies=1, forward=None, log=log_nothing):
+    """Restores the image read from in_fd, copies times. Returns (root pids,
+    wait status of the first or None); with a reaper (--pids --pidns) the
+    status is the reaper's, which mirrors the root's. forward: a signal
+    sent to the roots when rstr gets SIGINT while it waits."""
+    arch = current_arch()
+    reader = ImageReader(in_fd)
+    image = Image(reader, arch)
+    if pids and not pidns:
+        if copies > 1:
+            raise UcrError("several copies cannot all have the original PIDs; add --pidns or use --no-pids")
+        _check_pids_free(image)
+    if not pids and any(len(p.threads) > 1 for p in image.procs):
+        _warn("warning: threads get new thread IDs with --no-pids, and programs that keep them (glibc does) "
+              "may misbehave; use --pids")
+    trees = []
+    try:
+        for k in range(copies):
+            fd = _copy_input(in_fd, reader.offset) if copies > 1 else in_fd
+            try:
+                trees.append(_restore_tree(image, reader, arch, fd, pids, pidns, log))
+            finally:
+                if fd != in_fd:
+                    os.close(fd)
+    except BaseException:
+        for top, _, go_w in trees:
+            _kill(top)
+            os.close(go_w)
+        raise
+    roots = [root for _, root, _ in trees]
+    if pidfile:
+        with open(pidfile, "w") as f:
+            f.write("".join(f"{root}\n" for root in roots))
+    live = sum(not p.zombie for p in image.procs)
+    for _, _, go_w in trees:
+        os.write(go_w, b"G" * live)
+        os.close(go_w)
+    log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
+    if not wait:
+        return roots, None
+    if forward:
+        signal.signal(signal.SIGINT, lambda *_: [_signal(root, forward) for root in roots])
+    statuses = [os.waitpid(top, 0)[1] for top, _, _ in trees]
+    return roots, statuses[0]
+
+
+def _signal(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -18,6 +18,8 @@ GEN = os.path.join(HERE, "gen")
 # gcc -dumpmachine prefix -> the arch directory under native/arch
 ARCH_BY_TRIPLET = {"x86_64": "x86_64", "arm": "arm", "aarch64": "aarch64"}
 
+# No helper calls for atomics: the blob links against nothing.
+ARCH_RESTORER_CFLAGS = {"aarch64": ["-mno-outline-atomics"]}
 RESTORER_CFLAGS = [
     "-O2", "-fPIE", "-ffreestanding", "-fno-builtin", "-fno-stack-protector", "-nostdlib",
     "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-jump-tables",
@@ -64,7 +66,7 @@ def build_restorer(cc, arch):
     elf = os.path.join(GEN, "restorer.elf")
     bin_ = os.path.join(GEN, "restorer.bin")
     includes = ["-I" + GEN, "-I" + HERE, "-I" + os.path.join(HERE, "arch", arch)]
-    subprocess.run(cc + RESTORER_CFLAGS + includes + ["-c", os.path.join(HERE, "restorer.c"), "-o", obj],
+    subprocess.run(cc + RESTORER_CFLAGS + ARCH_RESTORER_CFLAGS.get(arch, []) + includes + ["-c", os.path.join(HERE, "restorer.c"), "-o", obj],
                    check=True)
     subprocess.run(cc + ["-nostdlib", "-static-pie", "-Wl,--no-dynamic-linker", "-Wl,--build-id=none",
                          "-Wl,-T," + os.path.join(HERE, "restorer.lds"), "-Wl,-z,norelro",

@@ -79,7 +79,7 @@ struct ucr_timer {
     int32_t id, clockid, signo, notify;
     uint64_t value;         /* sigev_value */
     int32_t thread, pad;    /* SIGEV_THREAD_ID: index into threads */
-    uint64_t interval_ns, value_ns;
+    uint64_t its[4];        /* interval s, ns, value s, ns (no 64-bit division on ARM) */
 };
 
 /* Shared by every process of the tree (MAP_SHARED): whose turn it is to read

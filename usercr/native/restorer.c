@@ -402,11 +402,8 @@ static void restore_timers(struct ucr_plan *p)
             r = -17; /* EEXIST: the id is taken */
         if (r)
             fail(p, UCR_STEP_TIMER, r, (uint64_t)t[i].id);
-        long its[4] = {
-            (long)(t[i].interval_ns / 1000000000ULL), (long)(t[i].interval_ns % 1000000000ULL),
-            (long)(t[i].value_ns / 1000000000ULL), (long)(t[i].value_ns % 1000000000ULL),
-        };
-        if (t[i].value_ns && (r = sys4(__NR_timer_settime, id, 0, A(its), 0)))
+        long its[4] = { (long)t[i].its[0], (long)t[i].its[1], (long)t[i].its[2], (long)t[i].its[3] };
+        if ((its[2] || its[3]) && (r = sys4(__NR_timer_settime, id, 0, A(its), 0)))
             fail(p, UCR_STEP_TIMER, r, (uint64_t)t[i].id);
     }
     if (explicit_ids)
