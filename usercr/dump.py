@@ -4,6 +4,7 @@ import os
 import stat
 import struct
 
+from . import ipc
 from . import proc
 from . import records as R
 from .arch import current as current_arch
@@ -179,13 +180,16 @@ def _write_tree(tree, arch, writer, log):
         ppid, pgid, sid = int(sf[4]), int(sf[5]), int(sf[6])
         writer.add(R.PIDS.pack(pid=ns(pid), tgid=ns(pid), ppid=ns(ppid) if pid != tree.root else 0,
                                pgid=ns(pgid), sid=ns(sid)))
+    ipc_records = ipc.dump_records(tree.root, tree.order)
+    for rec in ipc_records:
+        writer.add(rec)
     files = FileTable()
     memory = []
     for pid in tree.order:
         if pid in tree.zombies:
             writer.add(_zombie_record(pid, ns))
             continue
-        ranges = _write_process(tree.threads(pid), arch, writer, files, ns)
+        ranges = _write_process(tree.threads(pid), arch, writer, files, ns, sysv=bool(ipc_records))
         memory.append((pid, ranges))
     for rec in files.pipe_records():
         writer.add(rec)
@@ -351,8 +355,9 @@ def _file_record(pid, fd, target, info, files):
     return R.FILE.pack(kind=kind, tail=target, file_id=files.file_id(pid, fd, st), **common)
 
 
-def _vma_records(tracee, maps):
-    """VMA and SPECIAL_DATA records, and the page ranges to copy."""
+def _vma_records(tracee, maps, sysv):
+    """VMA and SPECIAL_DATA records, and the page ranges to copy. With sysv,
+    SysV shared memory is saved with its segment and attached again."""
     pid = tracee.pid
     vmas, specials, ranges = [], [], []
     for m in maps:
@@ -365,7 +370,13 @@ def _vma_records(tracee, maps):
             kind = 2
             if m.name == "[vdso]":
                 specials.append(R.SPECIAL_DATA.pack(vaddr=m.start, tail=tracee.read(m.start, m.end - m.start)))
-        elif not m.inode or m.name in ("", "[heap]", "[stack]") or m.name.startswith("[anon:"):
+        elif sysv and m.name.startswith("/SYSV"):
+            kind = 4
+            fields.update(dev=m.dev, ino=m.inode)  # the inode number is the shmid
+            if m.offset:
+                raise UcrError(f"process {pid} maps part of SysV shared memory {m.inode}; that cannot be "
+                               "checkpointed yet")
+        elif m.name in ("", "[heap]", "[stack]") or m.name.startswith("[anon:") or not m.name.startswith("/"):
             kind = 0
             flags |= MAP_ANONYMOUS | (MAP_GROWSDOWN if m.name == "[stack]" else 0)
             ranges.append((m.start, m.end, lib.UCR_DUMP_ANON))
@@ -389,7 +400,7 @@ def _vma_records(tracee, maps):
     return vmas, specials, ranges
 
 
-def _write_process(threads, arch, writer, files, ns):
+def _write_process(threads, arch, writer, files, ns, sysv):
     """Writes one process's records; returns the page ranges to copy later."""
     main = threads[0]
     pid = main.pid
@@ -436,7 +447,7 @@ def _write_process(threads, arch, writer, files, ns):
         writer.add(R.SIGPENDING.pack(shared=1, signo=int.from_bytes(info[:4], "little"), tail=info))
     for fd, target, info in proc.fds(pid):
         writer.add(_file_record(pid, fd, target, info, files))
-    vmas, specials, ranges = _vma_records(main, maps)
+    vmas, specials, ranges = _vma_records(main, maps, sysv)
     writer.add(R.MM.pack(nr_vmas=len(vmas), tail=proc.read_bytes(pid, "auxv"), **mm))
     for rec in vmas + specials:
         writer.add(rec)

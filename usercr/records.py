@@ -212,7 +212,7 @@ VMA = _rec(402, "VMA", [
     ("start", "u64"), ("end", "u64"), ("offset", "u64"), ("prot", "u32"), ("flags", "u32"),
     ("kind", "u32"), ("pad", "u32"), ("dev", "u64"), ("ino", "u64"), ("size", "s64"),
 ], tail="str", doc="one mapping; tail is the backing path or special name")
-VMA_KINDS = {0: "anon", 1: "file", 2: "special", 3: "shared-anon"}
+VMA_KINDS = {0: "anon", 1: "file", 2: "special", 3: "shared-anon", 4: "sysv-shm"}
 PAGES_BEGIN = _rec(404, "PAGES_BEGIN", [("nr_sections", "u64"), ("csum_a", "u64"), ("csum_b", "u64")],
                    doc="ends the metadata; carries the checksum of everything before it, so metadata is "
                        "verified before it is used. Then one section of PAGES per live process, in PIDS "
@@ -223,6 +223,16 @@ PAGES_END = _rec(406, "PAGES_END", [("pid", "s32"), ("pad", "u32")],
                  doc="ends one process's page data; the next process's (or the TAIL) follows", c=True)
 SPECIAL_DATA = _rec(405, "SPECIAL_DATA", [("vaddr", "u64")], tail="bytes",
                     doc="contents of a kernel special mapping ([vdso]), for comparison at restart")
+
+# 501-507: SysV IPC, saved when the tree has an IPC namespace of its own
+_IPC_FIELDS = [("id", "s32"), ("key", "s32"), ("mode", "u32"), ("uid", "u32"), ("gid", "u32")]
+IPC_SHM = _rec(501, "IPC_SHM", _IPC_FIELDS + [("pad", "u32"), ("size", "u64")], tail="bytes",
+               doc="a SysV shared memory segment: id, key, permissions, owner, size; tail is its contents")
+IPC_MSG = _rec(502, "IPC_MSG", _IPC_FIELDS + [("pad", "u32"), ("qbytes", "u64")], tail="bytes",
+               doc="a SysV message queue; tail is its messages in order, each {u64 mtype; u64 len; "
+                   "text padded to 8 bytes}")
+IPC_SEM = _rec(503, "IPC_SEM", _IPC_FIELDS + [("nsems", "u32")], tail="u32s",
+               doc="a SysV semaphore set; tail is the semaphore values")
 
 # 601-604: signals
 SIGHAND = _rec(601, "SIGHAND", [("actions", "u64[256]")],

@@ -7,6 +7,7 @@ import select
 import signal
 import struct
 
+from . import ipc
 from . import proc
 from . import records as R
 from .arch import current as current_arch
@@ -111,7 +112,7 @@ class Image:
             raise UcrError(f"image is for {name}; this machine runs {arch.NAME}")
         if self.header["page_size"] != PAGE_SIZE:
             raise UcrError(f"image page size {self.header['page_size']} differs from this system's {PAGE_SIZE}")
-        self.one, self.pids, self.procs, self.pipes = {}, [], [], {}
+        self.one, self.pids, self.procs, self.pipes, self.ipc = {}, [], [], {}, []
         while True:
             rec = reader.next()
             if rec.type == R.PAGES_BEGIN.type:
@@ -127,6 +128,8 @@ class Image:
                 self.procs.append(Process(rec))
             elif rec.name == "PIPE":
                 self.pipes[rec["ino"]] = rec
+            elif rec.name.startswith("IPC_"):
+                self.ipc.append(rec)
             elif self.procs:
                 self.procs[-1].add(rec)
             else:
@@ -557,6 +560,8 @@ class Restorer:
                 a.fd = self._open_vma_file(v)
             elif v["kind"] == 3:
                 a.fd, a.mmap_flags = self.shm[(v["dev"], v["ino"])], MAP_SHARED
+            elif v["kind"] == 4:
+                a.fd = v["ino"]
             elif v["kind"] == 2:
                 a.cur, a.park = self.special_cur[v["tail"]], park_at[0]
                 park_at[0] += v["end"] - v["start"]
@@ -790,6 +795,7 @@ def _restore_tree(image, reader, arch, in_fd, pids, pidns, log):
     orig_pid = image.procs[0].pid
     top = None
     try:
+        ipc.restore(image.ipc)
         rst.prepare()
         if pids and pidns and orig_pid == 1:
             top = rst.spawn([1], CLONE_NEWPID)

@@ -14,6 +14,11 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/prctl.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sched.h>
 #include <linux/sched.h>
 #include "records_gen.h"
 #include "plan.h"
@@ -367,6 +372,117 @@ out:
     close(p[0]);
     close(p[1]);
     return total;
+}
+
+/* Namespaces: ckpt reads SysV IPC inside the tree's IPC namespace, rstr
+ * recreates it in a new one. */
+int ucr_setns(int fd, int nstype)
+{
+    return setns(fd, nstype) ? -errno : 0;
+}
+
+int ucr_unshare(int flags)
+{
+    return unshare(flags) ? -errno : 0;
+}
+
+/* SysV IPC contents, read without changing them and written back. */
+long ucr_shm_dump(int id, char *buf, size_t size)
+{
+    void *p = shmat(id, NULL, SHM_RDONLY);
+    if (p == (void *)-1)
+        return -errno;
+    memcpy(buf, p, size);
+    shmdt(p);
+    return 0;
+}
+
+static void ipc_owner(struct ipc_perm *perm, uint32_t uid, uint32_t gid, int mode)
+{
+    perm->uid = uid;
+    perm->gid = gid;
+    perm->mode = (unsigned short)mode;
+}
+
+long ucr_shm_restore(int key, size_t size, int mode, uint32_t uid, uint32_t gid, const char *data)
+{
+    struct shmid_ds ds;
+    int id = shmget(key, size, IPC_CREAT | IPC_EXCL | (mode & 0777));
+    if (id < 0)
+        return -errno;
+    void *p = shmat(id, NULL, 0);
+    if (p == (void *)-1)
+        return -errno;
+    memcpy(p, data, size);
+    shmdt(p);
+    if (shmctl(id, IPC_STAT, &ds))
+        return -errno;
+    ipc_owner(&ds.shm_perm, uid, gid, mode);
+    if (shmctl(id, IPC_SET, &ds))
+        return -errno;
+    return id;
+}
+
+/* The index-th message, copied (MSG_COPY) so the queue keeps it. */
+long ucr_msg_copy(int id, long index, char *buf, size_t size, long *mtype)
+{
+    struct { long mtype; char text[]; } *m = (void *)buf;
+    ssize_t n = msgrcv(id, m, size - sizeof(long), index, IPC_NOWAIT | MSG_COPY | MSG_NOERROR);
+    if (n < 0)
+        return -errno;
+    *mtype = m->mtype;
+    return n;
+}
+
+long ucr_msg_qbytes(int id, uint64_t *qbytes)
+{
+    struct msqid_ds ds;
+    if (msgctl(id, IPC_STAT, &ds))
+        return -errno;
+    *qbytes = ds.msg_qbytes;
+    return 0;
+}
+
+long ucr_msg_restore(int key, int mode, uint32_t uid, uint32_t gid, uint64_t qbytes)
+{
+    struct msqid_ds ds;
+    int id = msgget(key, IPC_CREAT | IPC_EXCL | (mode & 0777));
+    if (id < 0)
+        return -errno;
+    if (msgctl(id, IPC_STAT, &ds))
+        return -errno;
+    ipc_owner(&ds.msg_perm, uid, gid, mode);
+    ds.msg_qbytes = qbytes;
+    if (msgctl(id, IPC_SET, &ds))
+        return -errno;
+    return id;
+}
+
+long ucr_msg_send(int id, long mtype, char *buf, size_t len)
+{
+    /* buf has room for the type word before the text */
+    memmove(buf + sizeof(long), buf, len);
+    memcpy(buf, &mtype, sizeof(long));
+    return msgsnd(id, buf, len, IPC_NOWAIT) ? -errno : 0;
+}
+
+long ucr_sem_getall(int id, uint16_t *vals)
+{
+    return semctl(id, 0, GETALL, vals) ? -errno : 0;
+}
+
+long ucr_sem_restore(int key, int nsems, int mode, uint32_t uid, uint32_t gid, uint16_t *vals)
+{
+    struct semid_ds ds;
+    int id = semget(key, nsems, IPC_CREAT | IPC_EXCL | (mode & 0777));
+    if (id < 0)
+        return -errno;
+    if (semctl(id, 0, SETALL, vals) || semctl(id, 0, IPC_STAT, &ds))
+        return -errno;
+    ipc_owner(&ds.sem_perm, uid, gid, mode);
+    if (semctl(id, 0, IPC_SET, &ds))
+        return -errno;
+    return id;
 }
 
 /* Probes for usercr check. */

@@ -28,6 +28,16 @@ long ucr_fork_pidns(void);
 long ucr_kcmp(int pid1, int pid2, int type, long idx1, long idx2);
 int ucr_pipe_capacity(int fd);
 long ucr_pipe_peek(int fd, char *buf, size_t cap);
+int ucr_setns(int fd, int nstype);
+int ucr_unshare(int flags);
+long ucr_shm_dump(int id, char *buf, size_t size);
+long ucr_shm_restore(int key, size_t size, int mode, uint32_t uid, uint32_t gid, const char *data);
+long ucr_msg_copy(int id, long index, char *buf, size_t size, long *mtype);
+long ucr_msg_qbytes(int id, uint64_t *qbytes);
+long ucr_msg_restore(int key, int mode, uint32_t uid, uint32_t gid, uint64_t qbytes);
+long ucr_msg_send(int id, long mtype, char *buf, size_t len);
+long ucr_sem_getall(int id, uint16_t *vals);
+long ucr_sem_restore(int key, int nsems, int mode, uint32_t uid, uint32_t gid, uint16_t *vals);
 int ucr_probe_vm_readv(void);
 long ucr_probe_mm_map_size(void);
 

@@ -45,6 +45,8 @@ static inline long sys5(long n, long a, long b, long c, long d, long e) { return
 #define WEXITED 4
 #define WNOWAIT 0x01000000
 #define PR_TIMER_CREATE_RESTORE_IDS 77
+#define SHM_RDONLY 010000
+#define SHM_EXEC 0100000
 #define THREAD_FLAGS (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM)
 #define CLONE_VM 0x100
 #define CLONE_FS 0x200
@@ -149,6 +151,13 @@ static long read_full(int fd, void *buf, uint64_t len)
 
 static struct ucr_vma *vmas(struct ucr_plan *p) { return (struct ucr_vma *)(uintptr_t)p->vmas; }
 
+/* Mappings whose contents come from the image's page data. */
+static int needs_fill(const struct ucr_vma *v)
+{
+    return !(v->kind == UCR_VMA_SPECIAL || v->kind == UCR_VMA_SYSV ||
+             (v->kind == UCR_VMA_FILE && (v->mmap_flags & MAP_SHARED)));
+}
+
 /* Page data may only land inside an image mapping that the restorer filled. */
 static int pages_target_ok(struct ucr_plan *p, uint64_t addr, uint64_t len)
 {
@@ -156,7 +165,7 @@ static int pages_target_ok(struct ucr_plan *p, uint64_t addr, uint64_t len)
     if (addr + len < addr)
         return 0;
     for (uint32_t i = 0; i < p->nr_vmas; i++) {
-        if (v[i].kind == UCR_VMA_SPECIAL || (v[i].kind == UCR_VMA_FILE && (v[i].mmap_flags & MAP_SHARED)))
+        if (!needs_fill(&v[i]))
             continue;
         if (addr >= v[i].start && addr + len <= v[i].end)
             return 1;
@@ -237,10 +246,6 @@ static void read_pages_in_turn(struct ucr_plan *p)
     publish(&sh->turn, (uint32_t)p->pages_turn + 1);
 }
 
-static int needs_fill(const struct ucr_vma *v)
-{
-    return !(v->kind == UCR_VMA_FILE && (v->mmap_flags & MAP_SHARED));
-}
 
 static void replace_address_space(struct ucr_plan *p)
 {
@@ -275,6 +280,13 @@ static void replace_address_space(struct ucr_plan *p)
                 fail(p, UCR_STEP_SPECIAL, r, v[i].start);
             continue;
         }
+        if (v[i].kind == UCR_VMA_SYSV) {
+            int flags = (v[i].prot & PROT_WRITE ? 0 : SHM_RDONLY) | (v[i].prot & PROT_EXEC ? SHM_EXEC : 0);
+            r = sys3(__NR_shmat, v[i].fd, A(v[i].start), flags);
+            if (is_err(r) || (uint64_t)(unsigned long)r != v[i].start)
+                fail(p, UCR_STEP_MAP, is_err(r) ? r : -17, v[i].start);
+            continue;
+        }
         uint32_t prot = needs_fill(&v[i]) ? (v[i].prot | PROT_WRITE) : v[i].prot;
         r = ucr_sys6(MMAP_NR, A(v[i].start), A(len), prot, v[i].mmap_flags | MAP_FIXED, v[i].fd,
                      MMAP_OFF(v[i].offset, p->page_size));
@@ -283,7 +295,7 @@ static void replace_address_space(struct ucr_plan *p)
     }
     read_pages_in_turn(p);
     for (uint32_t i = 0; i < p->nr_vmas; i++) {
-        if (v[i].kind == UCR_VMA_SPECIAL || !needs_fill(&v[i]) || (v[i].prot & PROT_WRITE))
+        if (!needs_fill(&v[i]) || (v[i].prot & PROT_WRITE))
             continue;
         r = sys3(__NR_mprotect, A(v[i].start), A(v[i].end - v[i].start), v[i].prot);
         if (is_err(r))
