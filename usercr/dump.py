@@ -17,6 +17,8 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x01, 0x02, 0x20, 0x0100
 TTY_MAJORS = set(range(136, 144)) | {4, 5}
+PTS_MAJORS = range(136, 144)
+PTMX = os.makedev(5, 2)
 UNCATCHABLE = (9, 19)  # SIGKILL, SIGSTOP
 PR_GET_PDEATHSIG, PR_GET_TID_ADDRESS = 2, 40
 KCMP_FILE = 0
@@ -191,7 +193,7 @@ def _write_tree(tree, arch, writer, log):
             continue
         ranges = _write_process(tree.threads(pid), arch, writer, files, ns, sysv=bool(ipc_records))
         memory.append((pid, ranges))
-    for rec in files.pipe_records():
+    for rec in files.pipe_records() + files.tty_records():
         writer.add(rec)
     writer.flush()
     writer.add(R.PAGES_BEGIN.pack(nr_sections=len(memory), csum_a=writer.csum[0], csum_b=writer.csum[1]))
@@ -291,6 +293,7 @@ class FileTable:
     def __init__(self):
         self.descs = []      # (pid, fd, dev, ino, file_id)
         self.pipes = {}      # ino -> (pid, fd) to read its buffered data from
+        self.ptys = {}       # index -> (pid, fd) of a master the tree holds
 
     def file_id(self, pid, fd, st):
         for opid, ofd, dev, ino, fid in self.descs:
@@ -302,6 +305,12 @@ class FileTable:
 
     def note_pipe(self, pid, fd, ino):
         self.pipes.setdefault(ino, (pid, fd))
+
+    def note_pty_master(self, pid, fd, index):
+        self.ptys.setdefault(index, (pid, fd))
+
+    def tty_records(self):
+        return [_tty_record(index, pid, fd) for index, (pid, fd) in self.ptys.items()]
 
     def pipe_records(self):
         out = []
@@ -323,6 +332,60 @@ class FileTable:
         return out
 
 
+def pts_index(rdev):
+    return (os.major(rdev) - PTS_MAJORS[0]) * 256 + os.minor(rdev)
+
+
+def _drain(fd):
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def _tty_record(index, pid, fd):
+    """Modes, window size and queued data of a pseudo-terminal. The queues
+    can only be read by consuming them, so they are read from both ends and
+    written straight back, with echo and output processing off meanwhile."""
+    import fcntl
+    import termios
+    try:
+        slave = os.open(f"/dev/pts/{index}", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as e:
+        raise UcrError(f"cannot open /dev/pts/{index} (fd {fd} of process {pid}): {e.strerror}") from None
+    master = lib.ucr_pidfd_getfd(pid, fd)
+    if master < 0:
+        os.close(slave)
+        raise UcrError(f"cannot reach the terminal master at fd {fd} of process {pid}: {os.strerror(-master)}")
+    try:
+        modes = fcntl.ioctl(slave, termios.TCGETS, bytes(64))
+        winsize = fcntl.ioctl(slave, termios.TIOCGWINSZ, bytes(8))
+        status = fcntl.fcntl(master, fcntl.F_GETFL)  # the target's own open file description
+        fcntl.fcntl(master, fcntl.F_SETFL, status | os.O_NONBLOCK)
+        try:
+            quiet = bytearray(modes)
+            iflag, oflag, cflag, lflag = struct.unpack_from("<4I", quiet)
+            struct.pack_into("<4I", quiet, 0, iflag, oflag & ~termios.OPOST, cflag, lflag & ~termios.ECHO)
+            fcntl.ioctl(slave, termios.TCSETS, bytes(quiet))
+            to_slave, to_master = _drain(slave), _drain(master)
+            os.write(master, to_slave)
+            os.write(slave, to_master)
+        finally:
+            fcntl.ioctl(slave, termios.TCSETS, modes)
+            fcntl.fcntl(master, fcntl.F_SETFL, status)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return R.TTY.pack(index=index, input_len=len(to_slave), output_len=len(to_master),
+                      termios=struct.unpack("<8Q", modes), winsize=struct.unpack("<Q", winsize)[0],
+                      tail=to_slave + to_master)
+
+
 def _file_record(pid, fd, target, info, files):
     try:
         st = os.stat(proc.path(pid, "fd", str(fd)))
@@ -332,7 +395,14 @@ def _file_record(pid, fd, target, info, files):
     cloexec = 1 if flags & os.O_CLOEXEC else 0
     common = dict(fd=fd, flags=flags & ~os.O_CLOEXEC, fd_flags=cloexec, pos=int(info.get("pos", 0)),
                   mode=st.st_mode, dev=st.st_dev, ino=st.st_ino, rdev=st.st_rdev, size=st.st_size)
-    if stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in TTY_MAJORS:
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == PTMX:
+        kind = 7
+        common["size"] = int(info["tty-index"])
+        files.note_pty_master(pid, fd, common["size"])
+    elif stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in PTS_MAJORS:
+        kind = 8
+        common["size"] = pts_index(st.st_rdev)
+    elif stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in TTY_MAJORS:
         kind = 3
     elif stat.S_ISREG(st.st_mode):
         kind = 0

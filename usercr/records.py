@@ -197,10 +197,17 @@ FILE = _rec(301, "FILE", [
     ("dev", "u64"), ("ino", "u64"), ("rdev", "u64"),
 ], tail="str", doc="open file descriptor; fds with the same file_id share one open file description "
                    "(offset, flags) across the tree; tail is the path")
-FILE_KINDS = {0: "reg", 1: "dir", 2: "chr", 3: "tty", 4: "pipe", 5: "socket", 6: "fifo"}
+FILE_KINDS = {0: "reg", 1: "dir", 2: "chr", 3: "tty", 4: "pipe", 5: "socket", 6: "fifo", 7: "pty-master",
+              8: "pty-slave"}
 PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
             doc="a pipe or FIFO used in the tree (FILE records name it by ino); tail is the data "
                 "buffered in it")
+
+TTY = _rec(303, "TTY", [("index", "u32"), ("input_len", "u32"), ("output_len", "u32"), ("pad", "u32"),
+                        ("termios", "u64[8]"), ("winsize", "u64")], tail="bytes",
+          doc="a pseudo-terminal whose master the tree holds (FILE records name it by index in size): "
+              "struct termios and winsize as TCGETS/TIOCGWINSZ give them, then the data queued towards "
+              "the slave (input_len bytes) and towards the master (output_len bytes)")
 
 # 401-405: memory
 MM = _rec(401, "MM", [

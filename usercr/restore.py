@@ -25,6 +25,8 @@ RLIM_INFINITY = 2**64 - 1
 STATUS = struct.Struct("<iiQii")
 POLL_INTERVAL = 0.5
 MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
+TIOCSPTLCK, TIOCGPTPEER = 0x40045431, 0x5441
+PTS_MAJORS = range(136, 144)
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",
@@ -112,7 +114,7 @@ class Image:
             raise UcrError(f"image is for {name}; this machine runs {arch.NAME}")
         if self.header["page_size"] != PAGE_SIZE:
             raise UcrError(f"image page size {self.header['page_size']} differs from this system's {PAGE_SIZE}")
-        self.one, self.pids, self.procs, self.pipes, self.ipc = {}, [], [], {}, []
+        self.one, self.pids, self.procs, self.pipes, self.ipc, self.ttys = {}, [], [], {}, [], {}
         while True:
             rec = reader.next()
             if rec.type == R.PAGES_BEGIN.type:
@@ -128,6 +130,8 @@ class Image:
                 self.procs.append(Process(rec))
             elif rec.name == "PIPE":
                 self.pipes[rec["ino"]] = rec
+            elif rec.name == "TTY":
+                self.ttys[rec["index"]] = rec
             elif rec.name.startswith("IPC_"):
                 self.ipc.append(rec)
             elif self.procs:
@@ -270,6 +274,7 @@ class Restorer:
         self.pipe_ends = {}   # ino -> {access mode: fd}
         self.shm = {}         # (dev, ino) -> memfd
         self.cwd = {}         # path -> fd
+        self.ptys = {}        # image pty index -> (master fd, slave fd)
         self.status_r = self.go_w = None
 
     def _keep(self, fd):
@@ -281,9 +286,12 @@ class Restorer:
 
     # Files
     def _external(self, rec):
-        """Standard streams that are a terminal, a socket, or a pipe the tree
-        holds only one end of follow rstr's own (unless that is the image)."""
+        """Standard streams that are a terminal (other than a pseudo-terminal
+        whose master the tree holds), a socket, or a pipe the tree holds only
+        one end of follow rstr's own (unless that is the image)."""
         kind = R.FILE_KINDS[rec["kind"]]
+        if kind == "pty-slave" and rec["size"] not in self.img.ttys:
+            kind = "tty"
         if rec["fd"] > 2 or kind not in ("tty", "socket", "pipe"):
             return False
         if kind == "pipe":
@@ -301,7 +309,12 @@ class Restorer:
             return os.open("/dev/null", rec["flags"] & os.O_ACCMODE)
         if kind in ("pipe", "fifo"):
             return self._open_pipe(rec)
-        if kind in ("tty", "socket"):
+        if kind in ("pty-master", "pty-slave") and rec["size"] in self.img.ttys:
+            master, slave = self._pty(rec["size"])
+            if kind == "pty-master":  # reopening the master would make a new terminal
+                return os.dup(master)
+            return os.open(f"/proc/self/fd/{slave}", rec["flags"] | os.O_NOCTTY)
+        if kind in ("tty", "socket", "pty-slave"):
             raise UcrError(f"fd {fd} is a {kind} ({path}); restoring that is not supported yet")
         try:
             st = os.stat(path)
@@ -351,6 +364,33 @@ class Restorer:
         new = os.open(f"/proc/self/fd/{end}", mode | os.O_NONBLOCK)
         fcntl.fcntl(new, fcntl.F_SETFL, rec["flags"])
         return new
+
+    def _pty(self, index):
+        """A new pseudo-terminal for the image's pty index: modes, window
+        size, and the data that was queued in it (written with echo and
+        output processing off, as it was processed already)."""
+        if index in self.ptys:
+            return self.ptys[index]
+        import termios
+        saved = self.img.ttys[index]
+        try:
+            master = self._keep(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+            fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+            slave = self._keep(fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY))
+        except OSError as e:
+            raise UcrError(f"cannot create a pseudo-terminal: {e.strerror}") from None
+        modes = struct.pack("<8Q", *saved["termios"])
+        quiet = bytearray(modes)
+        iflag, oflag, cflag, lflag = struct.unpack_from("<4I", quiet)
+        struct.pack_into("<4I", quiet, 0, iflag, oflag & ~termios.OPOST, cflag, lflag & ~termios.ECHO)
+        fcntl.ioctl(slave, termios.TCSETS, bytes(quiet))
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("<Q", saved["winsize"]))
+        data = saved["tail"]
+        os.write(master, data[:saved["input_len"]])
+        os.write(slave, data[saved["input_len"]:saved["input_len"] + saved["output_len"]])
+        fcntl.ioctl(slave, termios.TCSETS, modes)
+        self.ptys[index] = master, slave
+        return master, slave
 
     def _file(self, rec):
         """The kept fd for rec's open file description, opened once per file_id."""
@@ -508,6 +548,7 @@ class Restorer:
             self.image_fd, self.status_w, self.go_r, self.fd_base
         plan.index, plan.image_pid = i, p.pid
         plan.setsid, plan.pgid_action, plan.pgid_leader = self.sessions[i]
+        plan.ctty_fd, plan.ctty_fg = self._ctty(p["TASK"]), p["TASK"]["ctty_fg"]
         kids = [j for j in range(len(img.procs)) if img.parent[j] == i]
         # group leaders first, so members rarely wait
         kids.sort(key=lambda j: (img.pids[j]["pgid"] != img.pids[j]["pid"], j))
@@ -548,6 +589,15 @@ class Restorer:
         comm = task["comm"].encode()[:15]
         ffi.memmove(plan.comm, comm + b"\0", len(comm) + 1)
         self._creds(plan, p)
+
+    def _ctty(self, task):
+        """The kept slave fd of the controlling terminal, when it is a
+        pseudo-terminal restored with the tree; -1 otherwise."""
+        rdev = task["tty_nr"]
+        if os.major(rdev) not in PTS_MAJORS:
+            return -1
+        index = (os.major(rdev) - PTS_MAJORS[0]) * 256 + os.minor(rdev)
+        return self._pty(index)[1] if index in self.img.ttys else -1
 
     def _memory(self, plan, p):
         vmas, region = p.many["VMA"], self.region

@@ -374,6 +374,18 @@ out:
     return total;
 }
 
+/* A copy of another process's fd (ptrace access suffices), Linux 5.6+. */
+int ucr_pidfd_getfd(int pid, int fd)
+{
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0)
+        return -errno;
+    int r = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    int err = errno;
+    close(pidfd);
+    return r < 0 ? -err : r;
+}
+
 /* Namespaces: ckpt reads SysV IPC inside the tree's IPC namespace, rstr
  * recreates it in a new one. */
 int ucr_setns(int fd, int nstype)

@@ -28,6 +28,7 @@ long ucr_fork_pidns(void);
 long ucr_kcmp(int pid1, int pid2, int type, long idx1, long idx2);
 int ucr_pipe_capacity(int fd);
 long ucr_pipe_peek(int fd, char *buf, size_t cap);
+int ucr_pidfd_getfd(int pid, int fd);
 int ucr_setns(int fd, int nstype);
 int ucr_unshare(int flags);
 long ucr_shm_dump(int id, char *buf, size_t size);

@@ -115,6 +115,8 @@ struct ucr_plan {
     uint32_t setsid;
     uint32_t pgid_action; /* 0: keep the parent's group, 1: its own, 2: join pgid_leader's */
     int32_t pgid_leader;
+    int32_t ctty_fd;      /* the controlling terminal to take (session leader) or put in the foreground */
+    uint32_t ctty_fg;     /* its group was the terminal's foreground group */
     uint32_t zombie;
     int32_t exit_status;
     int32_t pdeathsig;

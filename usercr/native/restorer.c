@@ -45,6 +45,8 @@ static inline long sys5(long n, long a, long b, long c, long d, long e) { return
 #define WEXITED 4
 #define WNOWAIT 0x01000000
 #define PR_TIMER_CREATE_RESTORE_IDS 77
+#define TIOCSCTTY 0x540E
+#define TIOCSPGRP 0x5410
 #define SHM_RDONLY 010000
 #define SHM_EXEC 0100000
 #define THREAD_FLAGS (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM)
@@ -528,10 +530,16 @@ static void set_ids(struct ucr_plan *p)
 {
     struct ucr_shared *sh = shared(p);
     long r = 0;
-    if (p->setsid)
+    if (p->setsid) {
         r = sys0(__NR_setsid);
-    else if (p->pgid_action == 1)
+        if (!is_err(r) && p->ctty_fd >= 0)
+            r = sys3(__NR_ioctl, p->ctty_fd, TIOCSCTTY, 0);
+    } else if (p->pgid_action == 1) {
         r = sys2(__NR_setpgid, 0, 0);
+        int32_t me = (int32_t)sys0(__NR_getpid);
+        if (!r && p->ctty_fd >= 0 && p->ctty_fg)
+            r = sys3(__NR_ioctl, p->ctty_fd, TIOCSPGRP, A(&me));
+    }
     else if (p->pgid_action == 2) {
         struct ucr_slot *leader = &sh->slots[p->pgid_leader];
         wait_at_least(&leader->state, UCR_SLOT_IDS);
