@@ -41,7 +41,7 @@ def workloads():
         if name.endswith("_x86_64") and os.uname().machine != "x86_64":
             continue
         exe = os.path.join(BIN, name)
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", exe, os.path.join(WORKLOADS, src)], check=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", exe, os.path.join(WORKLOADS, src)], check=True)
         out[name.replace("_x86_64", "")] = exe
     return out
 

@@ -558,6 +558,8 @@ class Restorer:
             c.exit_signal, c.zombie = img.procs[j]["TASK"]["exit_signal"], img.procs[j].zombie
         plan.children, plan.nr_children = region.array("ucr_child", kids, child)
         task = p["TASK"]
+        comm = task["comm"].encode()[:15]
+        ffi.memmove(plan.comm, comm + b"\0", len(comm) + 1)
         if p.zombie:
             plan.zombie, plan.exit_status = 1, task["exit_status"]
             return
@@ -586,8 +588,6 @@ class Restorer:
         cwd, root = p["FS"]["tail"]
         plan.cwd_fd, plan.root_fd = self._dir(cwd), self._dir(root) if root != "/" else -1
         plan.umask = p["FS"]["umask"]
-        comm = task["comm"].encode()[:15]
-        ffi.memmove(plan.comm, comm + b"\0", len(comm) + 1)
         self._creds(plan, p)
 
     def _ctty(self, task):
@@ -709,7 +709,8 @@ class Restorer:
 
     def slots(self):
         """(pid in the tree's namespace, state) of every process created so far."""
-        return [(s.pid, s.state) for s in self.shared.slots[0:len(self.img.procs)]]
+        slots = ffi.cast("struct ucr_slot *", ffi.addressof(self.shared.slots[0]))
+        return [(slots[i].pid, slots[i].state) for i in range(len(self.img.procs))]
 
     def _failure(self, data):
         step, err, detail, task, _ = STATUS.unpack(data)

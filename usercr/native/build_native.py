@@ -103,6 +103,10 @@ def make_ffibuilder():
         "usercr._native",
         '#include <stdint.h>\n#include <stddef.h>\n#include "plan.h"\n#include "core.h"\n',
         sources=[os.path.join(HERE, "core.c")],
+        # the embedded blob and the headers: a change in any rebuilds the module
+        depends=[os.path.join(GEN, "restorer_blob.h"), os.path.join(GEN, "records_gen.h"),
+                 os.path.join(HERE, "plan.h"), os.path.join(HERE, "core.h"), os.path.join(HERE, "csum.h"),
+                 os.path.join(HERE, "arch", arch, "arch.h")],
         include_dirs=[GEN, HERE, os.path.join(HERE, "arch", arch)],
         extra_compile_args=["-O2", "-Wall"],
     )

@@ -507,6 +507,7 @@ static void queue_signals(struct ucr_plan *p)
 static __attribute__((noreturn)) void become_zombie(struct ucr_plan *p)
 {
     int status = p->exit_status, sig = status & 0x7f;
+    sys5(__NR_prctl, PR_SET_NAME, A(p->comm), 0, 0, 0);
     publish(&shared(p)->slots[p->index].state, UCR_SLOT_ZOMBIE);
     if (sig) {
         uint64_t no_core[2] = { 0, 0 }, none = 0, unblock = 1ULL << (sig - 1);
@@ -568,6 +569,8 @@ static void create_children(struct ucr_plan *p)
             ucr_arch_jump((uint64_t)(uintptr_t)restore_process, c[i].plan, p->stack_top);
         if (r < 0)
             fail(p, UCR_STEP_CLONE, r, (uint64_t)c[i].pid);
+        /* the child writes it too, but maybe not before we need it */
+        shared(p)->slots[((struct ucr_plan *)(uintptr_t)c[i].plan)->index].pid = (int32_t)r;
     }
 }
 
