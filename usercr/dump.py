@@ -348,6 +348,16 @@ def _drain(fd):
         out += chunk
 
 
+def quiet_termios(modes):
+    """The struct termios modes with echo and output processing off, for
+    putting queued terminal data back without processing it twice."""
+    import termios
+    quiet = bytearray(modes)
+    iflag, oflag, cflag, lflag = struct.unpack_from("<4I", quiet)
+    struct.pack_into("<4I", quiet, 0, iflag, oflag & ~termios.OPOST, cflag, lflag & ~termios.ECHO)
+    return bytes(quiet)
+
+
 def _tty_record(index, pid, fd):
     """Modes, window size and queued data of a pseudo-terminal. The queues
     can only be read by consuming them, so they are read from both ends and
@@ -368,10 +378,7 @@ def _tty_record(index, pid, fd):
         status = fcntl.fcntl(master, fcntl.F_GETFL)  # the target's own open file description
         fcntl.fcntl(master, fcntl.F_SETFL, status | os.O_NONBLOCK)
         try:
-            quiet = bytearray(modes)
-            iflag, oflag, cflag, lflag = struct.unpack_from("<4I", quiet)
-            struct.pack_into("<4I", quiet, 0, iflag, oflag & ~termios.OPOST, cflag, lflag & ~termios.ECHO)
-            fcntl.ioctl(slave, termios.TCSETS, bytes(quiet))
+            fcntl.ioctl(slave, termios.TCSETS, quiet_termios(modes))
             to_slave, to_master = _drain(slave), _drain(master)
             os.write(master, to_slave)
             os.write(slave, to_master)

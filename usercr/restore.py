@@ -11,7 +11,7 @@ from . import ipc
 from . import proc
 from . import records as R
 from .arch import current as current_arch
-from .dump import PAGE_SIZE, log_nothing
+from .dump import PAGE_SIZE, log_nothing, quiet_termios
 from .errors import UcrError
 from .image import ImageReader
 from .native import ffi, lib
@@ -380,10 +380,7 @@ class Restorer:
         except OSError as e:
             raise UcrError(f"cannot create a pseudo-terminal: {e.strerror}") from None
         modes = struct.pack("<8Q", *saved["termios"])
-        quiet = bytearray(modes)
-        iflag, oflag, cflag, lflag = struct.unpack_from("<4I", quiet)
-        struct.pack_into("<4I", quiet, 0, iflag, oflag & ~termios.OPOST, cflag, lflag & ~termios.ECHO)
-        fcntl.ioctl(slave, termios.TCSETS, bytes(quiet))
+        fcntl.ioctl(slave, termios.TCSETS, quiet_termios(modes))
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("<Q", saved["winsize"]))
         data = saved["tail"]
         os.write(master, data[:saved["input_len"]])
