@@ -1,7 +1,8 @@
 """Benchmarks (not tests): ckpt and rstr of processes holding 256 MiB and 1 GiB
 of touched anonymous memory and of a Python interpreter with imports, images
 on tmpfs, median of 5, beside a plain 1 GiB write() to the same tmpfs measured
-in the same run. Prints figures and ratios; targets are in the issue tracker."""
+in the same run; then trees of 4 and 64 small processes (bench/tree.py). Prints
+figures and ratios; targets are in the issue tracker."""
 import os
 import statistics
 import subprocess
@@ -97,6 +98,8 @@ def main():
                 dump_rate = mem / d / 2**30
                 line += f"  dump {dump_rate:.2f} GiB/s = {dump_rate / rate:.0%} of write()"
             print(line, flush=True)
+        import tree  # bench/tree.py: trees of 4 and 64 processes
+        tree.main(tmp)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,32 @@ def test_restored_as_pid_1_of_a_new_namespace(procs, workloads, tmp_path):
     values = [int(x) for x in lines(out)]
     assert values == list(range(len(values))), "the restored counter must go on from the saved value"
     assert nspid(restored)[-1] == "1", nspid(restored)
+
+
+def tree_nspids(root):
+    """The innermost PID of root and of each of its descendants."""
+    found, out = [root], []
+    for pid in found:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        out.append(int(nspid(pid)[-1]))
+    return sorted(out)
+
+
+def test_tree_restored_with_the_same_pids(procs, workloads, tmp_path):
+    """A tree started under usercr run comes back with every PID it had in its namespace."""
+    out, img = tmp_path / "out", tmp_path / "img"
+    w, pid = start_waiter(procs, tmp_path, [workloads["multitask"]], out=out)
+    ticks = lambda: [x for x in lines(out) if x.startswith(("tick ", "BAD"))]  # noqa: E731
+    wait_until(lambda: len(ticks()) >= 3, what="3 ticks")
+    before = tree_nspids(pid)
+    assert before == list(range(1, 8)), before
+    ckpt(pid, img, "--kill")
+    assert w.wait(timeout=20) == 128 + 9
+    n = len(ticks())
+    restored = rstr(procs, img, "--pids", "--pidns")
+    wait_until(lambda: len(ticks()) >= n + 3, what="the restored tree to tick on")
+    assert tree_nspids(restored) == before
+    got = ticks()
+    assert got == [f"tick {i}" for i in range(len(got))], got[-3:]
