@@ -119,6 +119,16 @@ def test_pending_signals_delivered_after_restore(procs, workloads, tmp_path):
     assert len([x for x in lines(out) if x.startswith("delivered ")]) == 12
 
 
+def test_thread_state_used_after_restore(procs, workloads, tmp_path):
+    """A signal pending on one thread, a thread's sigaltstack and a thread
+    that exits and is joined (clear_child_tid) all work after three cycles."""
+    out, go = tmp_path / "out", tmp_path / "go"
+    cycles(procs, tmp_path, start(procs, workloads["threadstate"], out, go), out)
+    go.touch()
+    wait_until(lambda: failures(out) or "ok" in lines(out), 30, "the threads to finish")
+    assert_sane(out)
+
+
 def test_pids_kept_in_new_namespace(procs, workloads, tmp_path):
     out = tmp_path / "out"
     root = start(procs, workloads["multitask"], out)

@@ -424,6 +424,26 @@ static void restore_timers(struct ucr_plan *p)
         sys2(__NR_prctl, PR_TIMER_CREATE_RESTORE_IDS, 0);
 }
 
+/* The kernel takes a siginfo with any si_code only from the thread it is
+ * queued to (a process-wide one: from the main thread, whose tid is the
+ * tgid), so each thread queues its own. Still blocked, they are delivered as
+ * soon as rt_sigreturn installs each thread's saved mask. */
+static void queue_signals(struct ucr_plan *p, uint32_t thread)
+{
+    struct ucr_siginfo *si = (struct ucr_siginfo *)(uintptr_t)p->siginfo;
+    long pid = sys0(__NR_getpid), tid = sys0(__NR_gettid), r;
+    for (uint32_t i = 0; i < p->nr_siginfo; i++) {
+        if (si[i].shared && thread == 0)
+            r = sys3(__NR_rt_sigqueueinfo, pid, si[i].signo, A(si[i].info));
+        else if (!si[i].shared && si[i].thread == thread)
+            r = sys4(__NR_rt_tgsigqueueinfo, pid, tid, si[i].signo, A(si[i].info));
+        else
+            continue;
+        if (r)
+            fail(p, UCR_STEP_SIGQUEUE, r, si[i].signo);
+    }
+}
+
 /* Per-thread state, the same for the main thread and the others. */
 static void restore_thread_state(struct ucr_plan *p, struct ucr_thread *t)
 {
@@ -457,6 +477,7 @@ static __attribute__((noreturn)) void thread_main(void *arg)
 {
     struct ucr_thread *t = arg;
     struct ucr_plan *p = (struct ucr_plan *)(uintptr_t)t->plan;
+    queue_signals(p, (uint32_t)(t - threads(p)));
     restore_thread_state(p, t);
     __atomic_fetch_add(&p->threads_ready, 1, __ATOMIC_ACQ_REL);
     futex_wake(&p->threads_ready);
@@ -484,23 +505,6 @@ static void create_threads(struct ucr_plan *p)
         t[i].new_tid = (int32_t)r;
     }
     wait_until_equal(&p->threads_ready, p->nr_threads - 1);
-}
-
-/* Queued by the main thread, whose tid is the tgid, so that any si_code is
- * accepted; still blocked everywhere, they are delivered as soon as
- * rt_sigreturn installs each thread's saved mask. */
-static void queue_signals(struct ucr_plan *p)
-{
-    struct ucr_siginfo *si = (struct ucr_siginfo *)(uintptr_t)p->siginfo;
-    long pid = sys0(__NR_getpid), r;
-    for (uint32_t i = 0; i < p->nr_siginfo; i++) {
-        if (si[i].shared)
-            r = sys3(__NR_rt_sigqueueinfo, pid, si[i].signo, A(si[i].info));
-        else
-            r = sys4(__NR_rt_tgsigqueueinfo, pid, threads(p)[si[i].thread].new_tid, si[i].signo, A(si[i].info));
-        if (r)
-            fail(p, UCR_STEP_SIGQUEUE, r, si[i].signo);
-    }
 }
 
 /* A zombie comes back only to die again the same way. */
@@ -620,7 +624,7 @@ static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
     settle_zombie_children(p);
     create_threads(p);
     restore_timers(p);
-    queue_signals(p);
+    queue_signals(p, 0);
     restore_thread_state(p, &threads(p)[0]);
     sys2(__NR_prctl, PR_SET_PDEATHSIG, p->pdeathsig);
 
