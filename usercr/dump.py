@@ -294,6 +294,7 @@ class FileTable:
         self.descs = []      # (pid, fd, dev, ino, file_id)
         self.pipes = {}      # ino -> (pid, fd) to read its buffered data from
         self.ptys = {}       # index -> (pid, fd) of a master the tree holds
+        self.sizes = {}      # (dev, ino) -> size of a mapped file
 
     def file_id(self, pid, fd, st):
         for opid, ofd, dev, ino, fid in self.descs:
@@ -432,7 +433,19 @@ def _file_record(pid, fd, target, info, files):
     return R.FILE.pack(kind=kind, tail=target, file_id=files.file_id(pid, fd, st), **common)
 
 
-def _vma_records(tracee, maps, sysv):
+def _mapped_size(pid, m, sizes):
+    """The size of a mapped file, stat'ed once per file for the whole tree
+    (every process maps the same libraries)."""
+    key = (m.dev, m.inode)
+    if key not in sizes:
+        try:
+            sizes[key] = os.stat(proc.path(pid, "map_files", f"{m.start:x}-{m.end:x}")).st_size
+        except OSError as e:
+            raise UcrError(f"cannot stat {m.name} mapped by process {pid}: {e.strerror}") from None
+    return sizes[key]
+
+
+def _vma_records(tracee, maps, sysv, sizes):
     """VMA and SPECIAL_DATA records, and the page ranges to copy. With sysv,
     SysV shared memory is saved with its segment and attached again."""
     pid = tracee.pid
@@ -466,11 +479,7 @@ def _vma_records(tracee, maps, sysv):
             ranges.append((m.start, m.end, lib.UCR_DUMP_ANON))
         else:
             kind = 1
-            try:
-                st = os.stat(proc.path(pid, "map_files", f"{m.start:x}-{m.end:x}"))
-            except OSError as e:
-                raise UcrError(f"cannot stat {name} mapped by process {pid}: {e.strerror}") from None
-            fields.update(dev=st.st_dev, ino=st.st_ino, size=st.st_size)
+            fields.update(dev=m.dev, ino=m.inode, size=_mapped_size(pid, m, sizes))
             if not m.shared:
                 ranges.append((m.start, m.end, lib.UCR_DUMP_FILE_PRIVATE))
         vmas.append(R.VMA.pack(kind=kind, flags=flags, tail=name, **fields))
@@ -524,7 +533,7 @@ def _write_process(threads, arch, writer, files, ns, sysv):
         writer.add(R.SIGPENDING.pack(shared=1, signo=int.from_bytes(info[:4], "little"), tail=info))
     for fd, target, info in proc.fds(pid):
         writer.add(_file_record(pid, fd, target, info, files))
-    vmas, specials, ranges = _vma_records(main, maps, sysv)
+    vmas, specials, ranges = _vma_records(main, maps, sysv, files.sizes)
     writer.add(R.MM.pack(nr_vmas=len(vmas), tail=proc.read_bytes(pid, "auxv"), **mm))
     for rec in vmas + specials:
         writer.add(rec)
