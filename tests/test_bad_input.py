@@ -1,14 +1,22 @@
 """Bad input: one clear line, a non-zero exit, no traceback, nothing left running,
 and a checkpointed program that keeps running unharmed."""
+import fcntl
 import os
+import re
+import shutil
 import signal
 import struct
 import subprocess
+import termios
+import time
 
 import pytest
 
-from conftest import alive, assert_one_line_error, ckpt, lines, run, tool, wait_until
+from conftest import Procs, alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
+from test_tree import failures, family, start, ticked, ticks, tree
 from usercr import records as R
+from usercr.image import ImageReader
+from usercr.native import ffi, lib
 
 
 def running_copies(exe):
@@ -199,3 +207,411 @@ def test_usercr_check():
     r = run([tool("usercr"), "check"])
     assert r.returncode == 0, r.stdout
     assert "ok       ptrace" in r.stdout and "[vdso]" in r.stdout
+
+
+# Process trees ---------------------------------------------------------------
+
+def private_exe(workloads, name, where):
+    """A copy of a workload's executable for one test alone: finding processes
+    by executable then sees none of another test's (or another test run's)."""
+    exe = os.path.realpath(os.path.join(where, name))
+    shutil.copy(workloads[name], exe)
+    return exe
+
+
+def our_children():
+    """Live children of this test process (the subreaper), orphans included."""
+    out = set()
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            out |= {int(x) for x in f.read().split()}
+    return {pid for pid in out if alive(pid)}
+
+
+def left_behind(exe, before, grace=5):
+    """Processes of exe and new children of ours (such as the PID 1 of a
+    --pidns restore) still alive once a short grace for dying ones is over."""
+    deadline = time.monotonic() + grace
+    while True:
+        left = running_copies(exe) + sorted(our_children() - before)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def rstr_fails(procs, img, exe, *extra):
+    """Runs rstr expecting one clear error line and nothing left running;
+    returns the line. A wrong success is tracked, so it cannot leak."""
+    pidfile = procs.tmp / f"fail-{len(procs.pids)}.pid"
+    before = our_children()
+    r = run([tool("rstr"), "-i", str(img), "-W", "--pidfile", str(pidfile), *extra])
+    if pidfile.exists():
+        for root in pidfile.read_text().split():
+            for pid in family(int(root)):
+                procs.track(pid)
+    err = assert_one_line_error(r)
+    left = left_behind(exe, before)
+    for pid in left:
+        procs.track(pid)
+    assert left == [], f"a failed restart ({err}) left processes running"
+    return err
+
+
+FREEZE_ATTEMPTS = 16
+
+
+def test_tree_forking_during_freeze(procs, workloads, tmp_path):
+    """All three processes fork and reap short-lived children in a tight loop.
+    Every other attempt is ckpt --kill, the others a plain ckpt. Each either
+    succeeds (with --kill: the image restores and ticks on, short-lived
+    children caught alive or as zombies included; without: the tree runs on
+    unharmed), or fails with one line saying the tree changed and leaves the
+    tree running unharmed."""
+    out = tmp_path / "out"
+    root = start(procs, workloads["forker"], out)
+    outcomes = []
+    for attempt in range(FREEZE_ATTEMPTS):
+        kill = attempt % 2 == 0
+        img = tmp_path / f"img{attempt}"
+        doomed = family(root)
+        r = run([tool("ckpt"), str(root), "-o", str(img), *(["--kill"] if kill else [])])
+        if r.returncode == 0 and kill:
+            for pid in doomed:
+                procs.kill(pid)
+            last = ticks(out)[-1]
+            root = rstr(procs, img, "--pids", "--pidns")
+            for pid in family(root):
+                procs.track(pid)
+            outcomes.append("restored")
+        elif r.returncode == 0:
+            assert alive(root)
+            outcomes.append("saved")
+            last = ticks(out)[-1]
+        else:
+            err = assert_one_line_error(r)
+            outcomes.append(err)
+            assert re.search(r"exited during the checkpoint|keeps changing", err), \
+                f"attempt {attempt}: not a clear reason: {err}"
+            assert not img.exists(), "a failed ckpt must not leave a partial image"
+            assert alive(root)
+            last = ticks(out)[-1]
+        ticked(out, last + 5)
+    assert "restored" in outcomes, outcomes
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _pipe_bytes(fd):
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
+
+
+@pytest.mark.parametrize("when", ["frozen", "copying-pages"])
+def test_child_exits_during_dump(procs, workloads, tmp_path, when):
+    """A short-lived grandchild is killed while ckpt has the tree frozen,
+    either at once or once ckpt is stalled on a full pipe copying the root's
+    8 MiB (the metadata of every process is written by then): one line naming
+    it, and the rest of the tree goes on (its parent sees it killed, which the
+    workload does not count as failure)."""
+    out = tmp_path / "out"
+    root = start(procs, workloads["forker"], out, 200, 8)
+    rfd, wfd = os.pipe()
+    c = subprocess.Popen([tool("ckpt"), str(root)], stdout=wfd, stderr=subprocess.PIPE, text=True, close_fds=True)
+    procs.popens.append(c)
+    os.close(wfd)
+    try:
+        frozen = lambda: all(_state(pid) in ("t", "Z") for pid, _ in tree(root))  # noqa: E731
+        wait_until(lambda: c.poll() is not None or frozen(), what="the tree to be frozen")
+        if when == "copying-pages":
+            capacity = fcntl.fcntl(rfd, 1032)  # F_GETPIPE_SZ
+            wait_until(lambda: c.poll() is not None or (_pipe_bytes(rfd) == capacity and _state(c.pid) == "S"),
+                       what="ckpt to stall on the full pipe")
+        assert c.poll() is None, c.stderr.read()
+        victim = next(pid for pid, parent in tree(root) if parent not in (None, root) and _state(pid) == "t")
+        os.kill(victim, signal.SIGKILL)
+        with os.fdopen(rfd, "rb", closefd=False) as r:
+            while r.read(1 << 20):
+                pass
+    finally:
+        os.close(rfd)
+    assert c.wait(timeout=30) != 0
+    err = c.stderr.read().strip()
+    assert err and "\n" not in err and "Traceback" not in err and "internal error" not in err, err
+    assert f"process {victim} exited" in err, err
+    wait_until(lambda: failures(out) or f"lost {victim}" in lines(out), what="the parent to see its child killed")
+    ticked(out, ticks(out)[-1] + 3)
+    assert alive(root)
+
+
+@pytest.fixture(scope="module")
+def tree_image(workloads, tmp_path_factory):
+    """A killed multitask tree's image, and its private executable and tree."""
+    tmp = tmp_path_factory.mktemp("tree_image")
+    owner = Procs(tmp)
+    try:
+        exe = private_exe(workloads, "multitask", tmp)
+        out = tmp / "out"
+        root = start(owner, exe, out)
+        ids = tree(root)
+        doomed = family(root)
+        ckpt(root, tmp / "img", "--kill")
+        for pid in doomed:
+            owner.kill(pid)
+    finally:
+        owner.cleanup()
+    return {"img": tmp / "img", "exe": exe, "tree": ids, "out": out}
+
+
+class MetaRecord:
+    """One metadata record of an image: re-packed from its fields if they
+    were changed, its original bytes otherwise."""
+
+    def __init__(self, rec, raw):
+        self.name, self.spec, self.raw = rec.name, rec.spec, raw
+        self.fields, self._orig = dict(rec.fields), dict(rec.fields)
+
+    def bytes(self):
+        if self.fields == self._orig:
+            return self.raw
+        f = dict(self.fields)
+        return self.spec.pack(tail=f.pop("tail", None), **f)
+
+
+def _csum(data):
+    state = ffi.new("uint64_t[2]")
+    lib.ucr_csum_update(state, ffi.from_buffer(data), len(data))
+    return state[0], state[1]
+
+
+def rewrite_image(img, edit):
+    """Lets edit(records, pages_begin_fields) change the metadata records
+    (the list may change too), then writes the image again with the checksums
+    of PAGES_BEGIN and TAIL recomputed, so only rstr's own checks can object."""
+    data = img.read_bytes()
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        reader = ImageReader(fd)
+        recs = [reader.header()]
+        while recs[-1].type != R.PAGES_BEGIN.type:
+            recs.append(reader.next())
+    finally:
+        os.close(fd)
+    bounds = [r.offset for r in recs] + [reader.offset]
+    meta = [MetaRecord(r, data[a:b]) for r, a, b in zip(recs, bounds, bounds[1:])]
+    begin = meta.pop().fields
+    result = edit(meta, begin)
+    head = b"".join(m.bytes() for m in meta)
+    a, b = _csum(head)
+    head += R.PAGES_BEGIN.pack(nr_sections=begin["nr_sections"], csum_a=a, csum_b=b)
+    tail_at = len(data) - R.align(R.TAIL.fixed_len)
+    assert R.RECORD_HDR.unpack_from(data, tail_at)[0] == R.TAIL.type
+    body = head + data[reader.offset:tail_at]
+    a, b = _csum(body)
+    img.write_bytes(body + R.TAIL.pack(magic=R.TAIL_MAGIC, csum_a=a, csum_b=b))
+    return result
+
+
+def _recs(meta, name):
+    return [m for m in meta if m.name == name]
+
+
+def _ppid_unknown(meta, begin):
+    ids = _recs(meta, "PIDS")
+    ids[3].fields["ppid"] = 4194000  # above any pid_max: no task
+    return ["4194000", str(ids[3].fields["pid"])]
+
+
+def _ppid_is_own_child(meta, begin):
+    ids = _recs(meta, "PIDS")  # depth first: root, child 1, its children, child 2, its children
+    ids[1].fields["ppid"] = ids[2].fields["pid"]
+    return [str(ids[2].fields["pid"]), str(ids[1].fields["pid"])]
+
+
+def _ppid_is_itself(meta, begin):
+    ids = _recs(meta, "PIDS")
+    ids[3].fields["ppid"] = ids[3].fields["pid"]
+    return [str(ids[3].fields["pid"])]
+
+
+def _duplicate_pid(meta, begin):
+    ids, tasks = _recs(meta, "PIDS"), _recs(meta, "TASK")
+    dup = ids[1].fields["pid"]
+    ids[2].fields["pid"] = ids[2].fields["tgid"] = tasks[2].fields["pid"] = dup
+    return [str(dup)]
+
+
+def _pids_disagree_with_task(meta, begin):
+    ids = _recs(meta, "PIDS")
+    ids[4].fields["pid"] = ids[4].fields["tgid"] = 4194001
+    return ["4194001"]
+
+
+def _tree_count_short(meta, begin):
+    tree = _recs(meta, "TREE")[0]
+    tree.fields["nr_tasks"] -= 1
+    return [f"{tree.fields['nr_tasks']} in TREE"]
+
+
+def _pids_record_missing(meta, begin):
+    meta.remove(_recs(meta, "PIDS")[-1])
+    _recs(meta, "TREE")[0].fields["nr_tasks"] -= 1
+    return ["PIDS", "TASK"]
+
+
+def _root_not_first(meta, begin):
+    ids = _recs(meta, "PIDS")
+    _recs(meta, "TREE")[0].fields["root_pid"] = ids[1].fields["pid"]
+    return ["root"]
+
+
+def _page_sections(meta, begin):
+    begin["nr_sections"] -= 1
+    return ["page sections"]
+
+
+def _group_without_leader(meta, begin):
+    """A grandchild in the process group named after its parent, which
+    leads no group: no such group can exist."""
+    ids = _recs(meta, "PIDS")
+    ids[3].fields["pgid"] = ids[1].fields["pid"]
+    return [str(ids[1].fields["pid"]), "group"]
+
+
+TREE_EDITS = [_ppid_unknown, _ppid_is_own_child, _ppid_is_itself, _duplicate_pid, _pids_disagree_with_task,
+              _tree_count_short, _pids_record_missing, _root_not_first, _page_sections, _group_without_leader]
+
+
+@pytest.mark.parametrize("edit", TREE_EDITS, ids=lambda f: f.__name__.strip("_"))
+def test_inconsistent_tree_record(procs, tree_image, tmp_path, edit):
+    img = tmp_path / "img"
+    shutil.copy(tree_image["img"], img)
+    want = rewrite_image(img, edit)
+    assert img.read_bytes() != tree_image["img"].read_bytes()
+    for how in (["--pids", "--pidns"], ["--no-pids"]):
+        err = rstr_fails(procs, img, tree_image["exe"], *how)
+        assert "checksum" not in err and "truncated" not in err, err
+        assert all(w in err for w in want), f"{how}: expected {want} in: {err}"
+
+
+def test_rewritten_image_still_restores(procs, tree_image, tmp_path):
+    """The control for the test above: an unchanged rewrite is byte for byte
+    the image, and one that changes only padding (re-packing the record and
+    recomputing both checksums) restores and ticks on."""
+    img = tmp_path / "img"
+    shutil.copy(tree_image["img"], img)
+    rewrite_image(img, lambda meta, begin: None)
+    assert img.read_bytes() == tree_image["img"].read_bytes()
+
+    def pad(meta, begin):
+        _recs(meta, "PIDS")[2].fields["pad"] = 1
+    rewrite_image(img, pad)
+    assert img.read_bytes() != tree_image["img"].read_bytes()
+    out = tree_image["out"]
+    last = ticks(out)[-1]
+    root = rstr(procs, img, "--pids", "--pidns")
+    for pid in family(root):
+        procs.track(pid)
+    wait_until(lambda: failures(out) or (ticks(out) or [-1])[-1] >= last + 5, 30, "the restored tree to tick")
+    assert not failures(out)
+    assert len(tree(root)) == len(tree_image["tree"])
+
+
+def _records_after_pages_begin(img):
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        reader = ImageReader(fd)
+        recs = [reader.header()]
+        while recs[-1].type != R.TAIL.type:
+            recs.append(reader.next(skip_data=True))
+    finally:
+        os.close(fd)
+    return recs[next(i for i, r in enumerate(recs) if r.type == R.PAGES_BEGIN.type) + 1:]
+
+
+def _truncate_in_fifth_section(img):
+    ends = [r for r in _records_after_pages_begin(img) if r.type == R.PAGES_END.type]
+    os.truncate(img, ends[3].offset + R.PAGES_END.fixed_len + 4096)
+    return "truncated"
+
+
+def _flip_byte_in_root_pages(img):
+    first = _records_after_pages_begin(img)[0]
+    assert first.type == R.PAGES.type
+    at = first.offset + R.PAGES.fixed_len + 100
+    with open(img, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0x40]))
+    return "checksum"
+
+
+@pytest.mark.parametrize("how", [["--pids", "--pidns"], ["--no-pids"]], ids=["pidns", "no-pids"])
+@pytest.mark.parametrize("damage", [_truncate_in_fifth_section, _flip_byte_in_root_pages],
+                         ids=["truncated-mid-tree", "bad-page-of-root"])
+def test_restart_fails_mid_tree(procs, tree_image, tmp_path, damage, how):
+    """Page data is read by each process in turn after the whole tree has
+    been created (and checked against the TAIL by the last one): a failure
+    there must still take every restored process down."""
+    img = tmp_path / "img"
+    shutil.copy(tree_image["img"], img)
+    want = damage(img)
+    err = rstr_fails(procs, img, tree_image["exe"], *how)
+    assert want in err, err
+
+
+@pytest.mark.parametrize("change", ["deleted", "changed size"])
+def test_file_of_non_root_changed(procs, workloads, tmp_path, change):
+    """A file only a child of the root has open: its restart fails with the
+    file named, and nothing of the tree is left."""
+    exe = private_exe(workloads, "treefile", tmp_path)
+    data, out, img = tmp_path / "data", tmp_path / "out", tmp_path / "img"
+    data.write_bytes(b"x" * 1000)
+    root = start(procs, exe, out, data)
+    path = os.path.realpath(data)
+    held = lambda pid: any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))  # noqa: E731,E501
+    assert not held(root) and [pid for pid, parent in tree(root) if parent and held(pid)]
+    doomed = family(root)
+    ckpt(root, img, "--kill")
+    for pid in doomed:
+        procs.kill(pid)
+    if change == "deleted":
+        data.unlink()
+    else:
+        data.write_bytes(b"x" * 10)
+    for how in (["--pids", "--pidns"], ["--no-pids"]):
+        err = rstr_fails(procs, img, exe, *how)
+        assert path in err and ("gone" if change == "deleted" else "changed size") in err, err
+
+
+def test_thread_id_in_use(procs, workloads, tmp_path):
+    """--pids --no-pidns while another process holds one thread's ID (the
+    process's own PID is free): one clear line naming that ID."""
+    exe = private_exe(workloads, "threads", tmp_path)
+    out, img = tmp_path / "out", tmp_path / "img"
+    root = start(procs, exe, out)
+    tids = sorted(int(t) for t in os.listdir(f"/proc/{root}/task") if int(t) != root)
+    ckpt(root, img, "--kill")
+    procs.kill(root)
+    tid = tids[-1]
+    try:
+        for _ in range(50):  # fork a process with PID tid (others may fork meanwhile)
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(tid - 1))
+            holder = procs.start(["sleep", "60"])
+            if holder.pid == tid:
+                break
+            procs.kill(holder.pid)
+        else:
+            pytest.skip(f"could not get PID {tid} for a process")
+    except OSError as e:
+        pytest.skip(f"cannot set the next PID: {e.strerror}")
+    assert not alive(root)
+    err = rstr_fails(procs, img, exe, "--pids", "--no-pidns")
+    assert str(tid) in err and "in use" in err and "--pidns" in err and "--no-pids" in err, err
+    assert alive(holder.pid)

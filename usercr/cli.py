@@ -128,12 +128,14 @@ def _signal_number(name):
     import signal
     if name is None:
         return None
-    if name.isdigit():
-        return int(name)
     try:
-        return signal.Signals[name.upper() if name.upper().startswith("SIG") else "SIG" + name.upper()]
+        sig = int(name) if name.isdigit() else \
+            signal.Signals[name.upper() if name.upper().startswith("SIG") else "SIG" + name.upper()]
     except KeyError:
-        raise UcrError(f"unknown signal {name}") from None
+        sig = None
+    if sig not in signal.valid_signals():
+        raise UcrError(f"unknown signal {name}")
+    return sig
 
 
 def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, show_status, copy_status, logfile,
@@ -150,8 +152,11 @@ def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, sho
         fd = 0 if input_fd is None else input_fd
         if os.isatty(fd):
             raise UcrError("standard input is a terminal; give the image with -i FILE or redirect it")
+    forward = _signal_number(forward)
+    if forward and not wait:
+        raise UcrError("--signal needs --wait: rstr forwards it while it waits")
     roots, status = restart(fd, pids=pids, pidns=pidns, wait=wait, pidfile=pidfile, copies=copies,
-                            forward=_signal_number(forward), log=Log(verbose, logfile))
+                            forward=forward, log=Log(verbose, logfile))
     pid = roots[0]
     if status is None:
         return

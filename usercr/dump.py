@@ -79,7 +79,14 @@ class FrozenTree:
                 for tid in proc.threads(pid, missing_ok=True):
                     if tid not in self.tracees:
                         t = Tracee(tid, self.arch)
-                        if t.attach(missing_ok=pid != self.root):
+                        try:
+                            attached = t.attach(missing_ok=pid != self.root)
+                        except UcrError:
+                            # A task that died meanwhile refuses with EPERM; the next scan sees its zombie.
+                            if pid == self.root or proc.state(pid) not in ("Z", "X", None):
+                                raise
+                            attached = False
+                        if attached:
                             self.tracees[tid] = t
                             new.append(t)
             for t in new:
@@ -200,7 +207,10 @@ def _write_tree(tree, arch, writer, log):
     for pid, ranges in memory:
         log(f"copying memory of process {pid}: {len(ranges)} mappings")
         main = tree.tracees[pid]
-        pagemap_fd = os.open(proc.path(pid, "pagemap"), os.O_RDONLY)
+        try:
+            pagemap_fd = os.open(proc.path(pid, "pagemap"), os.O_RDONLY)
+        except OSError as e:
+            raise UcrError(f"cannot read the page map of process {pid}: {e.strerror}") from None
         try:
             writer.pages(pid, pagemap_fd, main.mem_fd, ranges, PAGE_SIZE)
         finally:

@@ -149,8 +149,11 @@ class Image:
                            f"({tree['nr_tasks']} in TREE, {len(self.pids)} PIDS, {len(self.procs)} TASK records)")
         self.index = {}
         for i, (ids, p) in enumerate(zip(self.pids, self.procs)):
-            if ids["pid"] != p.pid or ids["pid"] <= 0 or ids["pid"] in self.index:
-                raise UcrError(f"image corrupt: task tree entry {i} (PID {ids['pid']}) is inconsistent")
+            if ids["pid"] in self.index:
+                raise UcrError(f"image corrupt: PID {ids['pid']} appears twice in the task tree")
+            if ids["pid"] != p.pid or ids["pid"] <= 0:
+                raise UcrError(f"image corrupt: task tree entry {i} (PID {ids['pid']}) does not match "
+                               f"its TASK record (PID {p.pid})")
             self.index[ids["pid"]] = i
             p.check()
         if self.pids[0]["pid"] != tree["root_pid"] or self.procs[0].zombie:
@@ -194,6 +197,9 @@ def session_plan(img):
             action, leader = 1, -1
         else:
             action, leader = 2, index[t["pgid"]]
+            if ids[leader]["pgid"] != ids[leader]["pid"]:
+                raise UcrError(f"process {t['pid']} is in process group {t['pgid']}, which process "
+                               f"{t['pgid']} does not lead; that cannot be recreated")
             if img.descends(leader, i):
                 raise UcrError(f"process {t['pid']} is in the process group of its descendant {t['pgid']}; "
                                "that cannot be recreated")
@@ -823,7 +829,8 @@ def _check_pids_free(image):
     for p in image.procs:
         for tid in [p.pid] + [t["THREAD"]["tid"] for t in p.threads]:
             if os.path.exists(f"/proc/{tid}"):
-                raise UcrError(f"PID {tid} is in use; restart with --pidns or --no-pids")
+                what = "PID" if tid == p.pid else f"thread ID (of process {p.pid})"
+                raise UcrError(f"{what} {tid} is in use; restart with --pidns or --no-pids")
 
 
 def _kill(pid):
@@ -934,6 +941,8 @@ def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, copies=1, f
     if pidfile:
         with open(pidfile, "w") as f:
             f.write("".join(f"{root}\n" for root in roots))
+    if wait and forward:  # before the release: a Ctrl-C from now on reaches the roots
+        signal.signal(signal.SIGINT, lambda *_: [_signal(root, forward) for root in roots])
     live = sum(not p.zombie for p in image.procs)
     for _, _, go_w in trees:
         os.write(go_w, b"G" * live)
@@ -941,8 +950,6 @@ def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, copies=1, f
     log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
     if not wait:
         return roots, None
-    if forward:
-        signal.signal(signal.SIGINT, lambda *_: [_signal(root, forward) for root in roots])
     statuses = [os.waitpid(top, 0)[1] for top, _, _ in trees]
     return roots, statuses[0]
 
