@@ -1,7 +1,10 @@
 """Runs inside the ARM VM (cross/test_arm.py puts it there): for every
 workload, start it, checkpoint it with ckpt --kill, restart it with rstr, let
-it finish and check its own verdict. One line per case:
-    RESULT <case> PASS|FAIL ckpt=<s> rstr=<s> rc=<status> | <detail>
+it finish and check its own verdict. Cases named tree-NAME run a process-tree
+workload of tests/workloads (tick protocol in wl.h) through three cycles of
+ckpt --kill / kill the tree / rstr --pids --pidns, as tests/test_tree.py does.
+One line per case:
+    RESULT <case> PASS|FAIL <s> ckpt=<s> rstr=<s> rc=<status> | <detail>
 Usage: python3 arm_vm_driver.py BINDIR CASE=PROGRAM... (PROGRAM: a workload binary)
 Every wait is bounded; every process started here is killed by PID at the end."""
 import ctypes
@@ -65,7 +68,142 @@ def run_compat(label, prog):
     return ok, f"ckpt={t_ckpt:.2f}s rstr=- rc={rc} | ckpt: {err} | task: {read(out).strip().splitlines()[-1]}"
 
 
+# ckpt saves SysV objects only of a tree with an IPC namespace of its own: these run under `usercr run`.
+OWN_IPCNS = {"ipcshm", "ipcmsq", "ipcsem"}
+CYCLES = 3
+TICK_WAIT = 120  # for ready + 3 ticks, and for 5 ticks after a restore: TCG with both VMs on the host's cores
+
+
+def ticks(text):
+    return [int(x.split()[1]) for x in text.splitlines() if x.startswith("tick ")]
+
+
+def failures(text):
+    return [x for x in text.splitlines() if x.startswith("BAD")]
+
+
+def ticked(out, n, what):
+    """Waits for tick n or a BAD line; fails unless ticks are consecutive from 0 and none is BAD."""
+    wait_for(lambda: failures(read(out)) or (ticks(read(out)) or [-1])[-1] >= n, TICK_WAIT, what)
+    text = read(out)
+    if failures(text) or ticks(text) != list(range(len(ticks(text)))):
+        raise RuntimeError(f"while waiting for {what}: " + " / ".join(failures(text) or ["ticks not consecutive"]))
+
+
+def alive(pid):
+    """True while pid runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def reap():
+    """Reaps our ended children and orphans (we are their subreaper), so their PIDs are free again."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def kill_wait(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    wait_for(lambda: not alive(pid) and (reap() or True), 20, f"PID {pid} to die")
+
+
+def tree(root):
+    """root and all its descendants (through every thread's children)."""
+    pids = [root]
+    for pid in pids:  # grows while we walk it
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                pids += map(int, read(f"/proc/{pid}/task/{tid}/children").split())
+        except OSError:  # ended meanwhile
+            pass
+    return pids
+
+
+def family(root):
+    """The tree and its parent unless that is us: the reaper of a --pidns
+    restore (killing it ends the namespace) or `usercr run`'s waiter."""
+    pids = tree(root)
+    try:
+        parent = int(read(f"/proc/{root}/stat").rsplit(")", 1)[1].split()[1])
+    except (IndexError, ValueError):
+        return pids
+    return pids + ([parent] if parent != os.getpid() else [])
+
+
+def run_tree(label, prog, name):
+    out, go = f"/tmp/{label}.out", f"/tmp/{label}.go"
+    argv = [prog] + ([go] if name == "sigpending" else [])
+    if name in OWN_IPCNS:
+        run_pidfile = f"/tmp/{label}.run.pid"
+        argv = [f"{BIN}/usercr", "run", "--pidfile", run_pidfile, "--"] + argv
+    # O_APPEND: the tree's processes write whole lines to one file
+    with open(out, "ab") as f:
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             close_fds=True, start_new_session=True)
+    root, t_ck, t_rs = p.pid, [], []
+
+    def times():
+        return f"ckpt={'/'.join(t_ck) or '-'} rstr={'/'.join(t_rs) or '-'} rc=-"
+    try:
+        if name in OWN_IPCNS:
+            root = int(wait_for(lambda: read(run_pidfile).strip(), 60, "usercr run's pidfile"))
+        ticked(out, 2, "ready and 3 ticks")
+        if "ready" not in read(out).splitlines():
+            raise RuntimeError("ticks without a ready line")
+        ntasks = len(tree(root))
+        for cycle in range(CYCLES):
+            img, pidfile = f"/tmp/{label}.{cycle}.img", f"/tmp/{label}.{cycle}.pid"
+            doomed = family(root)
+            t0 = time.monotonic()
+            ck = subprocess.run([f"{BIN}/ckpt", str(root), "-o", img, "--kill"], capture_output=True, text=True,
+                                timeout=TIMEOUT)
+            t_ck.append(f"{time.monotonic() - t0:.1f}")
+            if ck.returncode:
+                return False, f"{times()} | cycle {cycle}: ckpt failed: {ck.stderr.strip()}"
+            for pid in doomed:
+                kill_wait(pid)
+            last = ticks(read(out))[-1]
+            t0 = time.monotonic()
+            rs = subprocess.run([f"{BIN}/rstr", "-i", img, "--pids", "--pidns", "-W", "--pidfile", pidfile],
+                                capture_output=True, text=True, timeout=TIMEOUT)
+            t_rs.append(f"{time.monotonic() - t0:.1f}")
+            if rs.returncode or not read(pidfile).strip():
+                return False, f"{times()} | cycle {cycle}: rstr failed (exit {rs.returncode}): {rs.stderr.strip()}"
+            root = int(read(pidfile))
+            ticked(out, last + 5, f"5 ticks after restore {cycle}")
+        detail = f"{ntasks} tasks, {len(ticks(read(out)))} ticks"
+        if name == "sigpending":  # the pending signals are delivered, in order, once go exists
+            open(go, "w").close()
+            wait_for(lambda: failures(read(out)) or "ok" in read(out).splitlines(), TICK_WAIT, "the signals")
+            text = read(out)
+            delivered = [x for x in text.splitlines() if x.startswith("delivered ")]
+            if failures(text) or len(delivered) != 12:
+                return False, f"{times()} | {len(delivered)} signals delivered: " + " / ".join(failures(text))
+            detail += ", 12 signals delivered in order"
+        return True, f"{times()} | {detail}"
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        tail = " / ".join(read(out).strip().splitlines()[-3:])
+        return False, f"{times()} | {e} | output: {tail}"
+    finally:
+        for pid in family(root):
+            kill_wait(pid)
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=20)
+
+
 def run_case(label, prog, kind):
+    if label.startswith("tree-"):
+        return run_tree(label, prog, kind)
     if kind == "compat":
         return run_compat(label, prog)
     args, ready, go, verdict = CASES[kind]

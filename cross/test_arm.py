@@ -2,8 +2,10 @@
 workloads (cross/testprogs/arm_wl.c), boots one VM per arch (armhf: 6.1
 armmp-lpae, cortex-a15; aarch64: 6.1 arm64, cortex-a57) with cross/vm-run,
 and inside it checkpoints each workload with ckpt --kill, restarts it with
-rstr and checks that it carries on from the saved state
-(cross/arm_vm_driver.py prints one RESULT line per case). The two VMs run in
+rstr and checks that it carries on from the saved state; the process-tree
+workloads of tests/workloads go through three cycles of ckpt --kill / rstr
+--pids --pidns each, as in tests/test_tree.py (cross/arm_vm_driver.py prints
+one RESULT line per case). The two VMs run in
 parallel. Also installs the cross-built wheel in each VM and reads an image
 with its ckptinfo. The restart rules are in test_arm_rules.py (host only)."""
 import os
@@ -14,13 +16,18 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 CROSS = os.path.dirname(os.path.abspath(__file__))
-VM_TIMEOUT = 420
+TREE_SRC = os.path.join(os.path.dirname(CROSS), "tests", "workloads")
+VM_TIMEOUT = 900
 ARCHES = ("armhf", "aarch64")
 WORKLOADS = ("counter", "memsum", "fp", "signal", "sleep")
+# Process-tree workloads of tests/test_tree.py, built for the VM's own arch. Not tree64: its ckpt
+# takes 20-65 s per cycle under TCG (95-180 s a case) and it adds nothing arch-specific to multitask.
+TREE = ("multitask", "pipes", "pipes2", "shmem", "zombie", "pgrp", "threads", "sigpending", "pty",
+        "ipcshm", "ipcmsq", "ipcsem")
 # armhf: the ARM-state and the Thumb-state build of every workload
 CASES = {
-    "armhf": [f"{mode}-{w}" for w in WORKLOADS for mode in ("arm", "thumb")],
-    "aarch64": [f"a64-{w}" for w in WORKLOADS] + ["armhf-compat"],
+    "armhf": [f"{mode}-{w}" for w in WORKLOADS for mode in ("arm", "thumb")] + [f"tree-{w}" for w in TREE],
+    "aarch64": [f"a64-{w}" for w in WORKLOADS] + ["armhf-compat"] + [f"tree-{w}" for w in TREE],
 }
 PLAT = {"armhf": "linux_armv7l", "aarch64": "linux_aarch64"}
 
@@ -40,23 +47,34 @@ def _build(arch, tmp):
     src = os.path.join(CROSS, "testprogs", "arm_wl.c")
     flavours = {"armhf": {"arm": ("armhf", ["-marm"]), "thumb": ("armhf", ["-mthumb"])},
                 "aarch64": {"a64": ("aarch64", []), "armhf": ("armhf", ["-mthumb"])}}[arch]
-    for name, (target, flags) in flavours.items():
-        out = os.path.join(tmp, f"wl-{arch}-{name}")
-        r = _run([os.path.join(CROSS, "build.sh"), target, "-o", out, src, "--"] + flags, 120)
+    # (path in the VM, target, source, gcc flags)
+    builds = [(f"/opt/wl/{name}", target, src, flags) for name, (target, flags) in flavours.items()]
+    builds += [(f"/opt/tree/{w}", arch, os.path.join(TREE_SRC, f"{w}.c"), ["-pthread"]) for w in TREE]
+    for dest, target, source, flags in builds:
+        out = os.path.join(tmp, arch + dest.replace("/", "-"))
+        r = _run([os.path.join(CROSS, "build.sh"), target, "-o", out, source, "--"] + flags, 120)
         assert r.returncode == 0, r.stderr
-        progs[name] = out
+        progs[dest] = out
     return tree, wheel, progs
+
+
+def _vm_prog(case):
+    """Where the case's program is in the VM: tree-NAME -> /opt/tree/NAME, FLAVOUR-KIND -> /opt/wl/FLAVOUR."""
+    group, name = case.split("-", 1)
+    return f"/opt/tree/{name}" if group == "tree" else f"/opt/wl/{group}"
 
 
 def _vm(arch, tmp):
     tree, wheel, progs = _build(arch, tmp)
     puts = ["--put", f"{tree}:/opt/usercr", "--put", f"{wheel}:/root/wheels/",
             "--put", f"{os.path.join(CROSS, 'arm_vm_driver.py')}:/opt/drv.py"]
-    for name, path in progs.items():
-        puts += ["--put", f"{path}:/opt/wl/{name}"]
-    cases = [f"{c}=/opt/wl/{c.split('-')[0]}" for c in CASES[arch]]
+    for dest, path in progs.items():
+        puts += ["--put", f"{path}:{dest}"]
+    cases = [f"{c}={_vm_prog(c)}" for c in CASES[arch]]
     first_img = f"/tmp/{CASES[arch][0]}.img"
-    script = ("python3 /opt/drv.py /opt/usercr/bin " + " ".join(cases) + "; rc=$?; "
+    # Bytecode compiled once: the VM's PYTHONDONTWRITEBYTECODE would have each ckpt/rstr compile usercr again.
+    script = ("python3 -m compileall -q /opt/usercr >&2; python3 /opt/drv.py /opt/usercr/bin " + " ".join(cases) +
+              "; rc=$?; "
               "env -u PYTHONPATH pip install -q --no-deps --no-index /root/wheels/*.whl "
               f"&& cd / && env -u PYTHONPATH ckptinfo {first_img} | sed 's/^/WHEEL /'; exit $rc")
     cmd = [os.path.join(CROSS, "vm-run"), arch, "--timeout", str(VM_TIMEOUT)] + puts + \

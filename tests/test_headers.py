@@ -90,8 +90,8 @@ def test_known_layouts():
         assert mod.LAYOUTS["clone_args"]["size"] == 88
         assert mod.LAYOUTS["rseq"]["size"] == 32
         assert mod.LAYOUTS["ptrace_peeksiginfo_args"]["size"] == 16
-    # aarch64: kernel sigaction has no sa_restorer; __reserved 16-aligned.
-    assert A64.LAYOUTS["kernel_sigaction"]["members"] == {"handler": 0, "flags": 8, "mask": 16}
+    # aarch64: kernel sigaction has sa_restorer (SA_RESTORER is in its UAPI); __reserved 16-aligned.
+    assert A64.LAYOUTS["kernel_sigaction"]["members"] == {"handler": 0, "flags": 8, "restorer": 16, "mask": 24}
     assert A64.LAYOUTS["rt_sigframe"]["members"]["uc.uc_mcontext.__reserved"] % 16 == 0
     assert X86.LAYOUTS["kernel_sigaction"]["members"]["mask"] == 24
     assert ARM.LAYOUTS["kernel_sigaction"]["size"] == 20

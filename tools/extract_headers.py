@@ -123,9 +123,10 @@ struct ucr_kernel_sigaction { void *handler; unsigned long flags; void *restorer
     "aarch64": """
 /* arch/arm64/kernel/signal.c; a struct frame_record {fp, lr} follows. */
 struct ucr_rt_sigframe { struct siginfo info; struct ucontext uc; };
-/* arm64 does not define __ARCH_HAS_SA_RESTORER: the kernel's struct has no
-   restorer, although UAPI defines SA_RESTORER (for AArch32 compat only). */
-struct ucr_kernel_sigaction { void *handler; unsigned long flags;
+/* arm64's UAPI defines SA_RESTORER (for AArch32 compat), so asm-generic
+   defines __ARCH_HAS_SA_RESTORER and the kernel's struct has a restorer
+   (measured: rt_sigaction writes 32 bytes, the mask at 24). */
+struct ucr_kernel_sigaction { void *handler; unsigned long flags; void *restorer;
     unsigned long mask[1]; };
 """,
 }
@@ -235,11 +236,7 @@ _FRAME_MEMBERS = {
     "aarch64": ["info", "uc", "uc.uc_sigmask", "uc.uc_mcontext",
                 "uc.uc_mcontext.__reserved"],
 }
-_SIGACTION_MEMBERS = {
-    "x86_64": ["handler", "flags", "restorer", "mask"],
-    "arm": ["handler", "flags", "restorer", "mask"],
-    "aarch64": ["handler", "flags", "mask"],
-}
+_SIGACTION_MEMBERS = ["handler", "flags", "restorer", "mask"]
 
 
 class ExtractError(Exception):
@@ -384,7 +381,7 @@ def extract_arch(arch: str, workdir: Path) -> dict:
         lent = []
         for label, ctype, members in specs:
             if members is None:
-                members = (_FRAME_MEMBERS if label == "rt_sigframe" else _SIGACTION_MEMBERS)[arch]
+                members = _FRAME_MEMBERS[arch] if label == "rt_sigframe" else _SIGACTION_MEMBERS
             lent.append(((label, None), f"sizeof({ctype})", None))
             for mem in members:
                 lent.append(((label, mem), f"offsetof({ctype}, {mem})", None))

@@ -14,9 +14,13 @@ static int ping[2], pong[2];
 
 static void same_pipe(int x, int y, const char *who)
 {
-    struct stat a, b;
-    if (fstat(x, &a) || fstat(y, &b))
-        bad("%s: fstat: %s", who, strerror(errno));
+    struct stat a, b, again;
+    /* A restore between the two fstat calls gives the pipe a new inode
+     * number: compare only a pair taken while x's stayed the same. */
+    do {
+        if (fstat(x, &a) || fstat(y, &b) || fstat(x, &again))
+            bad("%s: fstat: %s", who, strerror(errno));
+    } while (a.st_dev != again.st_dev || a.st_ino != again.st_ino);
     if (a.st_dev != b.st_dev || a.st_ino != b.st_ino)
         bad("%s: fds %d and %d are no longer the same pipe", who, x, y);
 }

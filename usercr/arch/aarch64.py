@@ -76,14 +76,13 @@ def restart_regs_new(regs):
     return list(regs)
 
 
-# struct sigaction as arm64's rt_sigaction takes it: handler, flags, mask (no restorer)
+# struct sigaction as arm64's rt_sigaction takes it: handler, flags, restorer, mask
 KSIGACTION_SIZE = L["kernel_sigaction"]["size"]
 STACK_T_SIZE = L["stack_t"]["size"]
 
 
 def unpack_ksigaction(data):
-    handler, flags, mask = struct.unpack("<3Q", data[:KSIGACTION_SIZE])
-    return handler, flags, 0, mask
+    return struct.unpack("<4Q", data[:KSIGACTION_SIZE])
 
 
 def unpack_stack_t(data):

@@ -899,9 +899,10 @@ LAYOUTS = {
         'members': {
             'flags': 8,
             'handler': 0,
-            'mask': 16,
+            'mask': 24,
+            'restorer': 16,
         },
-        'size': 24,
+        'size': 32,
     },
     'prctl_mm_map': {
         'members': {

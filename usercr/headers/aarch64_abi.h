@@ -868,10 +868,11 @@
 #define UCR_OFF_fpsimd_context__fpsr 8
 #define UCR_OFF_fpsimd_context__head 0
 #define UCR_OFF_fpsimd_context__vregs 16
-#define UCR_SIZEOF_kernel_sigaction 24
+#define UCR_SIZEOF_kernel_sigaction 32
 #define UCR_OFF_kernel_sigaction__flags 8
 #define UCR_OFF_kernel_sigaction__handler 0
-#define UCR_OFF_kernel_sigaction__mask 16
+#define UCR_OFF_kernel_sigaction__mask 24
+#define UCR_OFF_kernel_sigaction__restorer 16
 #define UCR_SIZEOF_prctl_mm_map 104
 #define UCR_OFF_prctl_mm_map__arg_end 64
 #define UCR_OFF_prctl_mm_map__arg_start 56

@@ -285,6 +285,13 @@ static void replace_address_space(struct ucr_plan *p)
         if (v[i].kind == UCR_VMA_SYSV) {
             int flags = (v[i].prot & PROT_WRITE ? 0 : SHM_RDONLY) | (v[i].prot & PROT_EXEC ? SHM_EXEC : 0);
             r = sys3(__NR_shmat, v[i].fd, A(v[i].start), flags);
+            /* 32-bit ARM wants SHMLBA (16 KiB) alignment at a given address,
+             * though its own choices need not have it: attach anywhere and move. */
+            if (r == -22) {
+                r = sys3(__NR_shmat, v[i].fd, 0, flags);
+                if (!is_err(r) && (uint64_t)(unsigned long)r != v[i].start)
+                    r = sys5(__NR_mremap, r, A(len), A(len), MREMAP_MAYMOVE | MREMAP_FIXED, A(v[i].start));
+            }
             if (is_err(r) || (uint64_t)(unsigned long)r != v[i].start)
                 fail(p, UCR_STEP_MAP, is_err(r) ? r : -17, v[i].start);
             continue;

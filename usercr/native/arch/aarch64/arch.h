@@ -22,19 +22,9 @@ static inline long ucr_sys6(long n, long a1, long a2, long a3, long a4, long a5,
     return x0;
 }
 
-/* arm64's struct sigaction for rt_sigaction has no restorer:
- * {handler, flags, mask}, 24 bytes. */
-#define UCR_KSIGACTION_SAME_AS_PLAN 0
-struct ucr_ksigaction {
-    uint64_t handler, flags, mask;
-};
-
-static inline void ucr_arch_ksigaction(struct ucr_ksigaction *k, const struct ucr_sigaction *a)
-{
-    k->handler = a->handler;
-    k->flags = a->flags;
-    k->mask = a->mask;
-}
+/* arm64's struct sigaction for rt_sigaction has the same order as
+ * struct ucr_sigaction ({handler, flags, restorer, mask}), so it is passed as it is. */
+#define UCR_KSIGACTION_SAME_AS_PLAN 1
 
 static inline __attribute__((noreturn)) void ucr_arch_jump(uint64_t entry, uint64_t arg, uint64_t stack_top)
 {
