@@ -286,9 +286,14 @@ static void replace_address_space(struct ucr_plan *p)
             int flags = (v[i].prot & PROT_WRITE ? 0 : SHM_RDONLY) | (v[i].prot & PROT_EXEC ? SHM_EXEC : 0);
             r = sys3(__NR_shmat, v[i].fd, A(v[i].start), flags);
             /* 32-bit ARM wants SHMLBA (16 KiB) alignment at a given address,
-             * though its own choices need not have it: attach anywhere and move. */
+             * though its own choices need not have it: attach anywhere and
+             * move it there, with the place held meanwhile so that the
+             * attachment cannot overlap it (mremap refuses an overlap). */
             if (r == -22) {
-                r = sys3(__NR_shmat, v[i].fd, 0, flags);
+                r = ucr_sys6(MMAP_NR, A(v[i].start), A(len), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                             -1, 0);
+                if (!is_err(r))
+                    r = sys3(__NR_shmat, v[i].fd, 0, flags);
                 if (!is_err(r) && (uint64_t)(unsigned long)r != v[i].start)
                     r = sys5(__NR_mremap, r, A(len), A(len), MREMAP_MAYMOVE | MREMAP_FIXED, A(v[i].start));
             }
