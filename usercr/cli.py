@@ -1,13 +1,21 @@
-"""Command line: ckpt, rstr, ckptinfo and usercr (check, checkpoint, restart, info, run)."""
+"""Command line: ckpt, rstr, ckptinfo and usercr (check, checkpoint, restart, info, run).
+
+click is imported only when it is needed: ckpt and rstr parse command lines
+made only of their own options in the plain forms themselves (see
+_plain_options), which spares each run the ~30 ms of importing click, and
+hand every other command line (--help, a mistake, -fv, --output=FILE) to
+click, which parses it as it always did."""
 import functools
 import os
 import stat
 import sys
-import traceback
-
-import click
 
 from .errors import UcrError
+
+
+def _echo_err(msg):
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
 
 
 class Log:
@@ -19,7 +27,7 @@ class Log:
 
     def __call__(self, msg):
         if self.verbose:
-            click.echo(msg, err=True)
+            _echo_err(msg)
         if self.file:
             self.file.write(msg + "\n")
             self.file.flush()
@@ -33,14 +41,15 @@ def one_line_errors(prog):
             try:
                 return fn(*args, **kwargs)
             except UcrError as e:
-                click.echo(f"{prog}: error: {e}", err=True)
+                _echo_err(f"{prog}: error: {e}")
             except KeyboardInterrupt:
-                click.echo(f"{prog}: interrupted", err=True)
+                _echo_err(f"{prog}: interrupted")
                 sys.exit(130)
             except Exception as e:  # one line even for what we did not foresee
                 if os.environ.get("USERCR_DEBUG"):
+                    import traceback
                     traceback.print_exc()
-                click.echo(f"{prog}: internal error: {type(e).__name__}: {e}", err=True)
+                _echo_err(f"{prog}: internal error: {type(e).__name__}: {e}")
             sys.exit(1)
         return inner
     return wrap
@@ -70,25 +79,6 @@ def _open_output(path, fd, force):
     return out
 
 
-CKPT_OPTIONS = [
-    click.argument("pid", type=int),
-    click.option("-o", "--output", type=click.Path(dir_okay=False), help="write the image to FILE (created 0600)"),
-    click.option("--output-fd", type=int, help="write the image to this open fd"),
-    click.option("-f", "--force", is_flag=True, help="overwrite an existing output file"),
-    click.option("--kill", is_flag=True, help="kill the process once the image is complete"),
-    click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
-    click.option("-v", "--verbose", is_flag=True, help="print progress"),
-]
-
-
-def _apply(options):
-    def deco(fn):
-        for opt in reversed(options):
-            fn = opt(fn)
-        return fn
-    return deco
-
-
 def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose):
     from .dump import checkpoint, validate_target
     validate_target(pid)
@@ -102,26 +92,6 @@ def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose):
     finally:
         if output:
             os.close(out)
-
-
-RSTR_OPTIONS = [
-    click.option("-i", "--input", type=click.Path(dir_okay=False), help="read the image from FILE"),
-    click.option("--input-fd", type=int, help="read the image from this open fd"),
-    click.option("--pids/--no-pids", default=False, help="restore the original PID (default: a new one)"),
-    click.option("--pidns/--no-pidns", default=False, help="with --pids: in a new PID namespace"),
-    click.option("-w/-W", "--wait/--no-wait", default=True, help="wait for the restored process to exit"),
-    click.option("--pidfile", type=click.Path(dir_okay=False),
-                 help="write the restored root's PID (one line per copy) to FILE"),
-    click.option("--copies", type=click.IntRange(1, 1024), default=1,
-                 help="restore N independent copies (each in its own PID namespace, or with new PIDs)"),
-    click.option("--signal", "forward", metavar="SIG",
-                 help="with --wait: on Ctrl-C, send SIG (name or number) to the restored root(s)"),
-    click.option("--show-status", is_flag=True, help="print the exit status of the restored process"),
-    click.option("--copy-status", is_flag=True, help="exit with the restored process's status"),
-    click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
-    click.option("-v", "--verbose", is_flag=True, help="print progress"),
-    click.option("-d", "--debug", is_flag=True, help="show tracebacks of internal errors"),
-]
 
 
 def _signal_number(name):
@@ -163,22 +133,13 @@ def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, sho
     code = os.waitstatus_to_exitcode(status)
     if show_status:
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        click.echo(f"rstr: process {pid} {how}", err=True)
+        _echo_err(f"rstr: process {pid} {how}")
     if copy_status:
         sys.exit(128 - code if code < 0 else code)
 
 
-INFO_OPTIONS = [
-    click.argument("image", required=False, type=click.Path(dir_okay=False)),
-    click.option("-v", "--verbose", is_flag=True, help="list every record (offset, type, length)"),
-    click.option("-p", "--tree", "tree", is_flag=True, help="show the task tree"),
-    click.option("--show-arch-regs", "regs", is_flag=True, help="show the saved registers"),
-    click.option("--json", "as_json", is_flag=True, help="everything as JSON"),
-    click.option("-e", "--errors", is_flag=True, help="show error records"),
-]
-
-
 def do_info(image, verbose, tree, regs, as_json, errors):
+    import click
     from .info import read_all, render
     if image:
         try:
@@ -190,67 +151,190 @@ def do_info(image, verbose, tree, regs, as_json, errors):
     click.echo(render(read_all(fd), verbose=verbose, tree=tree, regs=regs, as_json=as_json, errors=errors))
 
 
-@click.command(help="Checkpoint process PID to an image (stdout, -o FILE or --output-fd).")
-@_apply(CKPT_OPTIONS)
-@one_line_errors("ckpt")
-def ckpt_main(**kw):
-    do_checkpoint(**kw)
+# The plain forms of ckpt's and rstr's options: name -> (parameter, kind).
+# The value of a PATH (click.Path(dir_okay=False)), str or int option, or of
+# a (lo, hi) one (click.IntRange), is the next argument; a flag's is its kind,
+# True or False. Both tables must match the click options in _commands().
+PATH = "path"
+CKPT_PLAIN = {
+    "-o": ("output", PATH), "--output": ("output", PATH), "--output-fd": ("output_fd", int),
+    "-f": ("force", True), "--force": ("force", True), "--kill": ("kill", True),
+    "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
+}
+CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False)
+RSTR_PLAIN = {
+    "-i": ("input", PATH), "--input": ("input", PATH), "--input-fd": ("input_fd", int),
+    "--pids": ("pids", True), "--no-pids": ("pids", False), "--pidns": ("pidns", True), "--no-pidns": ("pidns", False),
+    "-w": ("wait", True), "--wait": ("wait", True), "-W": ("wait", False), "--no-wait": ("wait", False),
+    "--pidfile": ("pidfile", PATH), "--copies": ("copies", (1, 1024)), "--signal": ("forward", str),
+    "--show-status": ("show_status", True), "--copy-status": ("copy_status", True),
+    "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
+    "-d": ("debug", True), "--debug": ("debug", True),
+}
+RSTR_DEFAULTS = dict(input=None, input_fd=None, pids=False, pidns=False, wait=True, pidfile=None, copies=1,
+                     forward=None, show_status=False, copy_status=False, logfile=None, verbose=False, debug=False)
 
 
-@click.command(help="Restart a process from an image (stdin, -i FILE or --input-fd).")
-@_apply(RSTR_OPTIONS)
-@one_line_errors("rstr")
-def rstr_main(**kw):
-    do_restart(**kw)
+def _path_ok(value):
+    """What click.Path(dir_okay=False) would accept without a word."""
+    try:
+        st = os.stat(value)
+    except OSError:
+        return True
+    except ValueError:  # a NUL in it: click's to judge
+        return False
+    return not stat.S_ISDIR(st.st_mode) and os.access(value, os.R_OK)
 
 
-@click.command(help="Show what an image holds.")
-@_apply(INFO_OPTIONS)
-@one_line_errors("ckptinfo")
-def ckptinfo_main(**kw):
-    do_info(**kw)
+def _plain_options(argv, plain, defaults, positional=None):
+    """The parameters of a command line that uses only the plain forms of the
+    options (each spelled out whole, a value as the next argument) and, for
+    ckpt, one PID; None for anything else, which click then parses, reports
+    or explains exactly as before."""
+    kw = dict(defaults)
+    args = list(argv)
+    pos = []
+    while args:
+        arg = args.pop(0)
+        if arg[:1] != "-":
+            pos.append(arg)
+            continue
+        if arg not in plain:
+            return None  # --help, --opt=value, -fv, --, -5, a mistake
+        name, kind = plain[arg]
+        if isinstance(kind, bool):
+            kw[name] = kind
+            continue
+        if not args or args[0][:1] == "-":
+            return None
+        value = args.pop(0)
+        if kind is int or isinstance(kind, tuple):
+            try:
+                value = int(value)
+            except ValueError:
+                return None
+            if isinstance(kind, tuple) and not kind[0] <= value <= kind[1]:
+                return None
+        elif kind == PATH and not _path_ok(value):
+            return None
+        kw[name] = value
+    if positional is None:
+        return kw if not pos else None
+    if len(pos) != 1:
+        return None
+    try:
+        kw[positional] = int(pos[0])
+    except ValueError:
+        return None
+    return kw
 
 
-@click.group(help="usercr: checkpoint/restart of Linux processes.")
-def usercr_main():
-    pass
+_COMMANDS = {}
 
 
-@usercr_main.command("checkpoint", help=ckpt_main.help)
-@_apply(CKPT_OPTIONS)
-@one_line_errors("usercr checkpoint")
-def _checkpoint(**kw):
-    do_checkpoint(**kw)
+def _commands():
+    """The click commands, built on first use."""
+    if _COMMANDS:
+        return _COMMANDS
+    import click
 
+    ckpt_options = [
+        click.argument("pid", type=int),
+        click.option("-o", "--output", type=click.Path(dir_okay=False),
+                     help="write the image to FILE (created 0600)"),
+        click.option("--output-fd", type=int, help="write the image to this open fd"),
+        click.option("-f", "--force", is_flag=True, help="overwrite an existing output file"),
+        click.option("--kill", is_flag=True, help="kill the process once the image is complete"),
+        click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
+        click.option("-v", "--verbose", is_flag=True, help="print progress"),
+    ]
+    rstr_options = [
+        click.option("-i", "--input", type=click.Path(dir_okay=False), help="read the image from FILE"),
+        click.option("--input-fd", type=int, help="read the image from this open fd"),
+        click.option("--pids/--no-pids", default=False, help="restore the original PID (default: a new one)"),
+        click.option("--pidns/--no-pidns", default=False, help="with --pids: in a new PID namespace"),
+        click.option("-w/-W", "--wait/--no-wait", default=True, help="wait for the restored process to exit"),
+        click.option("--pidfile", type=click.Path(dir_okay=False),
+                     help="write the restored root's PID (one line per copy) to FILE"),
+        click.option("--copies", type=click.IntRange(1, 1024), default=1,
+                     help="restore N independent copies (each in its own PID namespace, or with new PIDs)"),
+        click.option("--signal", "forward", metavar="SIG",
+                     help="with --wait: on Ctrl-C, send SIG (name or number) to the restored root(s)"),
+        click.option("--show-status", is_flag=True, help="print the exit status of the restored process"),
+        click.option("--copy-status", is_flag=True, help="exit with the restored process's status"),
+        click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
+        click.option("-v", "--verbose", is_flag=True, help="print progress"),
+        click.option("-d", "--debug", is_flag=True, help="show tracebacks of internal errors"),
+    ]
+    info_options = [
+        click.argument("image", required=False, type=click.Path(dir_okay=False)),
+        click.option("-v", "--verbose", is_flag=True, help="list every record (offset, type, length)"),
+        click.option("-p", "--tree", "tree", is_flag=True, help="show the task tree"),
+        click.option("--show-arch-regs", "regs", is_flag=True, help="show the saved registers"),
+        click.option("--json", "as_json", is_flag=True, help="everything as JSON"),
+        click.option("-e", "--errors", is_flag=True, help="show error records"),
+    ]
 
-@usercr_main.command("restart", help=rstr_main.help)
-@_apply(RSTR_OPTIONS)
-@one_line_errors("usercr restart")
-def _restart(**kw):
-    do_restart(**kw)
+    def apply(options):
+        def deco(fn):
+            for opt in reversed(options):
+                fn = opt(fn)
+            return fn
+        return deco
 
+    @click.command(help="Checkpoint process PID to an image (stdout, -o FILE or --output-fd).")
+    @apply(ckpt_options)
+    @one_line_errors("ckpt")
+    def ckpt(**kw):
+        do_checkpoint(**kw)
 
-@usercr_main.command("info", help=ckptinfo_main.help)
-@_apply(INFO_OPTIONS)
-@one_line_errors("usercr info")
-def _info(**kw):
-    do_info(**kw)
+    @click.command(help="Restart a process from an image (stdin, -i FILE or --input-fd).")
+    @apply(rstr_options)
+    @one_line_errors("rstr")
+    def rstr(**kw):
+        do_restart(**kw)
 
+    @click.command(help="Show what an image holds.")
+    @apply(info_options)
+    @one_line_errors("ckptinfo")
+    def ckptinfo(**kw):
+        do_info(**kw)
 
-@usercr_main.command("check", help="Probe what this system offers checkpoint/restart.")
-@one_line_errors("usercr check")
-def _check():
-    from .check import run_checks
-    ok = True
-    for name, good, detail, required in run_checks():
-        label = "ok" if good else "missing" if required else "absent"
-        click.echo(f"{label:8} {name}" + (f": {detail}" if detail else ""))
-        ok &= good or not required
-    sys.exit(0 if ok else 1)
+    @click.group(help="usercr: checkpoint/restart of Linux processes.")
+    def usercr():
+        pass
 
+    @usercr.command("checkpoint", help=ckpt.help)
+    @apply(ckpt_options)
+    @one_line_errors("usercr checkpoint")
+    def _checkpoint(**kw):
+        do_checkpoint(**kw)
 
-@usercr_main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-                     help="""Start CMD so that it can later be restored with the same PIDs.
+    @usercr.command("restart", help=rstr.help)
+    @apply(rstr_options)
+    @one_line_errors("usercr restart")
+    def _restart(**kw):
+        do_restart(**kw)
+
+    @usercr.command("info", help=ckptinfo.help)
+    @apply(info_options)
+    @one_line_errors("usercr info")
+    def _info(**kw):
+        do_info(**kw)
+
+    @usercr.command("check", help="Probe what this system offers checkpoint/restart.")
+    @one_line_errors("usercr check")
+    def _check():
+        from .check import run_checks
+        ok = True
+        for name, good, detail, required in run_checks():
+            label = "ok" if good else "missing" if required else "absent"
+            click.echo(f"{label:8} {name}" + (f": {detail}" if detail else ""))
+            ok &= good or not required
+        sys.exit(0 if ok else 1)
+
+    @usercr.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+                    help="""Start CMD so that it can later be restored with the same PIDs.
 
 With --pidns (default) CMD runs as PID 1 of a new PID namespace, with --ipcns
 (default) in a new IPC namespace too, so its SysV IPC objects die with it.
@@ -262,13 +346,50 @@ SIGUSR1 and SIGUSR2 to CMD and exits with CMD's status (128+N if signal N
 killed it). As PID 1 of its namespace, CMD ignores every signal it has no
 handler for, except SIGKILL and SIGSTOP. /proc is not remounted: programs
 reading /proc/self inside see the outer /proc and their outer PID.""")
-@click.option("--pidns/--no-pidns", default=True, help="run CMD as PID 1 of a new PID namespace (default)")
-@click.option("--ipcns/--no-ipcns", default=True, help="run CMD in a new IPC namespace (default)")
-@click.option("--pidfile", type=click.Path(dir_okay=False), help="write CMD's PID (as seen from outside) to FILE")
-@click.argument("cmd", nargs=-1, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
-@one_line_errors("usercr run")
-def _run(pidns, ipcns, pidfile, cmd):
-    from .run import run
-    if cmd and cmd[0].startswith("-"):  # before CMD, an option we do not know (CMD follows "--")
-        raise UcrError(f"no such option: {cmd[0]} (give the command after --)")
-    sys.exit(run(list(cmd), pidns=pidns, ipcns=ipcns, pidfile=pidfile))
+    @click.option("--pidns/--no-pidns", default=True, help="run CMD as PID 1 of a new PID namespace (default)")
+    @click.option("--ipcns/--no-ipcns", default=True, help="run CMD in a new IPC namespace (default)")
+    @click.option("--pidfile", type=click.Path(dir_okay=False), help="write CMD's PID (as seen from outside) to FILE")
+    @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
+    @one_line_errors("usercr run")
+    def _run(pidns, ipcns, pidfile, cmd):
+        from .run import run
+        if cmd and cmd[0].startswith("-"):  # before CMD, an option we do not know (CMD follows "--")
+            raise UcrError(f"no such option: {cmd[0]} (give the command after --)")
+        sys.exit(run(list(cmd), pidns=pidns, ipcns=ipcns, pidfile=pidfile))
+
+    _COMMANDS.update(ckpt=ckpt, rstr=rstr, ckptinfo=ckptinfo, usercr=usercr)
+    return _COMMANDS
+
+
+@one_line_errors("ckpt")
+def _ckpt_plain(kw):
+    do_checkpoint(**kw)
+
+
+@one_line_errors("rstr")
+def _rstr_plain(kw):
+    do_restart(**kw)
+
+
+def ckpt_main():
+    """Checkpoint process PID to an image (stdout, -o FILE or --output-fd)."""
+    kw = _plain_options(sys.argv[1:], CKPT_PLAIN, CKPT_DEFAULTS, positional="pid")
+    if kw is None:
+        return _commands()["ckpt"]()
+    return _ckpt_plain(kw)
+
+
+def rstr_main():
+    """Restart a process from an image (stdin, -i FILE or --input-fd)."""
+    kw = _plain_options(sys.argv[1:], RSTR_PLAIN, RSTR_DEFAULTS)
+    if kw is None:
+        return _commands()["rstr"]()
+    return _rstr_plain(kw)
+
+
+def ckptinfo_main():
+    return _commands()["ckptinfo"]()
+
+
+def usercr_main():
+    return _commands()["usercr"]()
