@@ -1,6 +1,5 @@
 """Sequential image streams: a writer and a reader that carry the checksum."""
 import os
-import platform
 import time
 
 from . import records as R
@@ -60,7 +59,7 @@ def header_record(arch_id, page_size):
     u = os.uname()
     return R.HEADER.pack(magic=R.HEADER_MAGIC, version=R.FORMAT_VERSION, arch_id=arch_id,
                          page_size=page_size, time=int(time.time()), release=u.release[:71],
-                         kversion=u.version[:71], machine=platform.machine()[:71])
+                         kversion=u.version[:71], machine=u.machine[:71])
 
 
 class Record:

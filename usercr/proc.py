@@ -1,6 +1,5 @@
 """Small named readers of /proc, in the manner of psutil's _pslinux.py."""
 import os
-from dataclasses import dataclass
 
 from .errors import UcrError
 
@@ -33,15 +32,20 @@ def exists(pid):
     return os.path.exists(path(pid, "stat"))
 
 
-@dataclass
 class Mapping:
-    start: int
-    end: int
-    perms: str
-    offset: int
-    dev: int
-    inode: int
-    name: str
+    """One line of /proc/PID/maps (a plain class: dataclasses costs ckpt and rstr ~10 ms to import)."""
+    __slots__ = ("start", "end", "perms", "offset", "dev", "inode", "name")
+
+    def __init__(self, start, end, perms, offset, dev, inode, name):
+        self.start, self.end, self.perms, self.offset = start, end, perms, offset
+        self.dev, self.inode, self.name = dev, inode, name
+
+    def __repr__(self):
+        return (f"Mapping(start={self.start:#x}, end={self.end:#x}, perms={self.perms!r}, offset={self.offset}, "
+                f"dev={self.dev}, inode={self.inode}, name={self.name!r})")
+
+    def __eq__(self, other):
+        return isinstance(other, Mapping) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
     @property
     def prot(self):
