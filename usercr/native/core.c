@@ -33,6 +33,8 @@
 #define PM_BATCH 65536
 #define MAX_RUN_PAGES 1024
 #define OUT_BUF (4UL << 20)
+#define COPY_CHUNK (256UL << 10)  /* copied, then summed while still in the cache */
+#define HUGE_ALIGN (2UL << 20)
 
 void ucr_csum_update(uint64_t *state, const void *buf, size_t len)
 {
@@ -55,9 +57,10 @@ void ucr_arch_info(uint64_t *out)
     ucr_arch_info_fill(out);
 }
 
-/* The image output: the dumping thread fills buffers in turn while a writer
- * thread checksums and writes the previous ones, so reading the target's
- * memory overlaps with writing the image. */
+/* The image output: the dumping thread fills buffers in turn, checksumming
+ * what it copies while it is in the cache, while a writer thread writes the
+ * previous ones, so reading the target's memory overlaps with writing the
+ * image, and the writer, the slower of the two, does nothing but write(). */
 #define NBUF 3
 
 struct out {
@@ -102,7 +105,6 @@ static void *writer_thread(void *arg)
         pthread_mutex_unlock(&o->lock);
         int r = 0;
         if (!failed) {  /* after an error, buffers are only drained */
-            ucr_csum_words(o->csum, o->bufs[k], o->lens[k]);
             r = write_full(o->fd, o->bufs[k], o->lens[k]);
             o->bytes += o->lens[k];
         }
@@ -157,6 +159,7 @@ static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t
     if (o->used + sizeof(rec) > OUT_BUF && (r = flush(o)))
         return r;
     memcpy(o->buf + o->used, &rec, sizeof(rec));
+    ucr_csum_words(o->csum, &rec, sizeof(rec));
     o->used += sizeof(rec);
     uint64_t len = npages * ps;
     while (len) {
@@ -167,8 +170,11 @@ static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t
             continue;
         }
         size_t n = len < room ? len : room;
+        if (n > COPY_CHUNK)
+            n = COPY_CHUNK;
         if ((r = copy_remote(pid, mem_fd, o->buf + o->used, vaddr, n)))
             return r;
+        ucr_csum_words(o->csum, o->buf + o->used, n);
         o->used += n;
         vaddr += n;
         len -= n;
@@ -195,14 +201,18 @@ int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct
     memset(&o, 0, sizeof(o));
     o.fd = out_fd;
     o.csum = csum;
-    char *mem = mmap(NULL, NBUF * OUT_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* Buffers in transparent huge pages where the system allows them: a
+     * handful of faults instead of thousands. */
+    char *mem = mmap(NULL, NBUF * OUT_BUF + HUGE_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     pm = mmap(NULL, PM_BATCH * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED || pm == MAP_FAILED) {
         r = -ENOMEM;
         goto unmap;
     }
+    char *bufs = (char *)(((uintptr_t)mem + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1));
+    madvise(bufs, NBUF * OUT_BUF, MADV_HUGEPAGE);
     for (int i = 0; i < NBUF; i++)
-        o.bufs[i] = mem + i * OUT_BUF;
+        o.bufs[i] = bufs + i * OUT_BUF;
     o.buf = o.bufs[0];
     pthread_mutex_init(&o.lock, NULL);
     pthread_cond_init(&o.work, NULL);
@@ -249,7 +259,7 @@ int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct
 unmap:
     *bytes_written = o.bytes;
     if (mem != MAP_FAILED)
-        munmap(mem, NBUF * OUT_BUF);
+        munmap(mem, NBUF * OUT_BUF + HUGE_ALIGN);
     if (pm != MAP_FAILED)
         munmap(pm, PM_BATCH * 8);
     return r;
