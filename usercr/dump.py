@@ -140,7 +140,7 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing):
         writer.add(arch.dump_header())
         try:
             _write_tree(tree, arch, writer, log)
-        except UcrError:
+        except (UcrError, OSError):  # /proc of a task that is going away fails in many ways
             gone = tree.vanished()
             if gone:
                 raise UcrError(f"process {gone} exited during the checkpoint") from None

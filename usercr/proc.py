@@ -96,7 +96,7 @@ def stat_fields(pid):
 def threads(pid, missing_ok=False):
     try:
         return sorted(int(t) for t in os.listdir(path(pid, "task")))
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         if missing_ok:
             return []
         raise UcrError(f"process {pid} does not exist") from None
@@ -117,7 +117,7 @@ def children(pid):
         try:
             with open(path(pid, "task", str(tid), "children")) as f:
                 out.update(int(c) for c in f.read().split())
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             pass
     return out
 
@@ -156,7 +156,7 @@ def posix_timers(pid):
 def readlink(pid, name):
     try:
         return os.readlink(path(pid, name))
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         raise UcrError(f"process {pid} exited") from None
 
 
@@ -165,7 +165,7 @@ def fds(pid):
     out = []
     try:
         names = os.listdir(path(pid, "fd"))
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         raise UcrError(f"process {pid} exited") from None
     for name in sorted(names, key=int):
         fd = int(name)
@@ -176,7 +176,7 @@ def fds(pid):
                 for line in f:
                     key, _, value = line.partition(":")
                     info[key] = value.strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue  # closed meanwhile; a stopped task cannot do that, so it was ours
         out.append((fd, target, info))
     return out
