@@ -339,10 +339,15 @@ def test_child_exits_during_dump(procs, workloads, tmp_path, when):
                 pass
     finally:
         os.close(rfd)
-    assert c.wait(timeout=30) != 0
+    rc = c.wait(timeout=30)
     err = c.stderr.read().strip()
-    assert err and "\n" not in err and "Traceback" not in err and "internal error" not in err, err
-    assert f"process {victim} exited" in err, err
+    if rc == 0:
+        # The kill landed while ckpt was still scanning the frozen tree: the
+        # victim went into the image as the zombie it was by then.
+        assert when == "frozen" and not err, err
+    else:
+        assert err and "\n" not in err and "Traceback" not in err and "internal error" not in err, err
+        assert f"process {victim} exited" in err, err
     wait_until(lambda: failures(out) or f"lost {victim}" in lines(out), what="the parent to see its child killed")
     ticked(out, ticks(out)[-1] + 3)
     assert alive(root)

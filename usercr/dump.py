@@ -166,12 +166,24 @@ class Namespace:
 
     def __init__(self, root, pids):
         depth = len(proc.nspids(root))
+        self.own = depth > len(proc.nspids("self"))
         self.map = {}
         for pid in pids:
             ns = proc.nspids(pid)
             if len(ns) != depth:
                 raise UcrError(f"process {pid} is in a nested PID namespace; that cannot be checkpointed yet")
             self.map[pid] = ns[-1]
+        self.inner = set(self.map.values())
+
+    def leader(self, v):
+        """A session or group id as the tree's namespace sees it: a process of
+        the tree, 0 for one led from outside the tree, or kept as it is when
+        its leader is gone (restart then recreates one for it)."""
+        if v == 0 or v in self.inner:
+            return v
+        if self.own:  # every process of the tree's own namespace is in the tree
+            return v
+        return 0 if proc.exists(v) else v
 
     def __call__(self, pid):
         return self.map.get(pid, 0)
@@ -185,10 +197,11 @@ def _write_tree(tree, arch, writer, log):
     ns = Namespace(tree.root, tree.order)
     writer.add(R.TREE.pack(nr_tasks=len(tree.order), root_pid=ns(tree.root)))
     for pid in tree.order:
-        sf = proc.stat_fields(pid)
-        ppid, pgid, sid = int(sf[4]), int(sf[5]), int(sf[6])
+        st = proc.status(pid)
+        ppid = int(st["PPid"])
         writer.add(R.PIDS.pack(pid=ns(pid), tgid=ns(pid), ppid=ns(ppid) if pid != tree.root else 0,
-                               pgid=ns(pgid), sid=ns(sid)))
+                               pgid=ns.leader(int(st["NSpgid"].split()[-1])),
+                               sid=ns.leader(int(st["NSsid"].split()[-1]))))
     ipc_records = ipc.dump_records(tree.root, tree.order)
     for rec in ipc_records:
         writer.add(rec)

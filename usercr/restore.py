@@ -176,45 +176,88 @@ class Image:
         return False
 
 
-def session_plan(img):
-    """How each process gets its session and process group, as the restorer
-    does it: [(setsid, pgid_action, leader index)]. Ids of processes outside
-    the tree stand for rstr's own session and group, and so does the group
-    the root leads when its session is outside. Raises UcrError where the
-    image's sessions and groups cannot be recreated that way."""
-    ids, index = img.pids, img.index
-    root = ids[0]
-    outside = lambda v: v not in index or (v == root["pid"] and root["sid"] not in index)  # noqa: E731
-    plan, sim_sid, sim_pgid = [], [], []
-    for i, t in enumerate(ids):
-        parent = img.parent[i]
-        setsid = t["sid"] == t["pid"]
-        if setsid:
-            action, leader = 0, -1
-        elif outside(t["pgid"]):
-            action, leader = 0, -1
-        elif t["pgid"] == t["pid"]:
-            action, leader = 1, -1
-        else:
-            action, leader = 2, index[t["pgid"]]
-            if ids[leader]["pgid"] != ids[leader]["pid"]:
-                raise UcrError(f"process {t['pid']} is in process group {t['pgid']}, which process "
-                               f"{t['pgid']} does not lead; that cannot be recreated")
-            if img.descends(leader, i):
-                raise UcrError(f"process {t['pid']} is in the process group of its descendant {t['pgid']}; "
-                               "that cannot be recreated")
-        sid = i if setsid else (sim_sid[parent] if parent is not None else "out")
-        pgid = i if setsid or action == 1 else leader if action == 2 else \
-            (sim_pgid[parent] if parent is not None else "out")
-        want_sid = "out" if outside(t["sid"]) else index[t["sid"]]
-        want_pgid = "out" if outside(t["pgid"]) else index[t["pgid"]]
-        if (sid, pgid) != (want_sid, want_pgid) or (action == 2 and sim_sid[leader] != sid):
-            raise UcrError(f"the session {t['sid']} and process group {t['pgid']} of process {t['pid']} "
-                           "cannot be recreated (their leader is gone)")
-        sim_sid.append(sid)
-        sim_pgid.append(pgid)
-        plan.append((setsid, action, leader))
-    return plan
+class Creation:
+    """Who creates whom, and how each process gets its session and process
+    group, as the restorer does it (user-cr's creator forest, in small).
+    Nodes are the image's processes, then one placeholder per session or
+    group leader that is gone: created with the leader's PID, it takes the
+    session (or group) and creates the members at the top of it with
+    CLONE_PARENT, so that they are its parent's children as they were, then
+    exits and is reaped. ids of processes outside the tree stand for rstr's
+    own session and group, and so does the group the root leads when its
+    session is outside. Raises UcrError where the image's sessions and groups
+    cannot be rebuilt that way."""
+
+    def __init__(self, img):
+        ids, index = img.pids, img.index
+        n = len(ids)
+        root = ids[0]
+        self.outside = lambda v: v == 0 or (v == root["pid"] and root["sid"] == 0)  # noqa: E731
+        gone = sorted({v for t in ids for v in (t["sid"], t["pgid"]) if not self.outside(v) and v not in index})
+        self.placeholders = gone
+        self.creator = list(img.parent)
+        self.clone_parent = [False] * n
+        sessions = {t["sid"] for t in ids}
+        for k, lead in enumerate(gone):
+            members = {i for i, t in enumerate(ids) if lead in (t["sid"], t["pgid"])}
+            tops = [i for i in members if img.parent[i] not in members]
+            parents = {img.parent[i] for i in tops}
+            if len(parents) != 1 or None in parents:
+                raise UcrError(f"the members of session or group {lead}, whose leader is gone, have different "
+                               "parents; that cannot be recreated")
+            self.creator.append(parents.pop())
+            self.clone_parent.append(False)
+            for i in tops:
+                self.creator[i], self.clone_parent[i] = n + k, True
+        self.setsid = [t["sid"] == t["pid"] for t in ids] + [lead in sessions for lead in gone]
+        self.action, self.leader = [], []
+        for i, t in enumerate(ids):
+            if self.setsid[i] or self.outside(t["pgid"]) or t["pgid"] not in index:
+                action, leader = 0, -1   # kept from its creator (a placeholder leads a gone group)
+            elif t["pgid"] == t["pid"]:
+                action, leader = 1, -1
+            else:
+                action, leader = 2, index[t["pgid"]]
+                if ids[leader]["pgid"] != ids[leader]["pid"]:
+                    raise UcrError(f"process {t['pid']} is in process group {t['pgid']}, which process "
+                                   f"{t['pgid']} does not lead; that cannot be recreated")
+                if img.descends(leader, i):
+                    raise UcrError(f"process {t['pid']} is in the process group of its descendant {t['pgid']}; "
+                                   "that cannot be recreated")
+            self.action.append(action)
+            self.leader.append(leader)
+        self.action += [0 if self.setsid[n + k] else 1 for k in range(len(gone))]
+        self.leader += [-1] * len(gone)
+        self._check(img)
+
+    def key(self, v, index):
+        if self.outside(v):
+            return "out"
+        return index[v] if v in index else len(index) + self.placeholders.index(v)
+
+    def _check(self, img):
+        """Plays the creation through and compares with the image."""
+        sid, pgid = {}, {}
+
+        def sim(node):
+            if node not in sid:
+                up = self.creator[node]
+                up_sid, up_pgid = sim(up) if up is not None else ("out", "out")
+                sid[node] = node if self.setsid[node] else up_sid
+                pgid[node] = node if self.setsid[node] or self.action[node] == 1 else \
+                    self.leader[node] if self.action[node] == 2 else up_pgid
+            return sid[node], pgid[node]
+        for i, t in enumerate(img.pids):
+            want = (self.key(t["sid"], img.index), self.key(t["pgid"], img.index))
+            joins_elsewhere = self.action[i] == 2 and sim(self.leader[i])[0] != sim(i)[0]
+            if sim(i) != want or joins_elsewhere:
+                raise UcrError(f"the session {t['sid']} and process group {t['pgid']} of process {t['pid']} "
+                               "cannot be recreated")
+
+    def children(self, node):
+        """The nodes node creates, group leaders first so that members rarely wait."""
+        kids = [j for j, c in enumerate(self.creator) if c == node]
+        return sorted(kids, key=lambda j: (self.action[j] == 2, j))
 
 
 class Region:
@@ -481,7 +524,7 @@ class Restorer:
                 * ffi.sizeof("struct ucr_siginfo")
             size += len(p.many["POSIX_TIMER"]) * ffi.sizeof("struct ucr_timer")
             size += len(p.threads) * (ffi.sizeof("struct ucr_thread") + 32 * 1024)  # with its signal frame
-            size += ffi.sizeof("struct ucr_child") + 64
+            size += 2 * (ffi.sizeof("struct ucr_child") + 64)
             if "MM" in p.one:
                 size += len(p["MM"]["tail"]) + 4 * len(p["CREDS"]["tail"])
         return page_up(size)
@@ -496,7 +539,8 @@ class Restorer:
             if hasattr(arch, "check_task"):  # arm: per-task rules (ThumbEE, OABI/EABI)
                 arch.check_task({**img.one, **p.one, **p.threads[0]}, _warn)
             self.special_cur = self._specials(p, mine)
-        self.sessions = session_plan(img)
+        self.creation = Creation(img)
+        nodes = len(img.procs) + len(self.creation.placeholders)
         self.status_r, status_w = os.pipe()
         go_r, self.go_w = os.pipe()
 
@@ -512,7 +556,7 @@ class Restorer:
         park = max(sum(v["end"] - v["start"] for v in p.many["VMA"] if v["kind"] == 2) for p in live)
         max_threads = max(len(p.threads) for p in live)
         data_size = self._data_size()
-        shared_size = page_up(ffi.sizeof("struct ucr_shared") + 8 * len(img.procs))
+        shared_size = page_up(ffi.sizeof("struct ucr_shared") + 8 * nodes)
         region = Region(page_up(len(blob)) + data_size + park + max_threads * THREAD_STACK + STACK_SIZE,
                         shared_size)
         busy = [(m.start, m.end) for m in mine] + [(v["start"], v["end"]) for p in live for v in p.many["VMA"]]
@@ -527,11 +571,14 @@ class Restorer:
         self.shared.csum[0], self.shared.csum[1] = self.reader_csum
         self.shared.image_offset = self.reader_offset
         self.plans = [ffi.cast("struct ucr_plan *", region.put(bytes(ffi.sizeof("struct ucr_plan")), 64))
-                      for _ in img.procs]
+                      for _ in range(nodes)]
         turn = 0
         for i, p in enumerate(img.procs):
             self._plan(i, p, turn, turn == len(live) - 1)
             turn += not p.zombie
+        for k, lead in enumerate(self.creation.placeholders):
+            self._common(len(img.procs) + k, lead)
+            self.plans[len(img.procs) + k].placeholder = 1
         if region.used > data_size:
             raise UcrError("internal error: restore plan larger than its region")
         lib.ucr_protect(region.start, page_up(len(blob)), 5)  # PROT_READ | PROT_EXEC
@@ -541,25 +588,33 @@ class Restorer:
         root.cur_rseq, root.cur_rseq_len, root.cur_rseq_sig = cur[0][0], cur[1][0], cur[2][0]
         self.child_fds = [self.status_w, self.go_r]
 
-    def _plan(self, i, p, turn, last):
-        img, region = self.img, self.region
-        plan = self.plans[i]
+    def _common(self, node, pid):
+        """What every plan has: the region, the fds, its ids and its children."""
+        img, region, creation = self.img, self.region, self.creation
+        plan = self.plans[node]
         plan.region_start, plan.region_end, plan.page_size = region.start, region.end, PAGE_SIZE
         plan.stack_top = region.shared_start
         plan.shared = region.shared_start
         plan.image_fd, plan.status_fd, plan.go_fd, plan.fd_base = \
             self.image_fd, self.status_w, self.go_r, self.fd_base
-        plan.index, plan.image_pid = i, p.pid
-        plan.setsid, plan.pgid_action, plan.pgid_leader = self.sessions[i]
-        plan.ctty_fd, plan.ctty_fg = self._ctty(p["TASK"]), p["TASK"]["ctty_fg"]
-        kids = [j for j in range(len(img.procs)) if img.parent[j] == i]
-        # group leaders first, so members rarely wait
-        kids.sort(key=lambda j: (img.pids[j]["pgid"] != img.pids[j]["pid"], j))
+        plan.index, plan.image_pid = node, pid
+        plan.setsid, plan.pgid_action, plan.pgid_leader = \
+            creation.setsid[node], creation.action[node], creation.leader[node]
+        plan.ctty_fd = -1
+        n = len(img.procs)
 
         def child(c, j):
-            c.plan, c.pid = int(ffi.cast("uintptr_t", self.plans[j])), img.procs[j].pid if self.pids else 0
-            c.exit_signal, c.zombie = img.procs[j]["TASK"]["exit_signal"], img.procs[j].zombie
-        plan.children, plan.nr_children = region.array("ucr_child", kids, child)
+            c.plan, c.pid = int(ffi.cast("uintptr_t", self.plans[j])), \
+                (img.procs[j].pid if j < n else creation.placeholders[j - n]) if self.pids else 0
+            c.exit_signal = img.procs[j]["TASK"]["exit_signal"] if j < n else SIGCHLD
+            c.zombie, c.placeholder = j < n and img.procs[j].zombie, j >= n
+            c.clone_parent = creation.clone_parent[j]
+        plan.children, plan.nr_children = region.array("ucr_child", creation.children(node), child)
+        return plan
+
+    def _plan(self, i, p, turn, last):
+        plan = self._common(i, p.pid)
+        plan.ctty_fd, plan.ctty_fg = self._ctty(p["TASK"]), p["TASK"]["ctty_fg"]
         task = p["TASK"]
         comm = task["comm"].encode()[:15]
         ffi.memmove(plan.comm, comm + b"\0", len(comm) + 1)
@@ -584,7 +639,7 @@ class Restorer:
                 rec["value"]
             t.thread = tids.index(rec["notify_tid"]) if rec["notify_tid"] in tids else -1
             t.its = [*divmod(rec["interval_ns"], 10**9), *divmod(rec["value_ns"], 10**9)]
-        plan.timers, plan.nr_timers = region.array("ucr_timer", p.many["POSIX_TIMER"], timer)
+        plan.timers, plan.nr_timers = self.region.array("ucr_timer", p.many["POSIX_TIMER"], timer)
         plan.nr_rlimits = 16
         for k, v in enumerate(self._rlimits(p)):
             plan.rlimits[k] = v
@@ -718,7 +773,9 @@ class Restorer:
     def _failure(self, data):
         step, err, detail, task, _ = STATUS.unpack(data)
         what = STEP_TEXT.get(step, f"step {step}").format(detail=detail)
-        where = f" (process {self.img.procs[task].pid})" if len(self.img.procs) > 1 else ""
+        n = len(self.img.procs)
+        where = f" (process {self.img.procs[task].pid})" if 1 < n > task else \
+            f" (the stand-in for gone leader {self.creation.placeholders[task - n]})" if task >= n else ""
         if step == lib.UCR_STEP_CLONE and err == 17:
             return UcrError(f"PID {detail} is in use; restart with --pidns or --no-pids")
         if step == lib.UCR_STEP_THREAD and err == 17:

@@ -58,7 +58,10 @@ struct ucr_child {
     uint64_t plan;
     int32_t pid;          /* set_tid: the PID to create it with; 0: any */
     int32_t exit_signal;
-    uint32_t zombie, pad;
+    uint32_t zombie;
+    uint32_t placeholder;  /* stands in for a gone leader: reaped once it made its children */
+    uint32_t clone_parent; /* created by a placeholder for the placeholder's parent */
+    uint32_t pad;
 };
 
 struct ucr_thread {
@@ -118,7 +121,9 @@ struct ucr_plan {
     int32_t ctty_fd;      /* the controlling terminal to take (session leader) or put in the foreground */
     uint32_t ctty_fg;     /* its group was the terminal's foreground group */
     uint32_t zombie;
+    uint32_t placeholder;
     int32_t exit_status;
+    int32_t pad4;
     int32_t pdeathsig;
 
     uint32_t nr_vmas, nr_fds, nr_siginfo, nr_groups;

@@ -53,6 +53,7 @@ static inline long sys5(long n, long a, long b, long c, long d, long e) { return
 #define SHM_RDONLY 010000
 #define SHM_EXEC 0100000
 #define THREAD_FLAGS (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM)
+#define CLONE_PARENT 0x8000
 #define CLONE_VM 0x100
 #define CLONE_FS 0x200
 #define CLONE_FILES 0x400
@@ -583,6 +584,10 @@ static void create_children(struct ucr_plan *p)
         struct kclone_args args;
         memset(&args, 0, sizeof(args));
         args.exit_signal = (uint64_t)c[i].exit_signal;
+        if (c[i].clone_parent) {  /* clone3 wants no exit signal here: the child takes its creator's */
+            args.flags = CLONE_PARENT;
+            args.exit_signal = 0;
+        }
         if (c[i].pid) {
             args.set_tid = (uint64_t)(uintptr_t)&c[i].pid;
             args.set_tid_size = 1;
@@ -597,22 +602,23 @@ static void create_children(struct ucr_plan *p)
     }
 }
 
-/* A child that is a zombie exits at once; its exit must not add a SIGCHLD
- * the image did not have pending, so wait for each and drop the signal
- * (a pending one in the image is queued again afterwards). */
+/* A child that is a zombie exits at once, a placeholder once it made its
+ * children; their exits must not add a SIGCHLD the image did not have
+ * pending, so wait for each and drop the signal (a pending one in the image
+ * is queued again afterwards). */
 static void settle_zombie_children(struct ucr_plan *p)
 {
     struct ucr_child *c = (struct ucr_child *)(uintptr_t)p->children;
     int any = 0;
     for (uint32_t i = 0; i < p->nr_children; i++) {
-        if (!c[i].zombie)
+        if (!c[i].zombie && !c[i].placeholder)
             continue;
         struct ucr_plan *cp = (struct ucr_plan *)(uintptr_t)c[i].plan;
         int32_t pid = shared(p)->slots[cp->index].pid;
         char info[128];
         long r;
-        do
-            r = sys5(__NR_waitid, P_PID, pid, A(info), WEXITED | WNOWAIT, 0);
+        do  /* a zombie stays one; a placeholder is reaped */
+            r = sys5(__NR_waitid, P_PID, pid, A(info), WEXITED | (c[i].zombie ? WNOWAIT : 0), 0);
         while (r == -4);
         if (r)
             fail(p, UCR_STEP_ZOMBIE, r, (uint64_t)c[i].pid);
@@ -638,6 +644,8 @@ static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
     if (p->zombie)
         become_zombie(p);
     create_children(p);
+    if (p->placeholder)
+        sys1(__NR_exit_group, 0);
     replace_address_space(p);
     restore_task_state(p);
     settle_zombie_children(p);
