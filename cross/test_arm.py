@@ -22,8 +22,8 @@ ARCHES = ("armhf", "aarch64")
 WORKLOADS = ("counter", "memsum", "fp", "signal", "sleep")
 # Process-tree workloads of tests/test_tree.py, built for the VM's own arch. Not tree64: its ckpt
 # takes 20-65 s per cycle under TCG (95-180 s a case) and it adds nothing arch-specific to multitask.
-TREE = ("multitask", "pipes", "pipes2", "shmem", "zombie", "pgrp", "threads", "sigpending", "pty",
-        "ipcshm", "ipcmsq", "ipcsem")
+TREE = ("multitask", "pipes", "pipes2", "shmem", "zombie", "pgrp", "orphans", "threads", "threadstate",
+        "sigpending", "pty", "ipcshm", "ipcmsq", "ipcsem")
 # armhf: the ARM-state and the Thumb-state build of every workload
 CASES = {
     "armhf": [f"{mode}-{w}" for w in WORKLOADS for mode in ("arm", "thumb")] + [f"tree-{w}" for w in TREE],
