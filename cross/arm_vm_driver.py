@@ -44,7 +44,7 @@ CASES = {
     "memsum": (["memsum"], lambda o: "ready" in o, True, lambda o: "memsum ok" in o),
     "fp": (["fp"], lambda o: "ready" in o, True, lambda o: "fp ok" in o),
     "signal": (["signal"], lambda o: "ready" in o, True, lambda o: "signal ok" in o),
-    "sleep": (["sleep", "6"], lambda o: "ready" in o, False, lambda o: "sleep ok" in o),
+    "sleep": (["sleep", "15"], lambda o: "ready" in o, False, lambda o: "sleep ok" in o),
 }
 
 
