@@ -1,6 +1,5 @@
 """ckpt and rstr parse plain command lines themselves (no click import); what
 they accept must mean exactly what click makes of it, and the rest is click's."""
-import os
 
 import pytest
 

@@ -85,7 +85,7 @@ def test_copies_with_pids_need_pidns(procs, workloads, tmp_path):
 
 
 def test_no_pids_with_threads_warns_but_restores(procs, workloads, tmp_path):
-    img, out, before = checkpointed(procs, workloads["workers"], tmp_path)
+    img, out, before = checkpointed(procs, workloads["threads"], tmp_path, "new-ids")
     last = ticks(out)[-1]
     pidfile = tmp_path / "pid"
     r = run([tool("rstr"), "-i", str(img), "-W", "--no-pids", "--pidfile", str(pidfile)])
@@ -93,7 +93,7 @@ def test_no_pids_with_threads_warns_but_restores(procs, workloads, tmp_path):
     assert r.returncode == 0, r.stderr
     warning = r.stderr.strip()
     assert warning and "\n" not in warning and "warning" in warning and "--pids" in warning, r.stderr
-    assert root != before[0][0] and len(os.listdir(f"/proc/{root}/task")) == 4
+    assert root != before[0][0] and len(os.listdir(f"/proc/{root}/task")) == 5
     ticked(out, last + 5)
     # The warning is about threads: with --pids nothing is said.
     procs.kill(root)
