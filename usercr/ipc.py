@@ -9,9 +9,9 @@ import struct
 
 from . import records as R
 from .errors import UcrError
-from .native import ffi, lib
+from .arch import current as current_arch
+from .native import check, ffi, lib
 
-CLONE_NEWIPC = 0x08000000
 NEXT_ID = "/proc/sys/kernel/{}_next_id"
 MSG_HEAD = struct.Struct("<QQ")
 
@@ -35,17 +35,11 @@ def _common(row, id_key):
     return dict(id=row[id_key], key=row["key"], mode=row["perms"], uid=row["uid"], gid=row["gid"])
 
 
-def _check(r, what):
-    if r < 0:
-        raise UcrError(f"{what}: {os.strerror(-r)}")
-    return r
-
-
 def _records():
     out = []
     for row in _table("shm"):
         buf = ffi.new("char[]", max(row["size"], 1))
-        _check(lib.ucr_shm_dump(row["shmid"], buf, row["size"]), f"reading SysV shared memory {row['shmid']}")
+        check(lib.ucr_shm_dump(row["shmid"], buf, row["size"]), f"reading SysV shared memory {row['shmid']}")
         out.append(R.IPC_SHM.pack(size=row["size"], tail=bytes(ffi.buffer(buf, row["size"])),
                                   **_common(row, "shmid")))
     for row in _table("msg"):
@@ -53,14 +47,14 @@ def _records():
         mtype = ffi.new("long *")
         msgs = b""
         for index in range(row["qnum"]):
-            n = _check(lib.ucr_msg_copy(row["msqid"], index, buf, row["cbytes"] + 64, mtype),
+            n = check(lib.ucr_msg_copy(row["msqid"], index, buf, row["cbytes"] + 64, mtype),
                        f"reading SysV message queue {row['msqid']}")
             text = bytes(ffi.buffer(buf + ffi.sizeof("long"), n))
             msgs += MSG_HEAD.pack(mtype[0], n) + text + bytes(R.align(n) - n)
         out.append(R.IPC_MSG.pack(qbytes=_qbytes(row["msqid"]), tail=msgs, **_common(row, "msqid")))
     for row in _table("sem"):
         vals = ffi.new("uint16_t[]", row["nsems"])
-        _check(lib.ucr_sem_getall(row["semid"], vals), f"reading SysV semaphore set {row['semid']}")
+        check(lib.ucr_sem_getall(row["semid"], vals), f"reading SysV semaphore set {row['semid']}")
         out.append(R.IPC_SEM.pack(nsems=row["nsems"], tail=list(vals), **_common(row, "semid")))
     return out
 
@@ -68,7 +62,7 @@ def _records():
 def _qbytes(msqid):
     """The queue's byte limit, which /proc/sysvipc does not show."""
     ds = ffi.new("uint64_t *")
-    _check(lib.ucr_msg_qbytes(msqid, ds), f"reading SysV message queue {msqid}")
+    check(lib.ucr_msg_qbytes(msqid, ds), f"reading SysV message queue {msqid}")
     return ds[0]
 
 
@@ -81,14 +75,15 @@ def dump_records(root, pids):
         if _ns(pid) != ns:
             raise UcrError(f"process {pid} is in another IPC namespace than the tree's root; "
                            "that cannot be checkpointed")
+    newipc = current_arch().C["CLONE_NEWIPC"]
     mine = os.open("/proc/self/ns/ipc", os.O_RDONLY)
     theirs = os.open(f"/proc/{root}/ns/ipc", os.O_RDONLY)
     try:
-        _check(lib.ucr_setns(theirs, CLONE_NEWIPC), "entering the tree's IPC namespace")
+        check(lib.ucr_setns(theirs, newipc), "entering the tree's IPC namespace")
         try:
             return _records()
         finally:
-            _check(lib.ucr_setns(mine, CLONE_NEWIPC), "leaving the tree's IPC namespace")
+            check(lib.ucr_setns(mine, newipc), "leaving the tree's IPC namespace")
     finally:
         os.close(mine)
         os.close(theirs)
@@ -103,7 +98,7 @@ def _set_next_id(kind, id_):
 
 
 def _created(kind, rec, got):
-    _check(got, f"recreating SysV {kind} {rec['id']}")
+    check(got, f"recreating SysV {kind} {rec['id']}")
     if got != rec["id"]:
         raise UcrError(f"SysV {kind} {rec['id']} came back as {got}")
 
@@ -112,7 +107,7 @@ def restore(records):
     """Moves rstr into a new IPC namespace and recreates the objects there."""
     if not records:
         return
-    _check(lib.ucr_unshare(CLONE_NEWIPC), "creating an IPC namespace")
+    check(lib.ucr_unshare(current_arch().C["CLONE_NEWIPC"]), "creating an IPC namespace")
     for rec in sorted(records, key=lambda r: r["id"]):
         if rec.name == "IPC_SHM":
             _set_next_id("shm", rec["id"])
@@ -132,5 +127,5 @@ def restore(records):
                 mtype, n = MSG_HEAD.unpack_from(data, at)
                 buf = ffi.new("char[]", n + ffi.sizeof("long"))
                 ffi.memmove(buf, data[at + MSG_HEAD.size:at + MSG_HEAD.size + n], n)
-                _check(lib.ucr_msg_send(rec["id"], mtype, buf, n), f"refilling SysV message queue {rec['id']}")
+                check(lib.ucr_msg_send(rec["id"], mtype, buf, n), f"refilling SysV message queue {rec['id']}")
                 at += MSG_HEAD.size + R.align(n)

@@ -11,12 +11,11 @@ from . import ipc
 from . import proc
 from . import records as R
 from .arch import current as current_arch
-from .dump import PAGE_SIZE, log_nothing, quiet_termios
+from .dump import PAGE_SIZE, PTS_MAJORS, log_nothing, pts_index, quiet_termios
 from .errors import UcrError
 from .image import ImageReader
 from .native import ffi, lib
 
-CLONE_NEWPID = 0x20000000
 SIGCHLD = 17
 STACK_SIZE = 64 * 1024
 THREAD_STACK = 16 * 1024
@@ -26,7 +25,6 @@ STATUS = struct.Struct("<iiQii")
 POLL_INTERVAL = 0.5
 MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
 TIOCSPTLCK, TIOCGPTPEER = 0x40045431, 0x5441
-PTS_MAJORS = range(136, 144)
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",
@@ -654,7 +652,7 @@ class Restorer:
         rdev = task["tty_nr"]
         if os.major(rdev) not in PTS_MAJORS:
             return -1
-        index = (os.major(rdev) - PTS_MAJORS[0]) * 256 + os.minor(rdev)
+        index = pts_index(rdev)
         return self._pty(index)[1] if index in self.img.ttys else -1
 
     def _memory(self, plan, p):
@@ -877,11 +875,6 @@ def _reaper(rst, orig_pid):
         os._exit(code)
 
 
-def _child_of(pid):
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return int(f.read().split()[0])
-
-
 def _check_pids_free(image):
     for p in image.procs:
         for tid in [p.pid] + [t["THREAD"]["tid"] for t in p.threads]:
@@ -910,7 +903,7 @@ def _restore_tree(image, reader, arch, in_fd, pids, pidns, log):
         ipc.restore(image.ipc)
         rst.prepare()
         if pids and pidns and orig_pid == 1:
-            top = rst.spawn([1], CLONE_NEWPID)
+            top = rst.spawn([1], arch.C["CLONE_NEWPID"])
         elif pids and pidns:
             top = lib.ucr_fork_pidns()
             if top == 0:
@@ -923,7 +916,7 @@ def _restore_tree(image, reader, arch, in_fd, pids, pidns, log):
             raise UcrError(f"creating the task failed: {os.strerror(-top)}")
         rst.close_fds()
         rst.wait_ready(top)
-        root = _child_of(top) if pids and pidns and orig_pid != 1 else top
+        root = min(proc.children(top)) if pids and pidns and orig_pid != 1 else top
         return top, root, rst.go_w
     except BaseException:
         if top and top > 0:

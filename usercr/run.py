@@ -15,40 +15,29 @@ exists. All signals the waiter handles are blocked before the fork and taken
 with sigwaitinfo, so none is lost and CMD is reaped in the same loop that
 forwards signals (no signal can reach a recycled PID).
 """
-import ctypes
 import os
 import signal
 
 from .errors import UcrError
 
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWPID = 0x20000000
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 # Python ignores these at start-up; ignored dispositions survive exec, so CMD gets them back.
 PYTHON_IGNORED = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 EXEC_FAILED = 127
 
 
-def _unshare(flags):
-    if hasattr(os, "unshare"):  # Python 3.12
-        os.unshare(flags)
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(ctypes.c_int(flags)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def _new_namespaces(pidns, ipcns):
-    flags = (CLONE_NEWPID if pidns else 0) | (CLONE_NEWIPC if ipcns else 0)
+    from .arch import current as current_arch
+    from .native import lib
+    c = current_arch().C
+    flags = (c["CLONE_NEWPID"] if pidns else 0) | (c["CLONE_NEWIPC"] if ipcns else 0)
     if not flags:
         return
     what = " and ".join(n for n, on in (("PID", pidns), ("IPC", ipcns)) if on)
-    try:
-        _unshare(flags)
-    except OSError as e:
-        hint = " (needs root or CAP_SYS_ADMIN)" if e.errno == 1 else ""
-        raise UcrError(f"cannot create a new {what} namespace: {e.strerror}{hint}") from None
+    r = lib.ucr_unshare(flags)
+    if r < 0:
+        hint = " (needs root or CAP_SYS_ADMIN)" if r == -1 else ""
+        raise UcrError(f"cannot create a new {what} namespace: {os.strerror(-r)}{hint}")
 
 
 def _exec_child(argv, mask, err_w):
