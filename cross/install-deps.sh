@@ -7,7 +7,11 @@ set -euo pipefail
 
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: must run as root" >&2; exit 1; }
 
+# --no-install-recommends leaves the cross compilers without their C library
+# and kernel headers (asm/unistd.h): name those packages too.
 PKGS=(gcc gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu
+      libc6-dev-armhf-cross libc6-dev-arm64-cross
+      linux-libc-dev-armhf-cross linux-libc-dev-arm64-cross
       qemu-user-static binfmt-support qemu-system-arm
       debootstrap cpio kmod e2fsprogs busybox-static
       ca-certificates)
