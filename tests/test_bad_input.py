@@ -138,8 +138,11 @@ def test_file_changed_size(procs, workloads, tmp_path):
     ckpt(p.pid, img, "--kill")
     procs.kill(p.pid)
     os.truncate(src, 5000)
-    err = assert_one_line_error(run([tool("rstr"), "-i", str(img)]))
+    err = assert_one_line_error(run([tool("rstr"), "-i", str(img), "--strict-files"]))
     assert str(src) in err and "changed size" in err
+    os.truncate(src, 10)  # shorter than the saved offset
+    err = assert_one_line_error(run([tool("rstr"), "-i", str(img)]))
+    assert str(src) in err and "past the end" in err
     os.unlink(src)
     err = assert_one_line_error(run([tool("rstr"), "-i", str(img)]))
     assert str(src) in err and "gone" in err
@@ -590,7 +593,7 @@ def test_file_of_non_root_changed(procs, workloads, tmp_path, change):
     else:
         data.write_bytes(b"x" * 10)
     for how in (["--pids", "--pidns"], ["--no-pids"]):
-        err = rstr_fails(procs, img, exe, *how)
+        err = rstr_fails(procs, img, exe, *how, "--strict-files")
         assert path in err and ("gone" if change == "deleted" else "changed size") in err, err
 
 

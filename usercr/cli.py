@@ -109,7 +109,7 @@ def _signal_number(name):
 
 
 def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, show_status, copy_status, logfile,
-               verbose, debug):
+               verbose, debug, strict_files):
     from .restore import restart
     if debug:
         os.environ["USERCR_DEBUG"] = "1"
@@ -126,7 +126,7 @@ def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, sho
     if forward and not wait:
         raise UcrError("--signal needs --wait: rstr forwards it while it waits")
     roots, status = restart(fd, pids=pids, pidns=pidns, wait=wait, pidfile=pidfile, copies=copies,
-                            forward=forward, log=Log(verbose, logfile))
+                            forward=forward, log=Log(verbose, logfile), strict_files=strict_files)
     pid = roots[0]
     if status is None:
         return
@@ -169,10 +169,11 @@ RSTR_PLAIN = {
     "--pidfile": ("pidfile", PATH), "--copies": ("copies", (1, 1024)), "--signal": ("forward", str),
     "--show-status": ("show_status", True), "--copy-status": ("copy_status", True),
     "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
-    "-d": ("debug", True), "--debug": ("debug", True),
+    "-d": ("debug", True), "--debug": ("debug", True), "--strict-files": ("strict_files", True),
 }
 RSTR_DEFAULTS = dict(input=None, input_fd=None, pids=False, pidns=False, wait=True, pidfile=None, copies=1,
-                     forward=None, show_status=False, copy_status=False, logfile=None, verbose=False, debug=False)
+                     forward=None, show_status=False, copy_status=False, logfile=None, verbose=False, debug=False,
+                     strict_files=False)
 
 
 def _path_ok(value):
@@ -265,6 +266,8 @@ def _commands():
         click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
         click.option("-v", "--verbose", is_flag=True, help="print progress"),
         click.option("-d", "--debug", is_flag=True, help="show tracebacks of internal errors"),
+        click.option("--strict-files", is_flag=True,
+                     help="refuse files whose size changed since the checkpoint (default: warn)"),
     ]
     info_options = [
         click.argument("image", required=False, type=click.Path(dir_okay=False)),

@@ -3,3 +3,7 @@
 
 class UcrError(Exception):
     """An error with a message fit to print as one line."""
+
+
+def log_nothing(msg):
+    """The default progress log: silent."""

@@ -50,7 +50,7 @@ def summary(recs):
         "vmas": len(vmas),
         "pages": pages,
         "memory_bytes": pages * hdr["page_size"],
-        "files": [{"fd": r["fd"], "kind": R.FILE_KINDS.get(r["kind"]), "path": r["tail"], "pos": r["pos"]}
+        "files": [{"fd": r["fd"], "kind": R.FD_KINDS.get(r["kind"]), "path": r["tail"], "pos": r["pos"]}
                   for r in recs if r.type == R.FILE.type],
         "errors": [r["tail"] for r in recs if r.type == R.ERROR.type],
     }

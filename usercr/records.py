@@ -30,6 +30,26 @@ _TYPES = {
 TAIL_KINDS = (None, "bytes", "str", "strs", "u32s", "u64s")
 
 
+class Kinds:
+    """An enumeration declared once here: Python reads Kinds.NAME (the value)
+    and kinds[value] (the name); the C core gets `#define UCR_<PREFIX>_NAME value`."""
+
+    def __init__(self, prefix, names):
+        self.prefix = prefix
+        self.names = dict(enumerate(names))
+        for value, name in self.names.items():
+            setattr(self, name.upper().replace("-", "_"), value)
+
+    def __getitem__(self, value):
+        return self.names[value]
+
+    def get(self, value, default=None):
+        return self.names.get(value, default)
+
+    def c_defines(self):
+        return [f"#define UCR_{self.prefix}_{n.upper().replace('-', '_')} {v}" for v, n in self.names.items()]
+
+
 def align(n):
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
@@ -37,8 +57,8 @@ def align(n):
 class Record:
     """One record type: number, name, fixed fields, optional tail."""
 
-    def __init__(self, type_, name, fields=(), tail=None, doc="", c=False):
-        assert tail in TAIL_KINDS
+    def __init__(self, type_, name, fields=(), tail=None, doc="", c=False, scope="process", many=False):
+        assert tail in TAIL_KINDS and scope in ("process", "tree")
         self.type = type_
         self.name = name
         self.fields = []  # (name, code, count)
@@ -58,6 +78,8 @@ class Record:
         self.tail = tail
         self.doc = doc
         self.c = c
+        self.scope = scope  # "tree": one per object shared in the tree, after every process's records
+        self.many = many    # a process (or thread, for SIGPENDING) may have several
 
     @property
     def fixed_len(self):
@@ -195,19 +217,22 @@ FILE = _rec(301, "FILE", [
     ("fd", "s32"), ("kind", "u32"), ("flags", "u32"), ("fd_flags", "u32"),
     ("pos", "s64"), ("size", "s64"), ("mode", "u32"), ("file_id", "u32"),
     ("dev", "u64"), ("ino", "u64"), ("rdev", "u64"),
-], tail="str", doc="open file descriptor; fds with the same file_id share one open file description "
+], tail="str", many=True, doc="open file descriptor; fds with the same file_id share one open file description "
                    "(offset, flags) across the tree; tail is the path")
-FILE_KINDS = {0: "reg", 1: "dir", 2: "chr", 3: "tty", 4: "pipe", 5: "socket", 6: "fifo", 7: "pty-master",
-              8: "pty-slave"}
+FD_KINDS = Kinds("FD", ["reg", "dir", "chr", "tty", "pipe", "socket", "fifo", "pty-master", "pty-slave"])
 PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
-            doc="a pipe or FIFO used in the tree (FILE records name it by ino); tail is the data "
+            scope="tree", doc="a pipe or FIFO used in the tree (FILE records name it by ino); tail is the data "
                 "buffered in it")
 
 TTY = _rec(303, "TTY", [("index", "u32"), ("input_len", "u32"), ("output_len", "u32"), ("pad", "u32"),
                         ("termios", "u64[8]"), ("winsize", "u64")], tail="bytes",
-          doc="a pseudo-terminal whose master the tree holds (FILE records name it by index in size): "
+          scope="tree", doc="a pseudo-terminal whose master the tree holds (FILE records name it by index in size): "
               "struct termios and winsize as TCGETS/TIOCGWINSZ give them, then the data queued towards "
               "the slave (input_len bytes) and towards the master (output_len bytes)")
+
+TERMINAL = _rec(306, "TERMINAL", [("rdev", "u64"), ("termios", "u64[8]"), ("winsize", "u64")],
+               scope="tree", doc="a terminal the tree uses but does not own (FILE records of kind tty or pty-slave name it by "
+                   "rdev): its struct termios and winsize, put on the terminal the tree is restored on")
 
 # 401-405: memory
 MM = _rec(401, "MM", [
@@ -218,8 +243,8 @@ MM = _rec(401, "MM", [
 VMA = _rec(402, "VMA", [
     ("start", "u64"), ("end", "u64"), ("offset", "u64"), ("prot", "u32"), ("flags", "u32"),
     ("kind", "u32"), ("pad", "u32"), ("dev", "u64"), ("ino", "u64"), ("size", "s64"),
-], tail="str", doc="one mapping; tail is the backing path or special name")
-VMA_KINDS = {0: "anon", 1: "file", 2: "special", 3: "shared-anon", 4: "sysv-shm"}
+], tail="str", many=True, doc="one mapping; tail is the backing path or special name")
+VMA_KINDS = Kinds("VMA", ["anon", "file", "special", "shared-anon", "sysv"])
 PAGES_BEGIN = _rec(404, "PAGES_BEGIN", [("nr_sections", "u64"), ("csum_a", "u64"), ("csum_b", "u64")],
                    doc="ends the metadata; carries the checksum of everything before it, so metadata is "
                        "verified before it is used. Then one section of PAGES per live process, in PIDS "
@@ -229,17 +254,17 @@ PAGES = _rec(403, "PAGES", [("vaddr", "u64"), ("nr_pages", "u64")], tail="bytes"
 PAGES_END = _rec(406, "PAGES_END", [("pid", "s32"), ("pad", "u32")],
                  doc="ends one process's page data; the next process's (or the TAIL) follows", c=True)
 SPECIAL_DATA = _rec(405, "SPECIAL_DATA", [("vaddr", "u64")], tail="bytes",
-                    doc="contents of a kernel special mapping ([vdso]), for comparison at restart")
+                    many=True, doc="contents of a kernel special mapping ([vdso]), for comparison at restart")
 
 # 501-507: SysV IPC, saved when the tree has an IPC namespace of its own
 _IPC_FIELDS = [("id", "s32"), ("key", "s32"), ("mode", "u32"), ("uid", "u32"), ("gid", "u32")]
 IPC_SHM = _rec(501, "IPC_SHM", _IPC_FIELDS + [("pad", "u32"), ("size", "u64")], tail="bytes",
-               doc="a SysV shared memory segment: id, key, permissions, owner, size; tail is its contents")
+               scope="tree", doc="a SysV shared memory segment: id, key, permissions, owner, size; tail is its contents")
 IPC_MSG = _rec(502, "IPC_MSG", _IPC_FIELDS + [("pad", "u32"), ("qbytes", "u64")], tail="bytes",
-               doc="a SysV message queue; tail is its messages in order, each {u64 mtype; u64 len; "
+               scope="tree", doc="a SysV message queue; tail is its messages in order, each {u64 mtype; u64 len; "
                    "text padded to 8 bytes}")
 IPC_SEM = _rec(503, "IPC_SEM", _IPC_FIELDS + [("nsems", "u32")], tail="u32s",
-               doc="a SysV semaphore set; tail is the semaphore values")
+               scope="tree", doc="a SysV semaphore set; tail is the semaphore values")
 
 # 601-604: signals
 SIGHAND = _rec(601, "SIGHAND", [("actions", "u64[256]")],
@@ -249,10 +274,10 @@ SIGNAL = _rec(602, "SIGNAL", [("itimers", "u64[12]")],
 POSIX_TIMER = _rec(604, "POSIX_TIMER", [
     ("id", "s32"), ("clockid", "s32"), ("signo", "s32"), ("notify", "s32"), ("value", "u64"),
     ("notify_tid", "s32"), ("pad", "u32"), ("interval_ns", "u64"), ("value_ns", "u64"),
-], doc="a POSIX timer: id, clock, sigevent (signo, SIGEV_* notify, sigev_value, target thread), "
+], many=True, doc="a POSIX timer: id, clock, sigevent (signo, SIGEV_* notify, sigev_value, target thread), "
        "interval and time left")
 SIGPENDING = _rec(603, "SIGPENDING", [("shared", "u32"), ("signo", "u32")], tail="bytes",
-                  doc="one queued signal; tail is its 128-byte siginfo")
+                  many=True, doc="one queued signal; tail is its 128-byte siginfo")
 
 FS = _rec(451, "FS", [("umask", "u32"), ("pad", "u32")], tail="strs",
           doc="fs state; tail is [cwd, root]")
@@ -273,6 +298,8 @@ def c_header():
            f"#define UCR_TAIL_MAGIC 0x{TAIL_MAGIC:016x}ULL"]
     for r in sorted(REGISTRY.values(), key=lambda r: r.type):
         out.append(f"#define UCR_REC_{r.name} {r.type}")
+    for kinds in (FD_KINDS, VMA_KINDS):
+        out += kinds.c_defines()
     out.append("struct ucr_rec_hdr { uint32_t type; uint32_t len; };")
     for r in REGISTRY.values():
         if not r.c:

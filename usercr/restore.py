@@ -1,30 +1,30 @@
 """The user engine's restart: read the image's metadata, prepare one restore
 plan per process in a region free in every layout, create the root with
-clone3, and let the restorer blob rebuild the tree from there."""
+clone3, and let the restorer blob rebuild the tree from there. Each kind of
+kernel state prepares its own part of every plan (PARTS, in order)."""
 import fcntl
 import os
 import select
 import signal
 import struct
 
-from . import ipc
-from . import proc
-from . import records as R
+from . import creds, files, fs, ipc, memory, pipes, proc, rlimits, signals, tasks, threads, timers, tty
 from .arch import current as current_arch
-from .dump import PAGE_SIZE, PTS_MAJORS, log_nothing, pts_index, quiet_termios
-from .errors import UcrError
+from .errors import UcrError, log_nothing
 from .image import ImageReader
+from .model import PAGE_SIZE, Image
 from .native import ffi, lib
+from .tree import Creation
 
 SIGCHLD = 17
 STACK_SIZE = 64 * 1024
-THREAD_STACK = 16 * 1024
 MIN_REGION_ADDR = 1 << 30
-RLIM_INFINITY = 2**64 - 1
 STATUS = struct.Struct("<iiQii")
 POLL_INTERVAL = 0.5
-MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
-TIOCSPTLCK, TIOCGPTPEER = 0x40045431, 0x5441
+# The restore-side parts, in the order they prepare each plan. Files come
+# after memory (mapped files are opened first) and tty before files (a
+# standard stream may need the terminal's part).
+PARTS = (tasks, tty, memory, pipes, files, threads, signals, timers, rlimits, fs, creds)
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",
@@ -56,206 +56,6 @@ ERRNO_TEXT = {61: "image truncated"}  # ENODATA from the restorer's reader
 
 def page_up(n):
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-
-
-class Process:
-    """One process's records: `one` by name, `many` lists, and its threads,
-    each a dict of the THREAD record, its CPU records and its SIGPENDING list."""
-
-    def __init__(self, task):
-        self.one = {"TASK": task}
-        self.many = {"FILE": [], "VMA": [], "SPECIAL_DATA": [], "SIGPENDING": [], "POSIX_TIMER": []}
-        self.threads = []
-
-    @property
-    def pid(self):
-        return self.one["TASK"]["pid"]
-
-    @property
-    def zombie(self):
-        return bool(self.one["TASK"]["zombie"])
-
-    def add(self, rec):
-        if rec.name == "THREAD":
-            self.threads.append({"THREAD": rec, "SIGPENDING": []})
-        elif rec.name == "SIGPENDING" and not rec["shared"] and self.threads:
-            self.threads[-1]["SIGPENDING"].append(rec)
-        elif rec.name in self.many:
-            self.many[rec.name].append(rec)
-        elif self.threads and 200 < rec.type < 300:
-            self.threads[-1][rec.name] = rec
-        else:
-            self.one[rec.name] = rec
-
-    def __getitem__(self, name):
-        return self.one[name]
-
-    def check(self):
-        if self.zombie:
-            return
-        for name in ("CREDS", "RLIMITS", "FS", "SIGHAND", "SIGNAL", "MM"):
-            if name not in self.one:
-                raise UcrError(f"image corrupt: no {name} record for process {self.pid}")
-        if not self.threads or len(self.threads) != self.one["TASK"]["nr_threads"]:
-            raise UcrError(f"image corrupt: thread records of process {self.pid} do not match its TASK record")
-        if len(self.many["VMA"]) != self.one["MM"]["nr_vmas"]:
-            raise UcrError(f"image corrupt: VMA count of process {self.pid} does not match its MM record")
-
-
-class Image:
-    """The metadata of an image, up to PAGES_BEGIN, checked."""
-
-    def __init__(self, reader, arch):
-        self.header = reader.header()
-        if self.header["arch_id"] != arch.ARCH_ID:
-            name = R.ARCH_NAMES.get(self.header["arch_id"], f"id {self.header['arch_id']}")
-            raise UcrError(f"image is for {name}; this machine runs {arch.NAME}")
-        if self.header["page_size"] != PAGE_SIZE:
-            raise UcrError(f"image page size {self.header['page_size']} differs from this system's {PAGE_SIZE}")
-        self.one, self.pids, self.procs, self.pipes, self.ipc, self.ttys = {}, [], [], {}, [], {}
-        while True:
-            rec = reader.next()
-            if rec.type == R.PAGES_BEGIN.type:
-                if (rec["csum_a"], rec["csum_b"]) != reader.csum_before:
-                    raise UcrError("image corrupt: checksum mismatch in the metadata (a byte of the image changed)")
-                self.nr_sections = rec["nr_sections"]
-                break
-            if rec.type in (R.TAIL.type, R.PAGES.type, R.PAGES_END.type):
-                raise UcrError(f"image corrupt at offset {rec.offset}: {rec.name} before the page data marker")
-            if rec.name == "PIDS":
-                self.pids.append(rec)
-            elif rec.name == "TASK":
-                self.procs.append(Process(rec))
-            elif rec.name == "PIPE":
-                self.pipes[rec["ino"]] = rec
-            elif rec.name == "TTY":
-                self.ttys[rec["index"]] = rec
-            elif rec.name.startswith("IPC_"):
-                self.ipc.append(rec)
-            elif self.procs:
-                self.procs[-1].add(rec)
-            else:
-                self.one[rec.name] = rec
-        self._check_tree()
-
-    def _check_tree(self):
-        if "TREE" not in self.one or not self.procs:
-            raise UcrError("image corrupt: no task tree")
-        tree = self.one["TREE"]
-        if not tree["nr_tasks"] == len(self.pids) == len(self.procs):
-            raise UcrError("image corrupt: the task tree does not match the tasks it holds "
-                           f"({tree['nr_tasks']} in TREE, {len(self.pids)} PIDS, {len(self.procs)} TASK records)")
-        self.index = {}
-        for i, (ids, p) in enumerate(zip(self.pids, self.procs)):
-            if ids["pid"] in self.index:
-                raise UcrError(f"image corrupt: PID {ids['pid']} appears twice in the task tree")
-            if ids["pid"] != p.pid or ids["pid"] <= 0:
-                raise UcrError(f"image corrupt: task tree entry {i} (PID {ids['pid']}) does not match "
-                               f"its TASK record (PID {p.pid})")
-            self.index[ids["pid"]] = i
-            p.check()
-        if self.pids[0]["pid"] != tree["root_pid"] or self.procs[0].zombie:
-            raise UcrError("image corrupt: the task tree's root is not its first task")
-        self.parent = [None]
-        for ids in self.pids[1:]:
-            ppid = self.index.get(ids["ppid"])
-            if ppid is None or ppid >= self.index[ids["pid"]]:
-                raise UcrError(f"image corrupt: the parent {ids['ppid']} of PID {ids['pid']} is not "
-                               "before it in the task tree")
-            self.parent.append(ppid)
-        if self.nr_sections != sum(not p.zombie for p in self.procs):
-            raise UcrError("image corrupt: the number of page sections does not match the live tasks")
-
-    def descends(self, i, ancestor):
-        while i is not None:
-            if i == ancestor:
-                return True
-            i = self.parent[i]
-        return False
-
-
-class Creation:
-    """Who creates whom, and how each process gets its session and process
-    group, as the restorer does it (user-cr's creator forest, in small).
-    Nodes are the image's processes, then one placeholder per session or
-    group leader that is gone: created with the leader's PID, it takes the
-    session (or group) and creates the members at the top of it with
-    CLONE_PARENT, so that they are its parent's children as they were, then
-    exits and is reaped. ids of processes outside the tree stand for rstr's
-    own session and group, and so does the group the root leads when its
-    session is outside. Raises UcrError where the image's sessions and groups
-    cannot be rebuilt that way."""
-
-    def __init__(self, img):
-        ids, index = img.pids, img.index
-        n = len(ids)
-        root = ids[0]
-        self.outside = lambda v: v == 0 or (v == root["pid"] and root["sid"] == 0)  # noqa: E731
-        gone = sorted({v for t in ids for v in (t["sid"], t["pgid"]) if not self.outside(v) and v not in index})
-        self.placeholders = gone
-        self.creator = list(img.parent)
-        self.clone_parent = [False] * n
-        sessions = {t["sid"] for t in ids}
-        for k, lead in enumerate(gone):
-            members = {i for i, t in enumerate(ids) if lead in (t["sid"], t["pgid"])}
-            tops = [i for i in members if img.parent[i] not in members]
-            parents = {img.parent[i] for i in tops}
-            if len(parents) != 1 or None in parents:
-                raise UcrError(f"the members of session or group {lead}, whose leader is gone, have different "
-                               "parents; that cannot be recreated")
-            self.creator.append(parents.pop())
-            self.clone_parent.append(False)
-            for i in tops:
-                self.creator[i], self.clone_parent[i] = n + k, True
-        self.setsid = [t["sid"] == t["pid"] for t in ids] + [lead in sessions for lead in gone]
-        self.action, self.leader = [], []
-        for i, t in enumerate(ids):
-            if self.setsid[i] or self.outside(t["pgid"]) or t["pgid"] not in index:
-                action, leader = 0, -1   # kept from its creator (a placeholder leads a gone group)
-            elif t["pgid"] == t["pid"]:
-                action, leader = 1, -1
-            else:
-                action, leader = 2, index[t["pgid"]]
-                if ids[leader]["pgid"] != ids[leader]["pid"]:
-                    raise UcrError(f"process {t['pid']} is in process group {t['pgid']}, which process "
-                                   f"{t['pgid']} does not lead; that cannot be recreated")
-                if img.descends(leader, i):
-                    raise UcrError(f"process {t['pid']} is in the process group of its descendant {t['pgid']}; "
-                                   "that cannot be recreated")
-            self.action.append(action)
-            self.leader.append(leader)
-        self.action += [0 if self.setsid[n + k] else 1 for k in range(len(gone))]
-        self.leader += [-1] * len(gone)
-        self._check(img)
-
-    def key(self, v, index):
-        if self.outside(v):
-            return "out"
-        return index[v] if v in index else len(index) + self.placeholders.index(v)
-
-    def _check(self, img):
-        """Plays the creation through and compares with the image."""
-        sid, pgid = {}, {}
-
-        def sim(node):
-            if node not in sid:
-                up = self.creator[node]
-                up_sid, up_pgid = sim(up) if up is not None else ("out", "out")
-                sid[node] = node if self.setsid[node] else up_sid
-                pgid[node] = node if self.setsid[node] or self.action[node] == 1 else \
-                    self.leader[node] if self.action[node] == 2 else up_pgid
-            return sid[node], pgid[node]
-        for i, t in enumerate(img.pids):
-            want = (self.key(t["sid"], img.index), self.key(t["pgid"], img.index))
-            joins_elsewhere = self.action[i] == 2 and sim(self.leader[i])[0] != sim(i)[0]
-            if sim(i) != want or joins_elsewhere:
-                raise UcrError(f"the session {t['sid']} and process group {t['pgid']} of process {t['pid']} "
-                               "cannot be recreated")
-
-    def children(self, node):
-        """The nodes node creates, group leaders first so that members rarely wait."""
-        kids = [j for j, c in enumerate(self.creator) if c == node]
-        return sorted(kids, key=lambda j: (self.action[j] == 2, j))
 
 
 class Region:
@@ -309,220 +109,49 @@ class Region:
 
 
 class Restorer:
-    def __init__(self, image, arch, in_fd, pids, log):
+    """The restore of one copy of the tree: rstr's fds handed to the tasks,
+    the region with the blob and every plan, and the parts that fill them."""
+
+    def __init__(self, image, arch, in_fd, pids, log, strict_files=False):
         self.img = image
+        self.live = image.live
         self.arch = arch
         self.in_fd = in_fd
         self.pids = pids
         self.log = log
+        self.strict_files = strict_files
         self.opened = []      # fds rstr opened for the tasks, at fd_base or above
         self.region = None
-        self.files = {}       # file_id -> fd
-        self.pipe_ends = {}   # ino -> {access mode: fd}
-        self.shm = {}         # (dev, ino) -> memfd
-        self.cwd = {}         # path -> fd
-        self.ptys = {}        # image pty index -> (master fd, slave fd)
         self.status_r = self.go_w = None
+        self.warnings = []    # printed once the tree is ready: a failed restart says one line
 
-    def _keep(self, fd):
+    def keep(self, fd):
         """Moves an fd rstr opened to fd_base or above, out of the tasks' way."""
         new = fcntl.fcntl(fd, fcntl.F_DUPFD, self.fd_base)
         os.close(fd)
         self.opened.append(new)
         return new
 
-    # Files
-    def _external(self, rec):
-        """Standard streams that are a terminal (other than a pseudo-terminal
-        whose master the tree holds), a socket, or a pipe the tree holds only
-        one end of follow rstr's own (unless that is the image)."""
-        kind = R.FILE_KINDS[rec["kind"]]
-        if kind == "pty-slave" and rec["size"] not in self.img.ttys:
-            kind = "tty"
-        if rec["fd"] > 2 or kind not in ("tty", "socket", "pipe"):
-            return False
-        if kind == "pipe":
-            modes = {f["flags"] & os.O_ACCMODE for p in self.img.procs for f in p.many["FILE"]
-                     if f["kind"] == rec["kind"] and f["ino"] == rec["ino"]}
-            return len(modes) == 1
-        return True
+    def part(self, name):
+        return self.parts[name]
 
-    def _open_file(self, rec):
-        path, fd = rec["tail"], rec["fd"]
-        kind = R.FILE_KINDS[rec["kind"]]
-        if self._external(rec):
-            if fd != self.in_fd and _fd_open(fd):
-                return os.dup(fd)
-            return os.open("/dev/null", rec["flags"] & os.O_ACCMODE)
-        if kind in ("pipe", "fifo"):
-            return self._open_pipe(rec)
-        if kind in ("pty-master", "pty-slave") and rec["size"] in self.img.ttys:
-            master, slave = self._pty(rec["size"])
-            if kind == "pty-master":  # reopening the master would make a new terminal
-                return os.dup(master)
-            return os.open(f"/proc/self/fd/{slave}", rec["flags"] | os.O_NOCTTY)
-        if kind in ("tty", "socket", "pty-slave"):
-            raise UcrError(f"fd {fd} is a {kind} ({path}); restoring that is not supported yet")
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            raise UcrError(f"file {path} (fd {fd}) is gone since the checkpoint: {e.strerror}") from None
-        if kind == "reg" and not rec["flags"] & os.O_APPEND and st.st_size != rec["size"]:
-            raise UcrError(f"file {path} (fd {fd}) changed size since the checkpoint "
-                           f"({rec['size']} -> {st.st_size} bytes)")
-        flags = rec["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
-        try:
-            new = os.open(path, flags)
-        except OSError as e:
-            raise UcrError(f"cannot reopen {path} (fd {fd}): {e.strerror}") from None
-        if kind == "reg":
-            os.lseek(new, rec["pos"], os.SEEK_SET)
-        return new
-
-    def _pipe(self, rec):
-        """Both ends of the pipe or FIFO rec names, filled with its buffered data."""
-        ino = rec["ino"]
-        if ino in self.pipe_ends:
-            return self.pipe_ends[ino]
-        saved = self.img.pipes.get(ino)
-        if saved is None:
-            raise UcrError(f"image corrupt: no PIPE record for the pipe at fd {rec['fd']}")
-        if R.FILE_KINDS[rec["kind"]] == "fifo":
-            try:
-                both = os.open(rec["tail"], os.O_RDWR | os.O_NONBLOCK)
-            except OSError as e:
-                raise UcrError(f"FIFO {rec['tail']} (fd {rec['fd']}): {e.strerror}") from None
-            r = w = self._keep(both)
-        else:
-            r, w = (self._keep(e) for e in os.pipe())
-        if saved["capacity"] > 65536:
-            fcntl.fcntl(w, 1031, saved["capacity"])  # F_SETPIPE_SZ
-        data = saved["tail"]
-        while data:
-            data = data[os.write(w, data):]
-        self.pipe_ends[ino] = {os.O_RDONLY: r, os.O_WRONLY: w}
-        return self.pipe_ends[ino]
-
-    def _open_pipe(self, rec):
-        ends = self._pipe(rec)
-        mode = rec["flags"] & os.O_ACCMODE
-        end = ends.get(mode, ends[os.O_RDONLY])
-        # A new open file description on the same pipe, with the saved flags.
-        new = os.open(f"/proc/self/fd/{end}", mode | os.O_NONBLOCK)
-        fcntl.fcntl(new, fcntl.F_SETFL, rec["flags"])
-        return new
-
-    def _pty(self, index):
-        """A new pseudo-terminal for the image's pty index: modes, window
-        size, and the data that was queued in it (written with echo and
-        output processing off, as it was processed already)."""
-        if index in self.ptys:
-            return self.ptys[index]
-        import termios
-        saved = self.img.ttys[index]
-        try:
-            master = self._keep(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
-            fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-            slave = self._keep(fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY))
-        except OSError as e:
-            raise UcrError(f"cannot create a pseudo-terminal: {e.strerror}") from None
-        modes = struct.pack("<8Q", *saved["termios"])
-        fcntl.ioctl(slave, termios.TCSETS, quiet_termios(modes))
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("<Q", saved["winsize"]))
-        data = saved["tail"]
-        os.write(master, data[:saved["input_len"]])
-        os.write(slave, data[saved["input_len"]:saved["input_len"] + saved["output_len"]])
-        fcntl.ioctl(slave, termios.TCSETS, modes)
-        self.ptys[index] = master, slave
-        return master, slave
-
-    def _file(self, rec):
-        """The kept fd for rec's open file description, opened once per file_id."""
-        fid = rec["file_id"]
-        if fid not in self.files:
-            self.files[fid] = self._keep(self._open_file(rec))
-        return self.files[fid]
-
-    def _open_vma_file(self, rec):
-        path = rec["tail"]
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            raise UcrError(f"mapped file {path} is gone since the checkpoint: {e.strerror}") from None
-        if st.st_size != rec["size"]:
-            raise UcrError(f"mapped file {path} changed size since the checkpoint ({rec['size']} -> {st.st_size} bytes)")
-        writable = rec["flags"] & 0x01 and rec["prot"] & 2  # shared and writable
-        try:
-            return self._keep(os.open(path, os.O_RDWR if writable else os.O_RDONLY))
-        except OSError as e:
-            raise UcrError(f"cannot open mapped file {path}: {e.strerror}") from None
-
-    def _shared_memory(self):
-        """One memfd per shared anonymous object, as large as its largest use."""
-        sizes = {}
-        for p in self.img.procs:
-            for v in p.many["VMA"]:
-                if v["kind"] == 3:
-                    key = (v["dev"], v["ino"])
-                    sizes[key] = max(sizes.get(key, 0), v["offset"] + v["end"] - v["start"])
-        for key, size in sizes.items():
-            fd = os.memfd_create("usercr-shared", 0)
-            os.ftruncate(fd, size)
-            self.shm[key] = self._keep(fd)
-
-    def _open_exe(self, path):
-        """The executable for /proc/PID/exe, or -1 to keep rstr's. The kernel
-        refuses a new one while the old is still mapped, which it is when both
-        are the same file (a Python restoring a Python), and then keeping it is right."""
-        try:
-            st, mine = os.stat(path), os.stat("/proc/self/exe")
-        except OSError:
-            return -1
-        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-            return -1
-        return self._keep(os.open(path, os.O_RDONLY))
-
-    def _dir(self, path):
-        if path not in self.cwd:
-            try:
-                self.cwd[path] = self._keep(os.open(path, os.O_PATH | os.O_DIRECTORY))
-            except OSError as e:
-                raise UcrError(f"working directory {e.filename} is gone: {e.strerror}") from None
-        return self.cwd[path]
-
-    # vDSO and friends
-    def _specials(self, p, mine):
-        """Pairs each special mapping of the image with this kernel's."""
-        image_sp = {v["tail"]: v for v in p.many["VMA"] if v["kind"] == 2}
-        here = {m.name: m for m in mine if m.special and m.name not in self.arch.GATE_MAPPINGS}
-        if set(image_sp) != set(here):
-            raise UcrError(f"kernel special mappings differ: image has {sorted(image_sp)}, "
-                           f"this kernel {sorted(here)}; restart on a kernel with the same vDSO layout")
-        base_img = min(v["start"] for v in image_sp.values()) if image_sp else 0
-        base_here = min(m.start for m in here.values()) if here else 0
-        for name, v in image_sp.items():
-            m = here[name]
-            if m.end - m.start != v["end"] - v["start"] or m.start - base_here != v["start"] - base_img:
-                raise UcrError(f"{name} of this kernel ({m.end - m.start} bytes) does not match the image's "
-                               f"({v['end'] - v['start']} bytes); restart on a kernel with the same vDSO layout")
-        for data in p.many["SPECIAL_DATA"]:
-            vdso = here.get("[vdso]")
-            if vdso and bytes(ffi.buffer(ffi.cast("char *", vdso.start), vdso.end - vdso.start)) != data["tail"]:
-                raise UcrError("the vDSO of this kernel differs from the image's; restart on the kernel "
-                               "that made the checkpoint")
-        return {name: m.start for name, m in here.items()}
+    def warn(self, msg):
+        if msg not in self.warnings:
+            self.warnings.append(msg)
 
     def _data_size(self):
-        size = ffi.sizeof("struct ucr_plan") + 64 * 1024
+        sizes = {name: ffi.sizeof(f"struct {name}") for name in
+                 ("ucr_plan", "ucr_vma", "ucr_fd", "ucr_siginfo", "ucr_timer", "ucr_thread", "ucr_child")}
+        size = sizes["ucr_plan"] + 64 * 1024
         for p in self.img.procs:
-            size += ffi.sizeof("struct ucr_plan") + 8 * 64
-            size += len(p.many["VMA"]) * ffi.sizeof("struct ucr_vma")
-            size += len(p.many["FILE"]) * ffi.sizeof("struct ucr_fd")
-            size += (len(p.many["SIGPENDING"]) + sum(len(t["SIGPENDING"]) for t in p.threads)) \
-                * ffi.sizeof("struct ucr_siginfo")
-            size += len(p.many["POSIX_TIMER"]) * ffi.sizeof("struct ucr_timer")
-            size += len(p.threads) * (ffi.sizeof("struct ucr_thread") + 32 * 1024)  # with its signal frame
-            size += 2 * (ffi.sizeof("struct ucr_child") + 64)
+            size += sizes["ucr_plan"] + 8 * 64
+            size += len(p.records("VMA")) * sizes["ucr_vma"]
+            size += len(p.records("FILE")) * sizes["ucr_fd"]
+            size += (len(p.records("SIGPENDING")) + sum(len(t["SIGPENDING"]) for t in p.threads)) \
+                * sizes["ucr_siginfo"]
+            size += len(p.records("POSIX_TIMER")) * sizes["ucr_timer"]
+            size += len(p.threads) * (sizes["ucr_thread"] + 32 * 1024)  # with its signal frame
+            size += 2 * (sizes["ucr_child"] + 64)
             if "MM" in p.one:
                 size += len(p["MM"]["tail"]) + 4 * len(p["CREDS"]["tail"])
         return page_up(size)
@@ -530,13 +159,10 @@ class Restorer:
     def prepare(self):
         img, arch = self.img, self.arch
         arch.check_header(img.one[arch.HEADER_RECORD.name], self.log)
-        mine = self.mine = proc.maps("self")
-        live = [p for p in img.procs if not p.zombie]
-        self.special_cur = {}
-        for p in live:
+        self.mine = proc.maps("self")
+        for p in self.live:
             if hasattr(arch, "check_task"):  # arm: per-task rules (ThumbEE, OABI/EABI)
                 arch.check_task({**img.one, **p.one, **p.threads[0]}, _warn)
-            self.special_cur = self._specials(p, mine)
         self.creation = Creation(img)
         nodes = len(img.procs) + len(self.creation.placeholders)
         self.status_r, status_w = os.pipe()
@@ -544,22 +170,23 @@ class Restorer:
 
         # Everything the tasks keep or the restorer uses sits at fd_base or above.
         busy_fds = [int(f) for f in os.listdir("/proc/self/fd")]
-        self.fd_base = max(busy_fds + [r["fd"] for p in img.procs for r in p.many["FILE"]] + [2]) + 1
-        self._shared_memory()
-        self.image_fd = self._keep(os.dup(self.in_fd))
-        self.status_w = self._keep(status_w)
-        self.go_r = self._keep(go_r)
+        self.fd_base = max(busy_fds + [r["fd"] for p in img.procs for r in p.records("FILE")] + [2]) + 1
+        self.image_fd = self.keep(os.dup(self.in_fd))
+        self.status_w = self.keep(status_w)
+        self.go_r = self.keep(go_r)
+        self.parts = {m.__name__.rsplit(".", 1)[1]: m.Restore(self) for m in PARTS}
+        mem = self.part("memory")
+        mem.prepare_tree()
 
         blob = bytes(ffi.buffer(lib.ucr_restorer_blob(), lib.ucr_restorer_size()))
-        park = max(sum(v["end"] - v["start"] for v in p.many["VMA"] if v["kind"] == 2) for p in live)
-        max_threads = max(len(p.threads) for p in live)
+        max_threads = max(len(p.threads) for p in self.live)
         data_size = self._data_size()
         shared_size = page_up(ffi.sizeof("struct ucr_shared") + 8 * nodes)
-        region = Region(page_up(len(blob)) + data_size + park + max_threads * THREAD_STACK + STACK_SIZE,
+        park = mem.park_size()
+        region = Region(page_up(len(blob)) + data_size + park + max_threads * threads.THREAD_STACK + STACK_SIZE,
                         shared_size)
-        busy = [(m.start, m.end) for m in mine] + [(v["start"], v["end"]) for p in live for v in p.many["VMA"]]
         self.region = region
-        region.place(busy)
+        region.place([(m.start, m.end) for m in self.mine] + mem.busy())
         region.data_start = region.start + page_up(len(blob))
         region.park_start = region.data_start + data_size
         region.stacks_start = region.park_start + park
@@ -572,11 +199,17 @@ class Restorer:
                       for _ in range(nodes)]
         turn = 0
         for i, p in enumerate(img.procs):
-            self._plan(i, p, turn, turn == len(live) - 1)
-            turn += not p.zombie
+            plan = self._common(i, p.pid)
+            if not p.zombie:
+                plan.pages_turn, plan.last_pages = turn, turn == len(self.live) - 1
+                turn += 1
+            for part in self.parts.values():
+                if hasattr(part, "prepare") and (not p.zombie or getattr(part, "for_zombies", False)):
+                    part.prepare(plan, p)
+            if p.zombie:
+                plan.zombie, plan.exit_status = 1, p["TASK"]["exit_status"]
         for k, lead in enumerate(self.creation.placeholders):
-            self._common(len(img.procs) + k, lead)
-            self.plans[len(img.procs) + k].placeholder = 1
+            self._common(len(img.procs) + k, lead).placeholder = 1
         if region.used > data_size:
             raise UcrError("internal error: restore plan larger than its region")
         lib.ucr_protect(region.start, page_up(len(blob)), 5)  # PROT_READ | PROT_EXEC
@@ -584,7 +217,6 @@ class Restorer:
         lib.ucr_rseq_self(*cur)
         root = self.plans[0]
         root.cur_rseq, root.cur_rseq_len, root.cur_rseq_sig = cur[0][0], cur[1][0], cur[2][0]
-        self.child_fds = [self.status_w, self.go_r]
 
     def _common(self, node, pid):
         """What every plan has: the region, the fds, its ids and its children."""
@@ -609,143 +241,6 @@ class Restorer:
             c.clone_parent = creation.clone_parent[j]
         plan.children, plan.nr_children = region.array("ucr_child", creation.children(node), child)
         return plan
-
-    def _plan(self, i, p, turn, last):
-        plan = self._common(i, p.pid)
-        plan.ctty_fd, plan.ctty_fg = self._ctty(p["TASK"]), p["TASK"]["ctty_fg"]
-        task = p["TASK"]
-        comm = task["comm"].encode()[:15]
-        ffi.memmove(plan.comm, comm + b"\0", len(comm) + 1)
-        if p.zombie:
-            plan.zombie, plan.exit_status = 1, task["exit_status"]
-            return
-        plan.pages_turn, plan.last_pages = turn, last
-        plan.pdeathsig = task["pdeathsig"]
-        self._memory(plan, p)
-        self._files(plan, p)
-        self._threads(plan, p)
-        acts = p["SIGHAND"]["actions"]
-        for k in range(64):
-            a = plan.sigactions[k]
-            a.handler, a.flags, a.restorer, a.mask = acts[4 * k:4 * k + 4]
-        for k, v in enumerate(p["SIGNAL"]["itimers"]):
-            plan.itimers[k] = v
-        tids = [t["THREAD"]["tid"] for t in p.threads]
-
-        def timer(t, rec):
-            t.id, t.clockid, t.signo, t.notify, t.value = rec["id"], rec["clockid"], rec["signo"], rec["notify"], \
-                rec["value"]
-            t.thread = tids.index(rec["notify_tid"]) if rec["notify_tid"] in tids else -1
-            t.its = [*divmod(rec["interval_ns"], 10**9), *divmod(rec["value_ns"], 10**9)]
-        plan.timers, plan.nr_timers = self.region.array("ucr_timer", p.many["POSIX_TIMER"], timer)
-        plan.nr_rlimits = 16
-        for k, v in enumerate(self._rlimits(p)):
-            plan.rlimits[k] = v
-        cwd, root = p["FS"]["tail"]
-        plan.cwd_fd, plan.root_fd = self._dir(cwd), self._dir(root) if root != "/" else -1
-        plan.umask = p["FS"]["umask"]
-        self._creds(plan, p)
-
-    def _ctty(self, task):
-        """The kept slave fd of the controlling terminal, when it is a
-        pseudo-terminal restored with the tree; -1 otherwise."""
-        rdev = task["tty_nr"]
-        if os.major(rdev) not in PTS_MAJORS:
-            return -1
-        index = pts_index(rdev)
-        return self._pty(index)[1] if index in self.img.ttys else -1
-
-    def _memory(self, plan, p):
-        vmas, region = p.many["VMA"], self.region
-        park_at = [region.park_start]
-
-        def vma(a, v):
-            a.start, a.end, a.offset, a.prot, a.mmap_flags = v["start"], v["end"], v["offset"], v["prot"], v["flags"]
-            a.kind, a.fd = v["kind"], -1
-            if v["kind"] == 1:
-                a.fd = self._open_vma_file(v)
-            elif v["kind"] == 3:
-                a.fd, a.mmap_flags = self.shm[(v["dev"], v["ino"])], MAP_SHARED
-            elif v["kind"] == 4:
-                a.fd = v["ino"]
-            elif v["kind"] == 2:
-                a.cur, a.park = self.special_cur[v["tail"]], park_at[0]
-                park_at[0] += v["end"] - v["start"]
-        plan.vmas, plan.nr_vmas = region.array("ucr_vma", vmas, vma)
-        gate_start = min([m.start for m in self.mine if m.name in self.arch.GATE_MAPPINGS] + [2**64])
-        plan.unmap_end = max([m.end for m in self.mine if m.start < gate_start] + [v["end"] for v in vmas])
-        mm = p["MM"]
-        for k, key in enumerate(("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
-                                 "start_stack", "arg_start", "arg_end", "env_start", "env_end")):
-            plan.mm[k] = mm[key]
-        plan.auxv = region.put(mm["tail"]) if mm["tail"] else 0
-        plan.auxv_size = len(mm["tail"])
-        plan.exe_fd = self._open_exe(p["TASK"]["tail"])
-
-    def _files(self, plan, p):
-        def fd(f, rec):
-            f.src, f.dst, f.cloexec = self._file(rec), rec["fd"], rec["fd_flags"]
-        plan.fds, plan.nr_fds = self.region.array("ucr_fd", p.many["FILE"], fd)
-
-    def _threads(self, plan, p):
-        arch, region = self.arch, self.region
-        vmas = p.many["VMA"]
-        pending = [(1, 0, rec) for rec in p.many["SIGPENDING"]]
-        pending += [(0, k, rec) for k, t in enumerate(p.threads) for rec in t["SIGPENDING"]]
-
-        def siginfo(s, item):
-            s.shared, s.thread, rec = item
-            s.signo = rec["signo"]
-            ffi.memmove(s.info, rec["tail"], 128)
-        plan.siginfo, plan.nr_siginfo = region.array("ucr_siginfo", pending, siginfo)
-
-        def thread(t, item):
-            k, records = item
-            th = records["THREAD"]
-            regs, fpstate = arch.cpu_state(records)
-            sp = arch.stack_pointer(regs)
-            stack_vma = next((v for v in vmas if v["start"] <= sp - 1 < v["end"]), None)
-            if stack_vma is None:
-                raise UcrError(f"image corrupt: the stack pointer of thread {th['tid']} is outside every mapping")
-            frame_addr, frame, sigreturn_sp = arch.build_sigframe(
-                regs, fpstate, th["blocked"], (th["altstack_sp"], th["altstack_flags"], th["altstack_size"]),
-                stack_vma["start"], self.img.one[arch.HEADER_RECORD.name])
-            t.plan = int(ffi.cast("uintptr_t", plan))
-            t.sigframe = region.put(frame, 64)
-            t.sigframe_len, t.sigframe_dest, t.sigreturn_sp = len(frame), frame_addr, sigreturn_sp
-            for n, v in enumerate(arch.tls(regs)):
-                t.tls[n] = v
-            t.rseq, t.rseq_len, t.rseq_sig = th["rseq_ptr"], th["rseq_len"], th["rseq_sig"]
-            t.clear_child_tid, t.robust_list, t.robust_len = th["clear_child_tid"], th["robust_list"], th["robust_len"]
-            t.stack_top = region.stacks_start + (k + 1) * THREAD_STACK
-            t.tid = th["tid"] if self.pids else 0
-        plan.threads, plan.nr_threads = region.array("ucr_thread", list(enumerate(p.threads)), thread)
-
-    def _rlimits(self, p):
-        import resource
-        out = []
-        lims = p["RLIMITS"]["limits"]
-        for res in range(16):
-            cur, hard = lims[2 * res], lims[2 * res + 1]
-            _, my_hard = resource.getrlimit(res)
-            my_hard &= RLIM_INFINITY
-            if hard > my_hard and os.geteuid() != 0:
-                self.log(f"warning: resource limit {res} lowered to {my_hard}")
-                hard = my_hard
-            out += [min(cur, hard), hard]
-        return out
-
-    def _creds(self, plan, p):
-        c = p["CREDS"]
-        for key in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
-            setattr(plan, key, c[key])
-        groups = c["tail"]
-        if os.geteuid() == 0:
-            plan.restore_creds = 1
-            plan.groups = self.region.put(struct.pack(f"<{len(groups)}I", *groups)) if groups else 0
-            plan.nr_groups = len(groups)
-        elif (os.getuid(), os.getgid()) != (c["uid"], c["gid"]):
-            raise UcrError(f"the image runs as uid {c['uid']}; restarting it needs root")
 
     def spawn(self, set_tid, flags=0):
         arr = ffi.new("int32_t[]", set_tid or [0])
@@ -891,16 +386,24 @@ def _kill(pid):
         pass
 
 
-def _restore_tree(image, reader, arch, in_fd, pids, pidns, log):
-    """Creates one copy of the tree and waits until it is ready; returns
-    (top: the process rstr created, root, go fd that releases the tree)."""
-    rst = Restorer(image, arch, in_fd, pids, log)
+class Copy:
+    """One restored copy of the tree, ready and waiting for the go: top is
+    the process rstr created (the root, or PID 1 of a new namespace)."""
+
+    def __init__(self, top, root, go_w, rst):
+        self.top, self.root, self.go_w = top, root, go_w
+        self.terminal_modes, self.warnings = rst.part("files").terminal_modes, rst.warnings
+
+
+def _restore_tree(image, reader, arch, in_fd, pids, pidns, log, strict_files):
+    """Creates one copy of the tree and waits until it is ready."""
+    rst = Restorer(image, arch, in_fd, pids, log, strict_files)
     rst.reader_csum = (reader.csum[0], reader.csum[1])
     rst.reader_offset = reader.offset
     orig_pid = image.procs[0].pid
     top = None
     try:
-        ipc.restore(image.ipc)
+        ipc.restore(image.tree_records("IPC_SHM", "IPC_MSG", "IPC_SEM"))
         rst.prepare()
         if pids and pidns and orig_pid == 1:
             top = rst.spawn([1], arch.C["CLONE_NEWPID"])
@@ -917,7 +420,7 @@ def _restore_tree(image, reader, arch, in_fd, pids, pidns, log):
         rst.close_fds()
         rst.wait_ready(top)
         root = min(proc.children(top)) if pids and pidns and orig_pid != 1 else top
-        return top, root, rst.go_w
+        return Copy(top, root, rst.go_w, rst)
     except BaseException:
         if top and top > 0:
             if not pidns:  # otherwise PID 1 of the namespace takes them all along
@@ -958,11 +461,13 @@ def _copy_input(in_fd, offset):
     return fd
 
 
-def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, copies=1, forward=None, log=log_nothing):
+def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, copies=1, forward=None, log=log_nothing,
+            strict_files=False):
     """Restores the image read from in_fd, copies times. Returns (root pids,
     wait status of the first or None); with a reaper (--pids --pidns) the
     status is the reaper's, which mirrors the root's. forward: a signal
-    sent to the roots when rstr gets SIGINT while it waits."""
+    sent to the roots when rstr gets SIGINT while it waits. strict_files:
+    a file whose size changed since the checkpoint is an error, not a warning."""
     arch = current_arch()
     reader = ImageReader(in_fd)
     image = Image(reader, arch)
@@ -978,30 +483,43 @@ def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, copies=1, f
         for k in range(copies):
             fd = _copy_input(in_fd, reader.offset) if copies > 1 else in_fd
             try:
-                trees.append(_restore_tree(image, reader, arch, fd, pids, pidns, log))
+                trees.append(_restore_tree(image, reader, arch, fd, pids, pidns, log, strict_files))
             finally:
                 if fd != in_fd:
                     os.close(fd)
     except BaseException:
-        for top, _, go_w in trees:
-            _kill(top)
-            os.close(go_w)
+        for copy in trees:
+            _kill(copy.top)
+            os.close(copy.go_w)
         raise
-    roots = [root for _, root, _ in trees]
+    roots = [copy.root for copy in trees]
     if pidfile:
         with open(pidfile, "w") as f:
             f.write("".join(f"{root}\n" for root in roots))
     if wait and forward:  # before the release: a Ctrl-C from now on reaches the roots
         signal.signal(signal.SIGINT, lambda *_: [_signal(root, forward) for root in roots])
-    live = sum(not p.zombie for p in image.procs)
-    for _, _, go_w in trees:
-        os.write(go_w, b"G" * live)
-        os.close(go_w)
+    for msg in trees[0].warnings:
+        _warn(msg)
+    _set_terminal_modes(trees[0].terminal_modes)
+    for copy in trees:
+        os.write(copy.go_w, b"G" * len(image.live))
+        os.close(copy.go_w)
     log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
     if not wait:
         return roots, None
-    statuses = [os.waitpid(top, 0)[1] for top, _, _ in trees]
+    statuses = [os.waitpid(copy.top, 0)[1] for copy in trees]
     return roots, statuses[0]
+
+
+def _set_terminal_modes(modes):
+    """The modes the program had set on its terminal, on the one it is
+    restored on (rstr's own standard streams), once output drained."""
+    import termios
+    for fd, saved in modes.items():
+        try:
+            fcntl.ioctl(fd, termios.TCSETSW, saved)
+        except OSError as e:
+            _warn(f"warning: cannot set the modes of the terminal on fd {fd}: {e.strerror}")
 
 
 def _signal(pid, sig):

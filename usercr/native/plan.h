@@ -6,9 +6,6 @@
 #ifndef UCR_PLAN_H
 #define UCR_PLAN_H
 
-enum ucr_vma_kind { UCR_VMA_ANON = 0, UCR_VMA_FILE = 1, UCR_VMA_SPECIAL = 2, UCR_VMA_SHARED_ANON = 3,
-                   UCR_VMA_SYSV = 4 };
-
 /* Restorer steps; a failing step is reported with its number. */
 enum ucr_step {
     UCR_STEP_READY = 0, UCR_STEP_RSEQ_DROP = 1, UCR_STEP_PARK = 2, UCR_STEP_UNMAP = 3,
@@ -25,7 +22,7 @@ struct ucr_vma {
     uint32_t prot;
     uint32_t mmap_flags;
     int32_t fd;           /* backing file, -1 for anonymous; the shmid of UCR_VMA_SYSV */
-    uint32_t kind;        /* UCR_VMA_* below */
+    uint32_t kind;        /* UCR_VMA_*: records.VMA_KINDS */
     uint64_t cur;         /* special mappings: where this kernel put it now */
     uint64_t park;        /* special mappings: parking place inside the region */
 };

@@ -1,0 +1,174 @@
+"""Open file descriptors (FILE records). Each kind of fd is owned by one
+module: this one for regular files, directories, character devices and the
+standard-stream sockets; pipes.py for pipes and FIFOs; tty.py for terminals.
+An owner module gives `KINDS`, `classify(st, target, info)` (the kind, or
+None), `note(ctx, fd, st, info, fields)` at checkpoint, and a Restore part
+with `open(rec)`. A new kind of fd is one module and one entry in OWNERS.
+
+Descriptors that share one open file description across the tree (dup,
+fork) get one file_id, found with kcmp, and share one again after restart.
+Standard streams on something that is not the tree's own (a terminal, a
+socket, a pipe the tree holds only one end of) follow rstr's, fd by fd."""
+import os
+import stat
+
+from . import pipes
+from . import proc
+from . import records as R
+from . import tty
+from .errors import UcrError
+from .native import lib
+
+K = R.FD_KINDS
+OWNERS = (tty, pipes)
+KCMP_FILE = 0
+STD_STREAMS = 3
+
+
+def _classify(st, target, info):
+    for owner in OWNERS:
+        kind = owner.classify(st, target, info)
+        if kind is not None:
+            return kind, owner
+    if stat.S_ISREG(st.st_mode):
+        return K.REG, None
+    if stat.S_ISDIR(st.st_mode):
+        return K.DIR, None
+    if stat.S_ISCHR(st.st_mode):
+        return K.CHR, None
+    if stat.S_ISSOCK(st.st_mode):
+        return K.SOCKET, None
+    return None, None
+
+
+def _file_id(tree, pid, fd, st):
+    descs = tree.setdefault("descs", [])   # (pid, fd, dev, ino, file_id)
+    for opid, ofd, dev, ino, fid in descs:
+        if (dev, ino) == (st.st_dev, st.st_ino) and lib.ucr_kcmp(pid, opid, KCMP_FILE, fd, ofd) == 0:
+            return fid
+    fid = len({d[4] for d in descs}) + 1
+    descs.append((pid, fd, st.st_dev, st.st_ino, fid))
+    return fid
+
+
+def _file_record(ctx, fd, target, info):
+    pid = ctx.pid
+    try:
+        st = os.stat(proc.path(pid, "fd", str(fd)))
+    except FileNotFoundError:
+        raise UcrError(f"fd {fd} of process {pid} vanished") from None
+    kind, owner = _classify(st, target, info)
+    if kind is None:
+        raise UcrError(f"fd {fd} of process {pid} ({target}) is of a type that cannot be checkpointed yet")
+    if kind in (K.REG, K.DIR, K.CHR, K.FIFO) and target.endswith(" (deleted)"):
+        raise UcrError(f"fd {fd} of process {pid} refers to deleted file {target[:-10]}")
+    if kind in (K.TTY, K.SOCKET) and fd >= STD_STREAMS:
+        raise UcrError(f"fd {fd} of process {pid} is a {K[kind]} ({target}); "
+                       "only standard input/output/error may be one yet")
+    flags = int(info.get("flags", "0"), 8)
+    fields = dict(fd=fd, kind=kind, flags=flags & ~os.O_CLOEXEC, fd_flags=1 if flags & os.O_CLOEXEC else 0,
+                  pos=int(info.get("pos", 0)), mode=st.st_mode, dev=st.st_dev, ino=st.st_ino, rdev=st.st_rdev,
+                  size=st.st_size)
+    if owner is not None:
+        owner.note(ctx, fd, st, info, fields)
+    return R.FILE.pack(tail=target, file_id=_file_id(ctx.tree, pid, fd, st), **fields)
+
+
+def dump(ctx):
+    for fd, target, info in proc.fds(ctx.pid):
+        yield _file_record(ctx, fd, target, info)
+
+
+def _fd_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+class Restore:
+    def __init__(self, rst):
+        self.rst = rst
+        self.descs = {}   # file_id, or ("std", fd) for a standard stream -> kept fd
+        self.owners = {kind: owner.__name__.rsplit(".", 1)[1] for owner in OWNERS for kind in owner.KINDS}
+        self.terminal_modes = {}  # rstr's fd -> termios to put on it before the tree runs
+
+    def _external(self, rec):
+        """Standard streams that are a terminal (other than a pseudo-terminal
+        the tree holds), a socket, or a pipe the tree holds only one end of."""
+        kind = rec["kind"]
+        if rec["fd"] >= STD_STREAMS:
+            return False
+        if kind in (K.TTY, K.PTY_SLAVE):
+            return not self.rst.part("tty").ours(rec)
+        if kind == K.PIPE:
+            modes = {f["flags"] & os.O_ACCMODE for p in self.rst.img.procs for f in p.records("FILE")
+                     if f["kind"] == kind and f["ino"] == rec["ino"]}
+            return len(modes) == 1
+        return kind == K.SOCKET
+
+    def _open_external(self, rec):
+        """rstr's own fd of the same number (unless that is the image), else /dev/null."""
+        fd = rec["fd"]
+        if fd == self.rst.in_fd or not _fd_open(fd):
+            return os.open("/dev/null", rec["flags"] & os.O_ACCMODE)
+        if rec["kind"] in (K.TTY, K.PTY_SLAVE):
+            modes = self.rst.part("tty").terminal_modes(rec, fd)
+            if modes is not None:
+                self.terminal_modes[fd] = modes
+        return os.dup(fd)
+
+    def _open_path(self, rec):
+        path, fd = rec["tail"], rec["fd"]
+        if rec["kind"] in (K.SOCKET, K.TTY):
+            raise UcrError(f"fd {fd} is a {K[rec['kind']]} ({path}); restoring that is not supported yet")
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise UcrError(f"file {path} (fd {fd}) is gone since the checkpoint: {e.strerror}") from None
+        if rec["kind"] == K.REG:
+            self._check_size(rec, st)
+        flags = rec["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
+        try:
+            new = os.open(path, flags)
+        except OSError as e:
+            raise UcrError(f"cannot reopen {path} (fd {fd}): {e.strerror}") from None
+        if rec["kind"] == K.REG:
+            os.lseek(new, rec["pos"], os.SEEK_SET)
+        return new
+
+    def _check_size(self, rec, st):
+        """A file that grew or shrank since the checkpoint comes back at its
+        saved offset with a warning (strict: an error), as CRIU does; one
+        that no longer reaches that offset is an error."""
+        path, fd, pos = rec["tail"], rec["fd"], rec["pos"]
+        if st.st_size == rec["size"] or rec["flags"] & os.O_APPEND:  # appends go to the end anyway
+            return
+        change = f"changed size since the checkpoint ({rec['size']} -> {st.st_size} bytes)"
+        if st.st_size < pos:
+            raise UcrError(f"file {path} (fd {fd}) {change}: its offset {pos} is past the end")
+        if self.rst.strict_files:
+            raise UcrError(f"file {path} (fd {fd}) {change}; restart without --strict-files to accept that")
+        self.rst.warn(f"warning: file {path} (fd {fd}) {change}; restored at offset {pos}")
+
+    def _open(self, rec):
+        if self._external(rec):
+            return self._open_external(rec)
+        owner = self.owners.get(rec["kind"])
+        if owner:
+            return self.rst.part(owner).open(rec)
+        return self._open_path(rec)
+
+    def fd(self, rec):
+        """The kept fd for rec's open file description, opened once per
+        file_id; each standard stream that follows rstr's on its own."""
+        key = ("std", rec["fd"]) if self._external(rec) else rec["file_id"]
+        if key not in self.descs:
+            self.descs[key] = self.rst.keep(self._open(rec))
+        return self.descs[key]
+
+    def prepare(self, plan, p):
+        def fd(f, rec):
+            f.src, f.dst, f.cloexec = self.fd(rec), rec["fd"], rec["fd_flags"]
+        plan.fds, plan.nr_fds = self.rst.region.array("ucr_fd", p.records("FILE"), fd)
