@@ -59,7 +59,7 @@ CONST_PREFIXES = (
     "MADV_", "MREMAP_", "RSEQ_", "UC_", "ARCH_", "FP_XSTATE_", "PSR_",
     "FPSIMD_MAGIC", "ESR_MAGIC", "EXTRA_MAGIC", "SVE_MAGIC", "ZA_MAGIC",
     "CSIGNAL", "MINSIGSTKSZ", "_NSIG", "ARM_VFPREGS_SIZE", "ELF_NGREG",
-    "FUTEX_", "CLOSE_RANGE_",
+    "FUTEX_", "CLOSE_RANGE_", "TIOC", "SHM_", "F_",
 )
 CONST_EXCLUDE = {"SIG_DFL", "SIG_IGN", "SIG_ERR"}
 
@@ -78,6 +78,10 @@ UAPI_INCLUDES = """\
 #include <linux/rseq.h>
 #include <linux/futex.h>
 #include <linux/close_range.h>
+#include <linux/fcntl.h>
+#include <linux/kcmp.h>
+#include <linux/shm.h>
+#include <asm/ioctls.h>
 """
 ARCH_INCLUDES = {
     "x86_64": "#include <asm/ucontext.h>\n#include <asm/prctl.h>\n",
@@ -131,7 +135,12 @@ struct ucr_kernel_sigaction { void *handler; unsigned long flags; void *restorer
 """,
 }
 
-# Extra values from kernel source that no header states.
+# Extra values from kernel source that no header states (or that only
+# headers newer than the toolchains' state).
+_COMMON_EXTRA = {
+    "UCR_KCMP_FILE": "KCMP_FILE",  # an enum, not a macro
+    "UCR_PR_TIMER_CREATE_RESTORE_IDS": "77",  # Linux 6.14 UAPI
+}
 EXTRA_CONSTANTS = {
     "x86_64": {},
     # arch/arm/kernel/ptrace.c sizes the NT_ARM_VFP regset as 32*8+4 = 260
@@ -370,7 +379,7 @@ def extract_arch(arch: str, workdir: Path) -> dict:
         # PROBE_TYPES macros are not in -dM of the headers.
         for name in ("VFP_MAGIC", "DUMMY_MAGIC"):
             entries.append((("c", name), name, None))
-    for name, expr in EXTRA_CONSTANTS[arch].items():
+    for name, expr in {**_COMMON_EXTRA, **EXTRA_CONSTANTS[arch]}.items():
         entries.append((("c", name), expr, None))
     entries.append((("c", "UCR_KERNEL_SIGSET_SIZE"), "64 / 8", None))
     layouts = {}

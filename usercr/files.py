@@ -21,7 +21,6 @@ from .native import lib
 
 K = R.FD_KINDS
 OWNERS = (tty, pipes)
-KCMP_FILE = 0
 STD_STREAMS = 3
 
 
@@ -41,10 +40,11 @@ def _classify(st, target, info):
     return None, None
 
 
-def _file_id(tree, pid, fd, st):
-    descs = tree.setdefault("descs", [])   # (pid, fd, dev, ino, file_id)
+def _file_id(ctx, fd, st):
+    descs = ctx.tree.setdefault("descs", [])   # (pid, fd, dev, ino, file_id)
+    pid, kcmp_file = ctx.pid, ctx.arch.C["UCR_KCMP_FILE"]
     for opid, ofd, dev, ino, fid in descs:
-        if (dev, ino) == (st.st_dev, st.st_ino) and lib.ucr_kcmp(pid, opid, KCMP_FILE, fd, ofd) == 0:
+        if (dev, ino) == (st.st_dev, st.st_ino) and lib.ucr_kcmp(pid, opid, kcmp_file, fd, ofd) == 0:
             return fid
     fid = len({d[4] for d in descs}) + 1
     descs.append((pid, fd, st.st_dev, st.st_ino, fid))
@@ -71,7 +71,7 @@ def _file_record(ctx, fd, target, info):
                   size=st.st_size)
     if owner is not None:
         owner.note(ctx, fd, st, info, fields)
-    return R.FILE.pack(tail=target, file_id=_file_id(ctx.tree, pid, fd, st), **fields)
+    return R.FILE.pack(tail=target, file_id=_file_id(ctx, fd, st), **fields)
 
 
 def dump(ctx):

@@ -2,6 +2,7 @@
 plan per process in a region free in every layout, create the root with
 clone3, and let the restorer blob rebuild the tree from there. Each kind of
 kernel state prepares its own part of every plan (PARTS, in order)."""
+import errno
 import fcntl
 import os
 import select
@@ -16,7 +17,6 @@ from .model import PAGE_SIZE, Image
 from .native import ffi, lib
 from .tree import Creation
 
-SIGCHLD = 17
 STACK_SIZE = 64 * 1024
 MIN_REGION_ADDR = 1 << 30
 STATUS = struct.Struct("<iiQii")
@@ -51,7 +51,7 @@ STEP_TEXT = {
     lib.UCR_STEP_TIMER: "restoring timer {detail}",
     lib.UCR_STEP_ZOMBIE: "waiting for zombie {detail} to exit",
 }
-ERRNO_TEXT = {61: "image truncated"}  # ENODATA from the restorer's reader
+ERRNO_TEXT = {errno.ENODATA: "image truncated"}  # the restorer's reader
 
 
 def page_up(n):
@@ -212,7 +212,7 @@ class Restorer:
             self._common(len(img.procs) + k, lead).placeholder = 1
         if region.used > data_size:
             raise UcrError("internal error: restore plan larger than its region")
-        lib.ucr_protect(region.start, page_up(len(blob)), 5)  # PROT_READ | PROT_EXEC
+        lib.ucr_protect(region.start, page_up(len(blob)), arch.C["PROT_READ"] | arch.C["PROT_EXEC"])
         cur = ffi.new("uint64_t *"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
         lib.ucr_rseq_self(*cur)
         root = self.plans[0]
@@ -236,7 +236,7 @@ class Restorer:
         def child(c, j):
             c.plan, c.pid = int(ffi.cast("uintptr_t", self.plans[j])), \
                 (img.procs[j].pid if j < n else creation.placeholders[j - n]) if self.pids else 0
-            c.exit_signal = img.procs[j]["TASK"]["exit_signal"] if j < n else SIGCHLD
+            c.exit_signal = img.procs[j]["TASK"]["exit_signal"] if j < n else signal.SIGCHLD
             c.zombie, c.placeholder = j < n and img.procs[j].zombie, j >= n
             c.clone_parent = creation.clone_parent[j]
         plan.children, plan.nr_children = region.array("ucr_child", creation.children(node), child)
@@ -244,7 +244,7 @@ class Restorer:
 
     def spawn(self, set_tid, flags=0):
         arr = ffi.new("int32_t[]", set_tid or [0])
-        return lib.ucr_spawn_restorer(flags, arr, len(set_tid), SIGCHLD, self.region.start,
+        return lib.ucr_spawn_restorer(flags, arr, len(set_tid), signal.SIGCHLD, self.region.start,
                                       int(ffi.cast("uintptr_t", self.plans[0])), self.region.shared_start)
 
     def close_fds(self):
@@ -269,13 +269,13 @@ class Restorer:
         n = len(self.img.procs)
         where = f" (process {self.img.procs[task].pid})" if 1 < n > task else \
             f" (the stand-in for gone leader {self.creation.placeholders[task - n]})" if task >= n else ""
-        if step == lib.UCR_STEP_CLONE and err == 17:
+        if step == lib.UCR_STEP_CLONE and err == errno.EEXIST:
             return UcrError(f"PID {detail} is in use; restart with --pidns or --no-pids")
-        if step == lib.UCR_STEP_THREAD and err == 17:
+        if step == lib.UCR_STEP_THREAD and err == errno.EEXIST:
             return UcrError(f"thread ID {detail} is in use; restart with --pidns or --no-pids")
         if step == lib.UCR_STEP_CHECKSUM:
             return UcrError(what)
-        if step == lib.UCR_STEP_READ and err == 61:
+        if step == lib.UCR_STEP_READ and err == errno.ENODATA:
             return UcrError(f"image truncated at offset {detail}")
         reason = ERRNO_TEXT.get(err) or (os.strerror(err) if err else "")
         return UcrError(f"restart failed {what}{where}" + (f": {reason}" if reason else ""))
@@ -413,7 +413,7 @@ def _restore_tree(image, reader, arch, in_fd, pids, pidns, log, strict_files):
                 _reaper(rst, orig_pid)
         else:
             top = rst.spawn([orig_pid] if pids else [])
-        if top == -17:  # EEXIST
+        if top == -errno.EEXIST:
             raise UcrError(f"PID {orig_pid} is in use; restart with --pidns or --no-pids")
         if top < 0:
             raise UcrError(f"creating the task failed: {os.strerror(-top)}")

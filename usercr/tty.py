@@ -21,8 +21,6 @@ TTY_MAJORS = set(range(136, 144)) | {4, 5}
 PTS_MAJORS = range(136, 144)
 PTMX = os.makedev(5, 2)
 TERMIOS_SIZE = 64
-TIOCSPTLCK = 0x40045431
-TIOCGPTPEER = 0x5441
 
 
 def pts_index(rdev):
@@ -155,8 +153,9 @@ class Restore:
         saved = self.saved[index]
         try:
             master = self.rst.keep(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
-            fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-            slave = self.rst.keep(fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY))
+            C = self.rst.arch.C
+            fcntl.ioctl(master, C["TIOCSPTLCK"], struct.pack("i", 0))
+            slave = self.rst.keep(fcntl.ioctl(master, C["TIOCGPTPEER"], os.O_RDWR | os.O_NOCTTY))
         except OSError as e:
             raise UcrError(f"cannot create a pseudo-terminal: {e.strerror}") from None
         modes = struct.pack("<8Q", *saved["termios"])

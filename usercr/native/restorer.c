@@ -12,6 +12,15 @@
 #include <linux/mman.h>
 #include <linux/prctl.h>
 #include <linux/fcntl.h>
+#include <linux/futex.h>
+#include <linux/rseq.h>
+#include <linux/sched.h>
+#include <linux/shm.h>
+#include <linux/wait.h>
+#include <linux/errno.h>
+#include <asm/ioctls.h>
+#include <asm/resource.h>
+#include <asm/signal.h>
 #include "records_gen.h"
 #include "plan.h"
 #include "csum.h"
@@ -36,30 +45,11 @@ static inline long sys5(long n, long a, long b, long c, long d, long e) { return
 #define MMAP_OFF(o, ps) ((long)(o))
 #endif
 
-#define RSEQ_FLAG_UNREGISTER 1
 #define READ_CHUNK (1UL << 20)
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
+#ifndef PR_TIMER_CREATE_RESTORE_IDS
+#define PR_TIMER_CREATE_RESTORE_IDS 77  /* Linux 6.14 UAPI, newer than the toolchains' headers */
 #endif
-#define FUTEX_WAIT 0
-#define FUTEX_WAKE 1
-#define SIGCHLD 17
-#define P_PID 1
-#define WEXITED 4
-#define WNOWAIT 0x01000000
-#define PR_TIMER_CREATE_RESTORE_IDS 77
-#define TIOCSCTTY 0x540E
-#define TIOCSPGRP 0x5410
-#define SHM_RDONLY 010000
-#define SHM_EXEC 0100000
 #define THREAD_FLAGS (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM)
-#define CLONE_PARENT 0x8000
-#define CLONE_VM 0x100
-#define CLONE_FS 0x200
-#define CLONE_FILES 0x400
-#define CLONE_SIGHAND 0x800
-#define CLONE_THREAD 0x10000
-#define CLONE_SYSVSEM 0x40000
 
 /* The kernel's struct clone_args (v2, with set_tid). */
 struct kclone_args {
@@ -143,12 +133,12 @@ static long read_full(int fd, void *buf, uint64_t len)
     char *b = buf;
     while (len) {
         long r = sys3(__NR_read, fd, A(b), (long)len);
-        if (r == -4 /* EINTR */)
+        if (r == -EINTR)
             continue;
         if (r < 0)
             return r;
         if (r == 0)
-            return -61; /* ENODATA: truncated */
+            return -ENODATA; /* truncated */
         b += r;
         len -= (uint64_t)r;
     }
@@ -192,13 +182,13 @@ static void read_pages(struct ucr_plan *p)
         if (rec.h.type == UCR_REC_PAGES_END) {
             struct ucr_rec_pages_end end;
             if (rec.h.len != sizeof(end))
-                fail(p, UCR_STEP_RECORD, -22, at);
+                fail(p, UCR_STEP_RECORD, -EINVAL, at);
             end.h = rec.h;
             r = read_full(p->image_fd, (char *)&end + sizeof(end.h), sizeof(end) - sizeof(end.h));
             if (r)
                 fail(p, UCR_STEP_READ, r, at);
             if (end.pid != p->image_pid)
-                fail(p, UCR_STEP_RECORD, -22, at);
+                fail(p, UCR_STEP_RECORD, -EINVAL, at);
             ucr_csum_words(p->csum, &end, sizeof(end));
             p->image_offset += sizeof(end);
             if (!p->last_pages)
@@ -209,19 +199,19 @@ static void read_pages(struct ucr_plan *p)
             if (r)
                 fail(p, UCR_STEP_READ, r, at);
             if (tail.h.type != UCR_REC_TAIL || tail.h.len != sizeof(tail))
-                fail(p, UCR_STEP_RECORD, -22, at);
+                fail(p, UCR_STEP_RECORD, -EINVAL, at);
             if (tail.magic != UCR_TAIL_MAGIC || tail.csum_a != p->csum[0] || tail.csum_b != p->csum[1])
                 fail(p, UCR_STEP_CHECKSUM, 0, at);
             return;
         }
         if (rec.h.type != UCR_REC_PAGES || rec.h.len < sizeof(rec))
-            fail(p, UCR_STEP_RECORD, -22, at);
+            fail(p, UCR_STEP_RECORD, -EINVAL, at);
         r = read_full(p->image_fd, (char *)&rec + sizeof(rec.h), sizeof(rec) - sizeof(rec.h));
         if (r)
             fail(p, UCR_STEP_READ, r, at);
         uint64_t len = rec.nr_pages * p->page_size;
         if (rec.h.len != sizeof(rec) + len || !pages_target_ok(p, rec.vaddr, len))
-            fail(p, UCR_STEP_RECORD, -22, at);
+            fail(p, UCR_STEP_RECORD, -EINVAL, at);
         ucr_csum_words(p->csum, &rec, sizeof(rec));
         /* The pages in one call rather than a fault per page during the read
          * (~15-25 % of a restore of fresh memory); without it (before Linux
@@ -297,7 +287,7 @@ static void replace_address_space(struct ucr_plan *p)
              * though its own choices need not have it: attach anywhere and
              * move it there, with the place held meanwhile so that the
              * attachment cannot overlap it (mremap refuses an overlap). */
-            if (r == -22) {
+            if (r == -EINVAL) {
                 r = ucr_sys6(MMAP_NR, A(v[i].start), A(len), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
                              -1, 0);
                 if (!is_err(r))
@@ -306,14 +296,14 @@ static void replace_address_space(struct ucr_plan *p)
                     r = sys5(__NR_mremap, r, A(len), A(len), MREMAP_MAYMOVE | MREMAP_FIXED, A(v[i].start));
             }
             if (is_err(r) || (uint64_t)(unsigned long)r != v[i].start)
-                fail(p, UCR_STEP_MAP, is_err(r) ? r : -17, v[i].start);
+                fail(p, UCR_STEP_MAP, is_err(r) ? r : -EEXIST, v[i].start);
             continue;
         }
         uint32_t prot = needs_fill(&v[i]) ? (v[i].prot | PROT_WRITE) : v[i].prot;
         r = ucr_sys6(MMAP_NR, A(v[i].start), A(len), prot, v[i].mmap_flags | MAP_FIXED, v[i].fd,
                      MMAP_OFF(v[i].offset, p->page_size));
         if (is_err(r) || (uint64_t)(unsigned long)r != v[i].start)
-            fail(p, UCR_STEP_MAP, is_err(r) ? r : -17, v[i].start);
+            fail(p, UCR_STEP_MAP, is_err(r) ? r : -EEXIST, v[i].start);
     }
     read_pages_in_turn(p);
     for (uint32_t i = 0; i < p->nr_vmas; i++) {
@@ -384,7 +374,7 @@ static void restore_task_state(struct ucr_plan *p)
             fail(p, UCR_STEP_RLIMIT, r, i);
     }
     for (int sig = 1; sig <= 64; sig++) {
-        if (sig == 9 || sig == 19) /* SIGKILL, SIGSTOP */
+        if (sig == SIGKILL || sig == SIGSTOP)
             continue;
 #if UCR_KSIGACTION_SAME_AS_PLAN
         r = sys4(__NR_rt_sigaction, sig, A(&p->sigactions[sig - 1]), 0, 8);
@@ -433,7 +423,7 @@ static void restore_timers(struct ucr_plan *p)
                 sys1(__NR_timer_delete, id);
         } while (!r && !explicit_ids && id < t[i].id);
         if (!r && id != t[i].id)
-            r = -17; /* EEXIST: the id is taken */
+            r = -EEXIST; /* the id is taken */
         if (r)
             fail(p, UCR_STEP_TIMER, r, (uint64_t)t[i].id);
         long its[4] = { (long)t[i].its[0], (long)t[i].its[1], (long)t[i].its[2], (long)t[i].its[3] };
@@ -536,7 +526,7 @@ static __attribute__((noreturn)) void become_zombie(struct ucr_plan *p)
     if (sig) {
         uint64_t no_core[2] = { 0, 0 }, none = 0, unblock = 1ULL << (sig - 1);
         struct ucr_sigaction dfl = { 0, 0, 0, 0 };
-        sys4(__NR_prlimit64, 0, 4 /* RLIMIT_CORE */, A(no_core), 0);
+        sys4(__NR_prlimit64, 0, RLIMIT_CORE, A(no_core), 0);
 #if UCR_KSIGACTION_SAME_AS_PLAN
         sys4(__NR_rt_sigaction, sig, A(&dfl), 0, 8);
 #else
@@ -545,7 +535,7 @@ static __attribute__((noreturn)) void become_zombie(struct ucr_plan *p)
         sys4(__NR_rt_sigaction, sig, A(&ka), 0, 8);
 #endif
         sys2(__NR_kill, sys0(__NR_getpid), sig);
-        sys4(__NR_rt_sigprocmask, 1 /* SIG_UNBLOCK */, A(&unblock), A(&none), 8);
+        sys4(__NR_rt_sigprocmask, SIG_UNBLOCK, A(&unblock), A(&none), 8);
     }
     sys1(__NR_exit_group, (status >> 8) & 0xff);
     __builtin_unreachable();
@@ -619,7 +609,7 @@ static void settle_zombie_children(struct ucr_plan *p)
         long r;
         do  /* a zombie stays one; a placeholder is reaped */
             r = sys5(__NR_waitid, P_PID, pid, A(info), WEXITED | (c[i].zombie ? WNOWAIT : 0), 0);
-        while (r == -4);
+        while (r == -EINTR);
         if (r)
             fail(p, UCR_STEP_ZOMBIE, r, (uint64_t)c[i].pid);
         any = 1;
@@ -671,7 +661,7 @@ __attribute__((section(".text.entry"), used, noreturn)) void ucr_restorer_entry(
     uint64_t all = ~0ULL;
     long r;
 
-    sys4(__NR_rt_sigprocmask, 2 /* SIG_SETMASK */, A(&all), 0, 8);
+    sys4(__NR_rt_sigprocmask, SIG_SETMASK, A(&all), 0, 8);
     /* glibc's rseq area in rstr is about to be unmapped: the kernel would
      * fault on it. Children are created after this, without it. */
     if (p->cur_rseq) {
