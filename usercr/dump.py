@@ -4,6 +4,7 @@ import os
 import stat
 import struct
 
+from . import creds
 from . import ipc
 from . import proc
 from . import records as R
@@ -254,7 +255,7 @@ def _call(tracee, what, nr, *args):
 def _injected_state(threads, arch, maps):
     """State only the tasks themselves can tell, read by syscalls run inside
     them: signal actions, brk, itimers, POSIX timers, pdeathsig (process);
-    sigaltstack, clear_child_tid, robust list (each thread)."""
+    sigaltstack, clear_child_tid, robust list, securebits (each thread)."""
     main = threads[0]
     pid = main.pid
     st = proc.status(pid)
@@ -300,7 +301,8 @@ def _injected_state(threads, arch, maps):
             _call(t, "reading the robust futex list", nr["get_robust_list"], 0, scratch, scratch + word)
             head, size = (LONG.unpack(t.read(scratch + i * word, word))[0] for i in range(2))
             out["threads"].append(dict(altstack=altstack, clear_child_tid=tid_address,
-                                       robust_list=head & ((1 << 8 * word) - 1), robust_len=size))
+                                       robust_list=head & ((1 << 8 * word) - 1), robust_len=size,
+                                       securebits=_call(t, "reading securebits", nr["prctl"], arch.C["PR_GET_SECUREBITS"])))
         main.syscall(nr["munmap"], scratch, PAGE_SIZE)
     finally:
         for t in threads[1:]:
@@ -513,6 +515,7 @@ def _write_process(threads, arch, writer, files, ns, sysv):
     """Writes one process's records; returns the page ranges to copy later."""
     main = threads[0]
     pid = main.pid
+    security = creds.dump_threads(threads, arch)
     injected = _injected_state(threads, arch, proc.maps(pid))
     maps = proc.maps(pid)
     st = proc.status(pid)
@@ -521,16 +524,13 @@ def _write_process(threads, arch, writer, files, ns, sysv):
     mm = dict(start_code=int(sf[26]), end_code=int(sf[27]), start_stack=int(sf[28]),
               start_data=int(sf[45]), end_data=int(sf[46]), start_brk=int(sf[47]), brk=injected["brk"],
               arg_start=int(sf[48]), arg_end=int(sf[49]), env_start=int(sf[50]), env_end=int(sf[51]))
-    uids = [int(x) for x in st["Uid"].split()]
-    gids = [int(x) for x in st["Gid"].split()]
-    groups = [int(x) for x in st.get("Groups", "").split()]
 
     writer.add(R.TASK.pack(pid=ns(pid), exit_signal=int(sf[38]), pdeathsig=injected["pdeathsig"], comm=sf[2][:15],
                            personality=int(proc.read_text(pid, "personality"), 16),
                            tty_nr=tty_nr, ctty_fg=1 if tty_nr and tpgid == pgid else 0,
-                           nr_threads=len(threads), tail=proc.readlink(pid, "exe")))
-    writer.add(R.CREDS.pack(uid=uids[0], euid=uids[1], suid=uids[2], fsuid=uids[3],
-                            gid=gids[0], egid=gids[1], sgid=gids[2], fsgid=gids[3], tail=groups))
+                           nr_threads=len(threads), stopped=creds.stop_signal(main, arch),
+                           tail=proc.readlink(pid, "exe")))
+    writer.add(creds.creds_record(st))
     writer.add(R.RLIMITS.pack(limits=[v & (2**64 - 1) for lim in proc.rlimits(pid) for v in lim]))
     writer.add(R.FS.pack(umask=int(st.get("Umask", "0022"), 8),
                          tail=[proc.readlink(pid, "cwd"), proc.readlink(pid, "root")]))
@@ -540,7 +540,7 @@ def _write_process(threads, arch, writer, files, ns, sysv):
         writer.add(R.POSIX_TIMER.pack(**dict(t, notify_tid=ns.thread(t["notify_tid"]) if t["notify_tid"] else 0)))
     for rec in getattr(arch, "dump_process", lambda t: [])(main):
         writer.add(rec)
-    for t, extra in zip(threads, injected["threads"]):
+    for t, extra, sec in zip(threads, injected["threads"], security):
         rseq = t.rseq_configuration() or (0, 0, 0)
         tst = proc.status(t.pid)
         sp, ss_flags, ss_size = extra["altstack"]
@@ -548,7 +548,7 @@ def _write_process(threads, arch, writer, files, ns, sysv):
                                  altstack_sp=sp, altstack_flags=ss_flags, altstack_size=ss_size,
                                  blocked=proc.sigmask(tst["SigBlk"]), clear_child_tid=extra["clear_child_tid"],
                                  robust_list=extra["robust_list"], robust_len=extra["robust_len"]))
-        for rec in arch.dump_cpu(t):
+        for rec in arch.dump_cpu(t) + creds.thread_records(sec, extra["securebits"]):
             writer.add(rec)
         for info in t.pending_signals(False):
             writer.add(R.SIGPENDING.pack(shared=0, signo=int.from_bytes(info[:4], "little"), tail=info))

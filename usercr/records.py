@@ -142,9 +142,10 @@ PIDS = _rec(101, "PIDS", [("pid", "s32"), ("tgid", "s32"), ("ppid", "s32"), ("pg
 TASK = _rec(103, "TASK", [
     ("pid", "s32"), ("exit_signal", "s32"), ("pdeathsig", "s32"), ("personality", "u32"),
     ("comm", "char[16]"), ("tty_nr", "u64"), ("ctty_fg", "u32"), ("nr_threads", "u32"),
-    ("zombie", "u32"), ("exit_status", "s32"),
-], tail="str", doc="process: comm, personality, threads; a zombie has only this record and its wait "
-                   "status; tail is the executable's ELF path. Its records follow up to the next TASK")
+    ("zombie", "u32"), ("exit_status", "s32"), ("stopped", "u32"), ("pad", "u32"),
+], tail="str", doc="process: comm, personality, threads, the signal of its group stop (0: not stopped); "
+                   "a zombie has only this record and its wait status; tail is the executable's ELF path. "
+                   "Its records follow up to the next TASK")
 THREAD = _rec(104, "THREAD", [
     ("tid", "s32"), ("rseq_len", "u32"), ("rseq_ptr", "u64"), ("rseq_sig", "u32"),
     ("altstack_flags", "s32"), ("altstack_sp", "u64"), ("altstack_size", "u64"),
@@ -155,6 +156,15 @@ CREDS = _rec(108, "CREDS", [
     ("uid", "u32"), ("euid", "u32"), ("suid", "u32"), ("fsuid", "u32"),
     ("gid", "u32"), ("egid", "u32"), ("sgid", "u32"), ("fsgid", "u32"),
 ], tail="u32s", doc="credentials; tail is the supplementary groups")
+SECURITY = _rec(110, "SECURITY", [
+    ("cap_inheritable", "u64"), ("cap_permitted", "u64"), ("cap_effective", "u64"), ("cap_bounding", "u64"),
+    ("cap_ambient", "u64"), ("securebits", "u32"), ("no_new_privs", "u32"), ("seccomp", "u32"),
+    ("nr_filters", "u32"),
+], doc="thread: capability sets, securebits, no_new_privs, seccomp mode and number of filters; its "
+       "SECCOMP_FILTER records follow")
+SECCOMP_FILTER = _rec(111, "SECCOMP_FILTER", [("index", "u32"), ("flags", "u32")], tail="bytes",
+                      doc="thread: one seccomp filter, oldest first; flags: SECCOMP_FILTER_FLAG_LOG; tail is "
+                          "its classic BPF program (struct sock_filter[])")
 RLIMITS = _rec(109, "RLIMITS", [("limits", "u64[32]")],
                doc="16 rlimits as (cur, max) pairs; RLIM_INFINITY is all ones")
 

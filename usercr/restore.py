@@ -7,6 +7,7 @@ import select
 import signal
 import struct
 
+from . import creds
 from . import ipc
 from . import proc
 from . import records as R
@@ -50,6 +51,8 @@ STEP_TEXT = {
     lib.UCR_STEP_THREAD: "creating thread {detail}",
     lib.UCR_STEP_TIMER: "restoring timer {detail}",
     lib.UCR_STEP_ZOMBIE: "waiting for zombie {detail} to exit",
+    lib.UCR_STEP_CAPS: "restoring capabilities, securebits or no_new_privs (stage {detail})",
+    lib.UCR_STEP_SECCOMP: "installing seccomp filter {detail}",
 }
 ERRNO_TEXT = {61: "image truncated"}  # ENODATA from the restorer's reader
 
@@ -80,9 +83,11 @@ class Process:
             self.threads.append({"THREAD": rec, "SIGPENDING": []})
         elif rec.name == "SIGPENDING" and not rec["shared"] and self.threads:
             self.threads[-1]["SIGPENDING"].append(rec)
+        elif rec.name == "SECCOMP_FILTER" and self.threads:
+            self.threads[-1].setdefault("SECCOMP_FILTER", []).append(rec)
         elif rec.name in self.many:
             self.many[rec.name].append(rec)
-        elif self.threads and 200 < rec.type < 300:
+        elif self.threads and (200 < rec.type < 300 or rec.name == "SECURITY"):
             self.threads[-1][rec.name] = rec
         else:
             self.one[rec.name] = rec
@@ -522,7 +527,7 @@ class Restorer:
                 * ffi.sizeof("struct ucr_siginfo")
             size += len(p.many["POSIX_TIMER"]) * ffi.sizeof("struct ucr_timer")
             size += len(p.threads) * (ffi.sizeof("struct ucr_thread") + 32 * 1024)  # with its signal frame
-            size += 2 * (ffi.sizeof("struct ucr_child") + 64)
+            size += 2 * (ffi.sizeof("struct ucr_child") + 64) + creds.data_size(p)
             if "MM" in p.one:
                 size += len(p["MM"]["tail"]) + 4 * len(p["CREDS"]["tail"])
         return page_up(size)
@@ -644,7 +649,7 @@ class Restorer:
         cwd, root = p["FS"]["tail"]
         plan.cwd_fd, plan.root_fd = self._dir(cwd), self._dir(root) if root != "/" else -1
         plan.umask = p["FS"]["umask"]
-        self._creds(plan, p)
+        creds.prepare_restore(self, plan, p)
 
     def _ctty(self, task):
         """The kept slave fd of the controlling terminal, when it is a
@@ -734,18 +739,6 @@ class Restorer:
                 hard = my_hard
             out += [min(cur, hard), hard]
         return out
-
-    def _creds(self, plan, p):
-        c = p["CREDS"]
-        for key in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
-            setattr(plan, key, c[key])
-        groups = c["tail"]
-        if os.geteuid() == 0:
-            plan.restore_creds = 1
-            plan.groups = self.region.put(struct.pack(f"<{len(groups)}I", *groups)) if groups else 0
-            plan.nr_groups = len(groups)
-        elif (os.getuid(), os.getgid()) != (c["uid"], c["gid"]):
-            raise UcrError(f"the image runs as uid {c['uid']}; restarting it needs root")
 
     def spawn(self, set_tid, flags=0):
         arr = ffi.new("int32_t[]", set_tid or [0])
