@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from conftest import assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
 from test_tree import assert_sane, cycles, family, start, ticked, ticks, tree
 
@@ -96,15 +97,18 @@ def test_parent_waits_for_and_continues_stopped_child(procs, workloads, tmp_path
     ticked(out, ticks(out)[-1] + 5)
 
 
-def test_capabilities_and_seccomp_three_cycles(procs, workloads, tmp_path):
+@pytest.mark.parametrize("mode", ["secure", "threads"])
+def test_capabilities_and_seccomp_three_cycles(procs, workloads, tmp_path, mode):
     """Bounding set, capability sets, an ambient capability, securebits,
-    no_new_privs and two seccomp filters of a root process and its thread:
-    the same /proc status lines after each cycle, and the workload finds the
-    filters acting every tick. A checkpoint without --kill leaves them on."""
+    no_new_privs and two seccomp filters of a root process and its thread
+    (which shares them, or with "threads" adds one of its own): the same
+    /proc status lines after each cycle, and the workload finds the filters
+    acting every tick. A checkpoint without --kill leaves them on."""
     out = tmp_path / "out"
-    root = start(procs, workloads["procstate"], out, "secure")
+    root = start(procs, workloads["procstate"], out, mode)
     before = security(root)
     assert before[0][-2:] == ["Seccomp:\t2", "Seccomp_filters:\t2"] and len(before) == 2
+    assert before[1][-1] == f"Seccomp_filters:\t{3 if mode == 'threads' else 2}"
     ckpt(root, tmp_path / "plain")
     ticked(out, ticks(out)[-1] + 5)
     for k in range(3):

@@ -2,6 +2,8 @@
  *   procstate secure  root: bounding set, capability sets, an ambient cap, securebits,
  *                     no_new_privs, two seccomp filters (getppid fails with EHOSTDOWN, uname
  *                     with EHOSTUNREACH), and a thread created after them that checks too
+ *   procstate threads as secure, and the thread adds a filter of its own (getpgid fails
+ *                     with ENOLINK there only)
  *   procstate uid     root turned uid/gid 1000 with KEEPCAPS: keeps CAP_NET_BIND_SERVICE and
  *                     CAP_KILL, a seccomp filter installed with CAP_SYS_ADMIN (no no_new_privs)
  *   procstate parent  a child ticks; the parent reports its stops ("stopped N") and
@@ -22,7 +24,7 @@
 #define BIT(c) (1ULL << (c))
 
 static uint64_t want_eff, want_prm, want_inh;
-static int want_securebits, want_nnp, uid_mode;
+static int want_securebits, want_nnp, uid_mode, thread_filter;
 
 static int capset3(uint64_t eff, uint64_t prm, uint64_t inh)
 {
@@ -49,6 +51,10 @@ static long filter(int nr, uint32_t action, unsigned flags)
 
 static void check_filters(const char *who)
 {
+    int in_thread = !strcmp(who, "thread");
+    errno = 0;
+    if (thread_filter && (syscall(SYS_getpgid, 0) == -1) != in_thread)
+        bad("%s: getpgid %s filtered (errno %d)", who, in_thread ? "was not" : "was", errno);
     errno = 0;
     if (syscall(SYS_getppid) != -1 || errno != EHOSTDOWN)
         bad("%s: getppid was not filtered (errno %d)", who, errno);
@@ -85,6 +91,8 @@ static void check_state(const char *who)
 static void *checker(void *arg)
 {
     (void)arg;
+    if (thread_filter)
+        filter(SYS_getpgid, SECCOMP_RET_ERRNO | ENOLINK, 0);
     for (;;) {
         check_state("thread");
         sleep_ms(20);
@@ -187,7 +195,8 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "notify")) {
         if (filter(SYS_getppid, SECCOMP_RET_USER_NOTIF, SECCOMP_FILTER_FLAG_NEW_LISTENER) < 0)
             bad("no listener");
-    } else if (!strcmp(mode, "secure")) {
+    } else if (!strcmp(mode, "secure") || !strcmp(mode, "threads")) {
+        thread_filter = !strcmp(mode, "threads");
         secure();
     } else if (!strcmp(mode, "uid")) {
         uid();
