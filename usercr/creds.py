@@ -148,6 +148,7 @@ def prepare_restore(rst, plan, p):
     tsync = len(p.threads) > 1 and bool(filters[0]) and all(f == filters[0] for f in filters) \
         and len({s["no_new_privs"] for s in sec if s}) == 1
     threads = ffi.cast("struct ucr_thread *", plan.threads)
+    lowered = False
     for k, s in enumerate(sec):
         if s is None:  # an image without this state: the thread keeps rstr's
             continue
@@ -156,9 +157,7 @@ def prepare_restore(rst, plan, p):
         if root:
             got = [want[0] & (own_inh | own_prm), want[1] & own_prm, want[2] & own_prm, want[3] & own_bnd,
                    want[4] & own_prm]
-            if got != want:
-                from .restore import _warn
-                _warn(f"warning: capabilities of process {p.pid} that rstr does not have itself were dropped")
+            lowered = lowered or got != want
             t.cap_inh, t.cap_prm, t.cap_eff, t.cap_bset, t.cap_amb = got
             t.restore_caps = 1
         elif want != _own_caps():
@@ -171,3 +170,6 @@ def prepare_restore(rst, plan, p):
             f.flags, prog = item[0] | flag, item[1]
             f.insns, f.len = rst.region.put(prog), len(prog) // SOCK_FILTER.size
         t.filters, t.nr_filters = rst.region.array("ucr_filter", mine, fill)
+    if lowered:
+        from .restore import _warn  # restore imports this module
+        _warn(f"warning: capabilities of process {p.pid} that rstr does not have itself were dropped")
