@@ -42,7 +42,7 @@ getpid gettid kill tgkill dup dup3 fcntl lseek open openat close_range fchdir
 chroot chdir umask setresuid setresgid setgroups setfsuid setfsgid prlimit64
 process_vm_readv process_vm_writev kcmp finit_module sched_setattr accept4
 nanosleep clock_nanosleep restart_syscall pause ptrace wait4 waitid
-pidfd_open futex madvise getrlimit mmap2 ugetrlimit
+pidfd_open futex madvise getrlimit mmap2 ugetrlimit seccomp capset
 """.split()
 NOT_ON = {
     "x86_64": {"set_tls", "mmap2", "ugetrlimit"},
@@ -60,6 +60,7 @@ CONST_PREFIXES = (
     "FPSIMD_MAGIC", "ESR_MAGIC", "EXTRA_MAGIC", "SVE_MAGIC", "ZA_MAGIC",
     "CSIGNAL", "MINSIGSTKSZ", "_NSIG", "ARM_VFPREGS_SIZE", "ELF_NGREG",
     "FUTEX_", "CLOSE_RANGE_", "TIOC", "SHM_", "F_",
+    "SECCOMP_", "BPF_", "SECBIT_", "SECURE_", "_LINUX_CAPABILITY_",
 )
 CONST_EXCLUDE = {"SIG_DFL", "SIG_IGN", "SIG_ERR"}
 
@@ -82,6 +83,10 @@ UAPI_INCLUDES = """\
 #include <linux/kcmp.h>
 #include <linux/shm.h>
 #include <asm/ioctls.h>
+#include <linux/seccomp.h>
+#include <linux/filter.h>
+#include <linux/securebits.h>
+#include <linux/capability.h>
 """
 ARCH_INCLUDES = {
     "x86_64": "#include <asm/ucontext.h>\n#include <asm/prctl.h>\n",

@@ -188,6 +188,9 @@ def _write_process(ctx, writer):
     writes its records; the memory map is read once the scratch page is gone."""
     pid = ctx.pid
     ctx.status, ctx.stat = proc.status(pid), proc.stat_fields(pid)
+    for module in PROCESS_STATE:
+        if hasattr(module, "before_inject"):
+            ctx.injected[module.__name__.rsplit(".", 1)[1] + "_before"] = module.before_inject(ctx)
     with Session(ctx.threads, ctx.arch, proc.maps(pid)) as ctx.session:
         for module in PROCESS_STATE:
             if hasattr(module, "inject"):

@@ -31,10 +31,13 @@ class Process:
             self.threads.append({"THREAD": rec, "SIGPENDING": []})
         elif rec.name == "SIGPENDING" and not rec["shared"] and self.threads:
             self.threads[-1]["SIGPENDING"].append(rec)
+        elif rec.spec.scope == "thread" and self.threads:
+            if rec.spec.many:
+                self.threads[-1].setdefault(rec.name, []).append(rec)
+            else:
+                self.threads[-1][rec.name] = rec
         elif rec.spec.many:
             self.many.setdefault(rec.name, []).append(rec)
-        elif self.threads and 200 < rec.type < 300:
-            self.threads[-1][rec.name] = rec
         else:
             self.one[rec.name] = rec
 

@@ -53,6 +53,7 @@ class Tracee:
         self.poked = None  # (addr, original bytes) while injection code is in place
         self.late_signals = []
         self.mem_fd = None
+        self.stop_signal = 0  # of the first stop: SIGTRAP, or the stop signal of a group stop
 
     def call(self, request, addr=0, data=0, what="ptrace"):
         r = lib.ucr_ptrace(request, self.pid, addr, data)
@@ -84,6 +85,7 @@ class Tracee:
             # A signal arrived first: keep it for after the checkpoint.
             self.late_signals.append(os.WSTOPSIG(status))
             self.call(PTRACE_CONT, what="resume")
+        self.stop_signal = os.WSTOPSIG(status)
         self.mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
         self.orig_regs = self.get_regs()
 

@@ -58,7 +58,7 @@ class Record:
     """One record type: number, name, fixed fields, optional tail."""
 
     def __init__(self, type_, name, fields=(), tail=None, doc="", c=False, scope="process", many=False):
-        assert tail in TAIL_KINDS and scope in ("process", "tree")
+        assert tail in TAIL_KINDS and scope in ("process", "thread", "tree")
         self.type = type_
         self.name = name
         self.fields = []  # (name, code, count)
@@ -78,7 +78,8 @@ class Record:
         self.tail = tail
         self.doc = doc
         self.c = c
-        self.scope = scope  # "tree": one per object shared in the tree, after every process's records
+        self.scope = scope  # "thread": follows its THREAD record; "tree": an object the tree shares, after
+                            # every process's records
         self.many = many    # a process (or thread, for SIGPENDING) may have several
 
     @property
@@ -164,9 +165,10 @@ PIDS = _rec(101, "PIDS", [("pid", "s32"), ("tgid", "s32"), ("ppid", "s32"), ("pg
 TASK = _rec(103, "TASK", [
     ("pid", "s32"), ("exit_signal", "s32"), ("pdeathsig", "s32"), ("personality", "u32"),
     ("comm", "char[16]"), ("tty_nr", "u64"), ("ctty_fg", "u32"), ("nr_threads", "u32"),
-    ("zombie", "u32"), ("exit_status", "s32"),
-], tail="str", doc="process: comm, personality, threads; a zombie has only this record and its wait "
-                   "status; tail is the executable's ELF path. Its records follow up to the next TASK")
+    ("zombie", "u32"), ("exit_status", "s32"), ("stopped", "u32"), ("pad", "u32"),
+], tail="str", doc="process: comm, personality, threads, the signal of its group stop (0: not stopped); "
+                   "a zombie has only this record and its wait status; tail is the executable's ELF path. "
+                   "Its records follow up to the next TASK")
 THREAD = _rec(104, "THREAD", [
     ("tid", "s32"), ("rseq_len", "u32"), ("rseq_ptr", "u64"), ("rseq_sig", "u32"),
     ("altstack_flags", "s32"), ("altstack_sp", "u64"), ("altstack_size", "u64"),
@@ -177,6 +179,16 @@ CREDS = _rec(108, "CREDS", [
     ("uid", "u32"), ("euid", "u32"), ("suid", "u32"), ("fsuid", "u32"),
     ("gid", "u32"), ("egid", "u32"), ("sgid", "u32"), ("fsgid", "u32"),
 ], tail="u32s", doc="credentials; tail is the supplementary groups")
+SECURITY = _rec(110, "SECURITY", [
+    ("cap_inheritable", "u64"), ("cap_permitted", "u64"), ("cap_effective", "u64"), ("cap_bounding", "u64"),
+    ("cap_ambient", "u64"), ("securebits", "u32"), ("no_new_privs", "u32"), ("seccomp", "u32"),
+    ("nr_filters", "u32"),
+], scope="thread", doc="thread: capability sets, securebits, no_new_privs, seccomp mode and number of filters; its "
+       "SECCOMP_FILTER records follow")
+SECCOMP_FILTER = _rec(111, "SECCOMP_FILTER", [("index", "u32"), ("flags", "u32")], tail="bytes",
+                      scope="thread", many=True,
+                      doc="thread: one seccomp filter, oldest first; flags: SECCOMP_FILTER_FLAG_LOG; tail is "
+                          "its classic BPF program (struct sock_filter[])")
 RLIMITS = _rec(109, "RLIMITS", [("limits", "u64[32]")],
                doc="16 rlimits as (cur, max) pairs; RLIM_INFINITY is all ones")
 
@@ -184,21 +196,21 @@ RLIMITS = _rec(109, "RLIMITS", [("limits", "u64[32]")],
 X86_64_HEADER = _rec(201, "X86_64_HEADER", [("xfeatures", "u64"), ("xsave_size", "u32"), ("pad", "u32")],
                      doc="x86_64: enabled XSAVE features and the size of the XSAVE area")
 X86_64_CPU = _rec(202, "X86_64_CPU", [("regs", "u64[27]"), ("pad", "u64")],
-                  doc="x86_64: struct user_regs_struct (includes fs_base/gs_base = TLS)")
+                  scope="thread", doc="x86_64: struct user_regs_struct (includes fs_base/gs_base = TLS)")
 X86_64_FPU = _rec(203, "X86_64_FPU", tail="bytes",
-                  doc="x86_64: the XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) gives it")
+                  scope="thread", doc="x86_64: the XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) gives it")
 ARM_HEADER = _rec(211, "ARM_HEADER", [
     ("cpu_architecture", "u32"), ("mmu", "u32"), ("aeabi", "u32"), ("oabi_compat", "s32"),
     ("hwcap", "u64"), ("hwcap2", "u64"),
 ], doc="arm: the checkpointing system's CPU architecture (cpuinfo/AT_PLATFORM), MMU, kernel EABI "
        "support and CONFIG_OABI_COMPAT (-1: unknown), and AT_HWCAP/AT_HWCAP2 (linux-cr's arch header)")
 ARM_CPU = _rec(212, "ARM_CPU", [("regs", "u32[18]")],
-               doc="arm: r0-r15, cpsr, orig_r0 (struct pt_regs)")
+               scope="thread", doc="arm: r0-r15, cpsr, orig_r0 (struct pt_regs)")
 ARM_THREAD = _rec(213, "ARM_THREAD", [("syscall", "s32"), ("tp_value", "u32"), ("thumbee_state", "u32"),
                                       ("pad", "u32")],
-                  doc="arm: syscall number if stopped in one (-1: none), TLS (TPIDRURO), ThumbEE state (TEEHBR)")
+                  scope="thread", doc="arm: syscall number if stopped in one (-1: none), TLS (TPIDRURO), ThumbEE state (TEEHBR)")
 ARM_VFP = _rec(214, "ARM_VFP", [("fpregs", "u64[32]"), ("fpscr", "u32"), ("pad", "u32")],
-               doc="arm: VFP/NEON d0-d31 and fpscr (PTRACE_GETREGSET NT_ARM_VFP)")
+               scope="thread", doc="arm: VFP/NEON d0-d31 and fpscr (PTRACE_GETREGSET NT_ARM_VFP)")
 ARM_MM_CONTEXT = _rec(215, "ARM_MM_CONTEXT", [("end_brk", "u64")],
                       doc="arm: end of the heap mapping (linux-cr's mm_context)")
 ARM_TASK = _rec(216, "ARM_TASK", [("e_flags", "u32"), ("eabi_version", "s32")],
@@ -207,10 +219,10 @@ ARM_TASK = _rec(216, "ARM_TASK", [("e_flags", "u32"), ("eabi_version", "s32")],
 AARCH64_HEADER = _rec(221, "AARCH64_HEADER", [("hwcap", "u64"), ("hwcap2", "u64")],
                       doc="aarch64: AT_HWCAP and AT_HWCAP2 of the checkpointing system")
 AARCH64_CPU = _rec(222, "AARCH64_CPU", [("regs", "u64[34]"), ("tls", "u64"), ("syscall", "s32"), ("pad", "u32")],
-                   doc="aarch64: x0-x30, sp, pc, pstate (NT_PRSTATUS), tpidr_el0 (NT_ARM_TLS), "
+                   scope="thread", doc="aarch64: x0-x30, sp, pc, pstate (NT_PRSTATUS), tpidr_el0 (NT_ARM_TLS), "
                        "syscall number (NT_ARM_SYSTEM_CALL, -1: none)")
 AARCH64_FPSIMD = _rec(223, "AARCH64_FPSIMD", [("vregs", "u64[64]"), ("fpsr", "u32"), ("fpcr", "u32")],
-                      doc="aarch64: v0-v31 (as low, high 64-bit halves), fpsr, fpcr (NT_PRFPREG)")
+                      scope="thread", doc="aarch64: v0-v31 (as low, high 64-bit halves), fpsr, fpcr (NT_PRFPREG)")
 
 # 301-308: files
 FILE = _rec(301, "FILE", [

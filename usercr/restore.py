@@ -50,6 +50,8 @@ STEP_TEXT = {
     lib.UCR_STEP_THREAD: "creating thread {detail}",
     lib.UCR_STEP_TIMER: "restoring timer {detail}",
     lib.UCR_STEP_ZOMBIE: "waiting for zombie {detail} to exit",
+    lib.UCR_STEP_CAPS: "restoring capabilities, securebits or no_new_privs (stage {detail})",
+    lib.UCR_STEP_SECCOMP: "installing seccomp filter {detail}",
 }
 ERRNO_TEXT = {errno.ENODATA: "image truncated"}  # the restorer's reader
 
@@ -152,6 +154,7 @@ class Restorer:
             size += len(p.records("POSIX_TIMER")) * sizes["ucr_timer"]
             size += len(p.threads) * (sizes["ucr_thread"] + 32 * 1024)  # with its signal frame
             size += 2 * (sizes["ucr_child"] + 64)
+            size += sum(part.data_size(p) for part in self.parts.values() if hasattr(part, "data_size"))
             if "MM" in p.one:
                 size += len(p["MM"]["tail"]) + 4 * len(p["CREDS"]["tail"])
         return page_up(size)

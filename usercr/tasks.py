@@ -8,6 +8,13 @@ from . import records as R
 from .native import ffi
 
 
+def stop_signal(main, arch):
+    """The signal of the process's group stop, or 0: a task seized in a
+    group stop reports it as its first PTRACE_EVENT_STOP."""
+    sig = main.stop_signal
+    return sig if sig in [arch.C[s] for s in ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU")] else 0
+
+
 def inject(ctx):
     s = ctx.session
     s.call(ctx.main, "reading pdeathsig", "prctl", ctx.arch.C["PR_GET_PDEATHSIG"], s.scratch)
@@ -20,7 +27,8 @@ def dump(ctx):
     yield R.TASK.pack(pid=ctx.ns(pid), exit_signal=int(sf[38]), pdeathsig=ctx.injected["tasks"]["pdeathsig"],
                       comm=sf[2][:15], personality=int(proc.read_text(pid, "personality"), 16),
                       tty_nr=tty_nr, ctty_fg=1 if tty_nr and tpgid == pgid else 0,
-                      nr_threads=len(ctx.threads), tail=proc.readlink(pid, "exe"))
+                      nr_threads=len(ctx.threads), stopped=stop_signal(ctx.main, ctx.arch),
+                      tail=proc.readlink(pid, "exe"))
     yield from getattr(ctx.arch, "dump_process", lambda t: [])(ctx.main)
 
 
@@ -42,6 +50,7 @@ class Restore:
             plan.zombie, plan.exit_status = 1, task["exit_status"]
             return
         plan.pdeathsig = task["pdeathsig"]
+        plan.stopped = 1 if task["stopped"] else 0
         plan.exe_fd = self._open_exe(task["tail"])
 
     def _open_exe(self, path):

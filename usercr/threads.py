@@ -2,9 +2,8 @@
 clear_child_tid, robust futex list), each followed by its arch CPU records
 and its own queued signals; restored by the restorer as a prebuilt signal
 frame per thread."""
-from . import proc
+from . import creds, proc, signals
 from . import records as R
-from . import signals
 from .errors import UcrError
 from .inject import LONG, WORD_MASK
 from .native import ffi
@@ -27,7 +26,7 @@ def inject(ctx):
 
 
 def dump(ctx):
-    for t, extra in zip(ctx.threads, ctx.injected["threads"]):
+    for k, (t, extra) in enumerate(zip(ctx.threads, ctx.injected["threads"])):
         rseq = t.rseq_configuration() or (0, 0, 0)
         sp, ss_flags, ss_size = extra["altstack"]
         yield R.THREAD.pack(tid=ctx.ns.thread(t.pid), rseq_ptr=rseq[0], rseq_len=rseq[1], rseq_sig=rseq[2],
@@ -36,6 +35,7 @@ def dump(ctx):
                             clear_child_tid=extra["clear_child_tid"],
                             robust_list=extra["robust_list"], robust_len=extra["robust_len"])
         yield from ctx.arch.dump_cpu(t)
+        yield from creds.thread_dump(ctx, k)
         yield from signals.pending_records(t, shared=False)
 
 

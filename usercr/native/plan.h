@@ -14,7 +14,7 @@ enum ucr_step {
     UCR_STEP_FS = 12, UCR_STEP_RLIMIT = 13, UCR_STEP_SIGACTION = 14, UCR_STEP_SIGQUEUE = 15,
     UCR_STEP_CREDS = 16, UCR_STEP_RSEQ = 17, UCR_STEP_TLS = 18, UCR_STEP_GO = 19,
     UCR_STEP_SIGRETURN = 20, UCR_STEP_CLONE = 21, UCR_STEP_IDS = 22, UCR_STEP_THREAD = 23,
-    UCR_STEP_TIMER = 24, UCR_STEP_ZOMBIE = 25
+    UCR_STEP_TIMER = 24, UCR_STEP_ZOMBIE = 25, UCR_STEP_CAPS = 26, UCR_STEP_SECCOMP = 27
 };
 
 struct ucr_vma {
@@ -74,6 +74,18 @@ struct ucr_thread {
     uint64_t stack_top;     /* restorer stack of a non-main thread */
     int32_t tid;            /* set_tid; 0: any */
     int32_t new_tid;        /* what it got, for timers aimed at it */
+
+    /* creds.py: this thread's capability sets, securebits, no_new_privs and
+     * the seccomp filters it installs itself (oldest first). */
+    uint64_t cap_eff, cap_prm, cap_inh, cap_bset, cap_amb;
+    uint32_t securebits, no_new_privs;
+    uint32_t restore_caps, nr_filters;
+    uint64_t filters;       /* struct ucr_filter[nr_filters] */
+};
+
+struct ucr_filter {
+    uint64_t insns;         /* struct sock_filter[len] inside the region */
+    uint32_t len, flags;    /* flags for seccomp(SECCOMP_SET_MODE_FILTER) */
 };
 
 struct ucr_timer {
@@ -148,6 +160,9 @@ struct ucr_plan {
 
     uint32_t uid, euid, suid, fsuid, gid, egid, sgid, fsgid;
     uint32_t restore_creds, pad3;
+
+    uint32_t stopped;       /* stop the process (SIGSTOP) once go arrived */
+    uint32_t cap_last_cap;  /* this kernel's /proc/sys/kernel/cap_last_cap */
 };
 
 #endif

@@ -18,6 +18,10 @@
 #include <linux/shm.h>
 #include <linux/wait.h>
 #include <linux/errno.h>
+#include <linux/capability.h>
+#include <linux/securebits.h>
+#include <linux/seccomp.h>
+#include <linux/filter.h>
 #include <asm/ioctls.h>
 #include <asm/resource.h>
 #include <asm/signal.h>
@@ -454,6 +458,102 @@ static void queue_signals(struct ucr_plan *p, uint32_t thread)
     }
 }
 
+/* Bit n of a capability set, without a 64-bit shift by a variable (32-bit ARM). */
+static int cap_bit(uint64_t set, uint32_t n)
+{
+    uint32_t w = n < 32 ? (uint32_t)set : (uint32_t)(set >> 32);
+    return (w >> (n & 31)) & 1;
+}
+
+static long capset3(uint64_t eff, uint64_t prm, uint64_t inh)
+{
+    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2] = {
+        { (uint32_t)eff, (uint32_t)prm, (uint32_t)inh },
+        { (uint32_t)(eff >> 32), (uint32_t)(prm >> 32), (uint32_t)(inh >> 32) },
+    };
+    return sys2(__NR_capset, A(&h), A(d));
+}
+
+/* Installing a seccomp filter needs no_new_privs or CAP_SYS_ADMIN: a thread
+ * that will have neither keeps CAP_SYS_ADMIN until its filters are in. */
+static int admin_for_filters(struct ucr_thread *t)
+{
+    return t->nr_filters && !t->no_new_privs && !(t->cap_eff & (1ULL << CAP_SYS_ADMIN));
+}
+
+static void final_caps(struct ucr_plan *p, struct ucr_thread *t)
+{
+    long r = capset3(t->cap_eff, t->cap_prm, t->cap_inh);
+    if (r)
+        fail(p, UCR_STEP_CAPS, r, 2);
+}
+
+/* Credentials of the calling thread; the kernel keeps them per thread. The
+ * bounding set is narrowed while CAP_SETPCAP is there; KEEPCAPS keeps the
+ * permitted set across setresuid; an interim capset with CAP_SETPCAP allows
+ * the ambient raises and the securebits; the last capset gives the exact sets. */
+static void restore_creds(struct ucr_plan *p, struct ucr_thread *t)
+{
+    long r;
+    if (!p->restore_creds)
+        return;
+    if (t->restore_caps) {
+        r = sys2(__NR_prctl, PR_SET_KEEPCAPS, 1);
+        if (r)
+            fail(p, UCR_STEP_CAPS, r, 0);
+        for (uint32_t c = 0; c <= p->cap_last_cap; c++)
+            if (!cap_bit(t->cap_bset, c) && (r = sys2(__NR_prctl, PR_CAPBSET_DROP, c)))
+                fail(p, UCR_STEP_CAPS, r, 100 + c);
+    }
+    r = sys2(__NR_setgroups, p->nr_groups, A(p->groups));
+    if (!r)
+        r = sys3(__NR_setresgid, p->gid, p->egid, p->sgid);
+    if (!r)
+        r = sys3(__NR_setresuid, p->uid, p->euid, p->suid);
+    if (r)
+        fail(p, UCR_STEP_CREDS, r, 0);
+    sys1(__NR_setfsgid, p->fsgid);
+    sys1(__NR_setfsuid, p->fsuid);
+    if (!t->restore_caps)
+        return;
+    uint64_t extra = (1ULL << CAP_SETPCAP) | (admin_for_filters(t) ? 1ULL << CAP_SYS_ADMIN : 0);
+    r = capset3(t->cap_prm | extra, t->cap_prm | extra, t->cap_inh);
+    if (r)
+        fail(p, UCR_STEP_CAPS, r, 1);
+    for (uint32_t c = 0; c <= p->cap_last_cap; c++)
+        if (cap_bit(t->cap_amb, c) && (r = sys5(__NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0)))
+            fail(p, UCR_STEP_CAPS, r, 200 + c);
+    r = sys2(__NR_prctl, PR_SET_SECUREBITS, t->securebits);
+    if (r)
+        fail(p, UCR_STEP_CAPS, r, 3);
+    if (!admin_for_filters(t))
+        final_caps(p, t);
+}
+
+/* The last thing a thread does before it reports ready: a filter may forbid
+ * syscalls the restorer still makes. What remains after it (docs/
+ * architecture.md): capset when CAP_SYS_ADMIN was kept for it, futex,
+ * write and read (the ready/go handshake), close_range, kill (a stopped
+ * process) and rt_sigreturn. */
+static void restore_seccomp(struct ucr_plan *p, struct ucr_thread *t)
+{
+    struct ucr_filter *f = (struct ucr_filter *)(uintptr_t)t->filters;
+    long r;
+    if (t->no_new_privs && (r = sys5(__NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)))
+        fail(p, UCR_STEP_CAPS, r, 4);
+    for (uint32_t i = 0; i < t->nr_filters; i++) {
+        struct sock_fprog prog = { (unsigned short)f[i].len, (struct sock_filter *)(uintptr_t)f[i].insns };
+        r = sys3(__NR_seccomp, SECCOMP_SET_MODE_FILTER, f[i].flags, A(&prog));
+        if (r > 0)  /* TSYNC: the thread that could not follow */
+            r = -ESRCH;
+        if (r)
+            fail(p, UCR_STEP_SECCOMP, r, i);
+    }
+    if (p->restore_creds && t->restore_caps && admin_for_filters(t))
+        final_caps(p, t);
+}
+
 /* Per-thread state, the same for the main thread and the others. */
 static void restore_thread_state(struct ucr_plan *p, struct ucr_thread *t)
 {
@@ -469,17 +569,7 @@ static void restore_thread_state(struct ucr_plan *p, struct ucr_thread *t)
     sys1(__NR_set_tid_address, A(t->clear_child_tid));
     if (t->robust_list)
         sys2(__NR_set_robust_list, A(t->robust_list), A(t->robust_len));
-    if (p->restore_creds) {
-        r = sys2(__NR_setgroups, p->nr_groups, A(p->groups));
-        if (!r)
-            r = sys3(__NR_setresgid, p->gid, p->egid, p->sgid);
-        if (!r)
-            r = sys3(__NR_setresuid, p->uid, p->euid, p->suid);
-        if (r)
-            fail(p, UCR_STEP_CREDS, r, 0);
-        sys1(__NR_setfsgid, p->fsgid);
-        sys1(__NR_setfsuid, p->fsuid);
-    }
+    restore_creds(p, t);
     memcpy((void *)(uintptr_t)t->sigframe_dest, (void *)(uintptr_t)t->sigframe, t->sigframe_len);
 }
 
@@ -489,6 +579,7 @@ static __attribute__((noreturn)) void thread_main(void *arg)
     struct ucr_plan *p = (struct ucr_plan *)(uintptr_t)t->plan;
     queue_signals(p, (uint32_t)(t - threads(p)));
     restore_thread_state(p, t);
+    restore_seccomp(p, t);
     __atomic_fetch_add(&p->threads_ready, 1, __ATOMIC_ACQ_REL);
     futex_wake(&p->threads_ready);
     wait_until_equal(&p->threads_go, 1);
@@ -644,6 +735,7 @@ static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
     queue_signals(p, 0);
     restore_thread_state(p, &threads(p)[0]);
     sys2(__NR_prctl, PR_SET_PDEATHSIG, p->pdeathsig);
+    restore_seccomp(p, &threads(p)[0]);
 
     publish(&slot->state, UCR_SLOT_READY);
     report(p, UCR_STEP_READY, 0, 0);
@@ -652,6 +744,10 @@ static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
     if (r != 1 || go != 'G')
         sys1(__NR_exit_group, 1);
     sys3(__NR_close_range, p->fd_base, ~0U, 0);
+    /* A stopped process stops here, its threads still waiting for go, so
+     * that after SIGCONT every thread runs on from where it was. */
+    if (p->stopped)
+        sys2(__NR_kill, slot->pid, SIGSTOP);
     publish(&p->threads_go, 1);
     ucr_arch_sigreturn(threads(p)[0].sigreturn_sp);
 }
