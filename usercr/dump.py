@@ -5,6 +5,7 @@ import stat
 import struct
 
 from . import ipc
+from . import namespaces
 from . import proc
 from . import records as R
 from .arch import current as current_arch
@@ -202,7 +203,9 @@ def _write_tree(tree, arch, writer, log):
         writer.add(R.PIDS.pack(pid=ns(pid), tgid=ns(pid), ppid=ns(ppid) if pid != tree.root else 0,
                                pgid=ns.leader(int(st["NSpgid"].split()[-1])),
                                sid=ns.leader(int(st["NSsid"].split()[-1]))))
-    ipc_records = ipc.dump_records(tree.root, tree.order)
+    for rec in namespaces.dump_records(tree.root, [p for p in tree.order if p not in tree.zombies]):
+        writer.add(rec)
+    ipc_records = ipc.dump_records(tree.root)
     for rec in ipc_records:
         writer.add(rec)
     files = FileTable()

@@ -8,6 +8,7 @@ import signal
 import struct
 
 from . import ipc
+from . import namespaces
 from . import proc
 from . import records as R
 from .arch import current as current_arch
@@ -113,6 +114,7 @@ class Image:
         if self.header["page_size"] != PAGE_SIZE:
             raise UcrError(f"image page size {self.header['page_size']} differs from this system's {PAGE_SIZE}")
         self.one, self.pids, self.procs, self.pipes, self.ipc, self.ttys = {}, [], [], {}, [], {}
+        self.ns = []
         while True:
             rec = reader.next()
             if rec.type == R.PAGES_BEGIN.type:
@@ -132,6 +134,8 @@ class Image:
                 self.ttys[rec["index"]] = rec
             elif rec.name.startswith("IPC_"):
                 self.ipc.append(rec)
+            elif rec.name in namespaces.RECORDS:
+                self.ns.append(rec)
             elif self.procs:
                 self.procs[-1].add(rec)
             else:
@@ -900,6 +904,7 @@ def _restore_tree(image, reader, arch, in_fd, pids, pidns, log):
     orig_pid = image.procs[0].pid
     top = None
     try:
+        namespaces.restore(image.ns, sysv=bool(image.ipc))
         ipc.restore(image.ipc)
         rst.prepare()
         if pids and pidns and orig_pid == 1:
