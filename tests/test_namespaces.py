@@ -123,11 +123,17 @@ def test_copies_each_in_new_namespaces(procs, workloads, tmp_path):
         assert lo(root) == (True, 65536, LO_ADDRS)
 
 
-def assert_unharmed(pid, out):
-    """Still running, not traced, and counting."""
+def assert_untraced(pid):
+    """Running, neither traced nor stopped."""
+    assert alive(pid)
     with open(f"/proc/{pid}/status") as f:
         status = dict(line.split(":", 1) for line in f)
     assert int(status["TracerPid"]) == 0 and not status["State"].strip().startswith("t"), status["State"]
+
+
+def assert_unharmed(pid, out):
+    """Untraced, and counting."""
+    assert_untraced(pid)
     before = last_int(out)
     wait_until(lambda: last_int(out) >= before + 3, what="the counter to go on after the refused checkpoint")
 
@@ -158,5 +164,25 @@ def test_child_in_another_network_namespace(procs, workloads, tmp_path):
     r = run([tool("ckpt"), str(p.pid), "-o", str(img), "--kill"])
     err = assert_one_line_error(r)
     assert f"process {child} is in another network namespace" in err, err
-    assert alive(p.pid)
+    assert_untraced(p.pid)
     assert_unharmed(child, out)
+
+
+def test_thread_in_another_network_namespace(procs, tmp_path):
+    """unshare(CLONE_NEWNET) in a thread moves that thread alone."""
+    from usercr.arch import current
+    out, img = tmp_path / "out", tmp_path / "img"
+    script = ("import ctypes, threading, time\n"
+              "def moved():\n"
+              f"    assert ctypes.CDLL(None).unshare({current().C['CLONE_NEWNET']}) == 0\n"
+              "    print('ready', flush=True)\n"
+              "    time.sleep(600)\n"
+              "threading.Thread(target=moved, daemon=True).start()\n"
+              "while True:\n"
+              "    time.sleep(0.05)\n")
+    p = procs.start(["python3", "-c", script], stdout=out)
+    wait_until(lambda: "ready" in lines(out), what="the thread to leave the network namespace")
+    r = run([tool("ckpt"), str(p.pid), "-o", str(img)])
+    err = assert_one_line_error(r)
+    assert f"of process {p.pid} is in another network namespace" in err, err
+    assert_untraced(p.pid)
