@@ -258,6 +258,9 @@ def _restore_net(links, addrs):
                   IFINFO.pack(0, 0, index[rec["tail"]], up, lib.IFF_UP) + _attr(lib.IFLA_MTU, U32.pack(rec["mtu"])),
                   f"setting up interface {rec['tail']}")
         saved = {rec["index"]: rec["tail"] for rec in links}
+        for r in addrs:
+            if r["index"] not in saved or len(r["tail"]) not in (4, 16):
+                raise UcrError("image corrupt: a network address of no saved interface, or of no known size")
         want = {(index[saved[r["index"]]], r["family"], r["prefixlen"], bytes(r["tail"])): r for r in addrs}
         settable = 0
         for name in SETTABLE_FLAGS:
