@@ -2,7 +2,8 @@
 write the image."""
 import os
 
-from . import creds, files, fs, ipc, memory, pipes, proc, rlimits, signals, tasks, threads, timers, tree as tree_mod, tty
+from . import creds, files, fs, ipc, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
+from . import tree as tree_mod
 from . import records as R
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
@@ -153,7 +154,9 @@ def _write_tree(tree, arch, writer, log):
     ns = tree_mod.Namespace(tree.root, tree.order)
     for rec in tree_mod.dump(tree.root, tree.order, ns):
         writer.add(rec)
-    ipc_records = ipc.dump_records(tree.root, tree.order)
+    for rec in namespaces.dump_records(tree.root, [p for p in tree.order if p not in tree.zombies]):
+        writer.add(rec)
+    ipc_records = ipc.dump_records(tree.root)
     for rec in ipc_records:
         writer.add(rec)
     shared = {"sysv": bool(ipc_records)}

@@ -1,10 +1,12 @@
 """ckptinfo: what an image holds, read with the same record definitions as rstr."""
 import datetime
+import ipaddress
 import json
 
 from . import records as R
 from .errors import UcrError
 from .image import ImageReader
+from .native import lib
 
 
 def read_all(fd):
@@ -27,6 +29,23 @@ def _arch_regs(recs):
                 names = [f"r{i}" for i in range(len(rec["regs"]))]
             return dict(zip(names, rec["regs"]))
     return {}
+
+
+def _namespaces(recs):
+    """The namespaces the tree had of its own, as rstr recreates them."""
+    kinds = next((r["tail"] for r in recs if r.type == R.NAMESPACES.type), [])
+    out = {"own": kinds}
+    uts = next((r for r in recs if r.type == R.UTS_NS.type), None)
+    if uts is not None:
+        out["hostname"], out["domainname"] = uts["tail"]
+    links = {r["index"]: dict(name=r["tail"], up=bool(r["flags"] & lib.IFF_UP), mtu=r["mtu"], addresses=[])
+             for r in recs if r.type == R.NET_LINK.type}
+    for r in recs:
+        if r.type == R.NET_ADDR.type and r["index"] in links:
+            links[r["index"]]["addresses"].append(f"{ipaddress.ip_address(r['tail'])}/{r['prefixlen']}")
+    if links:
+        out["interfaces"] = list(links.values())
+    return out
 
 
 def summary(recs):
@@ -53,7 +72,20 @@ def summary(recs):
         "files": [{"fd": r["fd"], "kind": R.FD_KINDS.get(r["kind"]), "path": r["tail"], "pos": r["pos"]}
                   for r in recs if r.type == R.FILE.type],
         "errors": [r["tail"] for r in recs if r.type == R.ERROR.type],
+        "namespaces": _namespaces(recs),
     }
+
+
+def _namespace_line(ns):
+    if not ns["own"]:
+        return "namespaces: none of its own (restarts in rstr's)"
+    parts = [", ".join(ns["own"])]
+    if "hostname" in ns:
+        parts.append(f"hostname {ns['hostname']!r}, domainname {ns['domainname']!r}")
+    for link in ns.get("interfaces", []):
+        parts.append(f"{link['name']} {'up' if link['up'] else 'down'} mtu {link['mtu']}" +
+                     "".join(f" {a}" for a in link["addresses"]))
+    return "namespaces of its own: " + "; ".join(parts)
 
 
 def _jsonable(fields):
@@ -74,7 +106,8 @@ def render(recs, verbose=False, tree=False, regs=False, as_json=False, errors=Fa
            f"task: {s['command']} ({s['executable']}), {len(s['tasks'])} process(es), "
            f"{sum(t['threads'] for t in s['tasks'])} thread(s)",
            f"memory: {s['vmas']} mappings, {s['pages']} pages saved ({s['memory_bytes'] / 2**20:.1f} MiB)",
-           f"files: {len(s['files'])} open descriptors"]
+           f"files: {len(s['files'])} open descriptors",
+           _namespace_line(s["namespaces"])]
     if tree:
         out.append("task tree:")
         depth = {0: -1}

@@ -4,24 +4,15 @@ changing it; rstr recreates them with the same ids in a new namespace,
 which the restored tree then lives in. A tree in ckpt's own IPC namespace
 shares it with the rest of the system, so its objects are not saved (its
 attached shared memory is saved as plain shared memory)."""
-import os
 import struct
 
 from . import records as R
 from .errors import UcrError
-from .arch import current as current_arch
+from .namespaces import entered, own
 from .native import check, ffi, lib
 
 NEXT_ID = "/proc/sys/kernel/{}_next_id"
 MSG_HEAD = struct.Struct("<QQ")
-
-
-def _ns(pid):
-    return os.stat(f"/proc/{pid}/ns/ipc").st_ino
-
-
-def own_namespace(pid):
-    return _ns(pid) != _ns("self")
 
 
 def _table(name):
@@ -66,27 +57,13 @@ def _qbytes(msqid):
     return ds[0]
 
 
-def dump_records(root, pids):
-    """IPC records of the tree's namespace, or [] when it shares ckpt's."""
-    if not own_namespace(root):
+def dump_records(root):
+    """IPC records of the tree's namespace, or [] when it shares ckpt's
+    (namespaces.dump_records has checked that the whole tree is in it)."""
+    if not own(root, "ipc"):
         return []
-    ns = _ns(root)
-    for pid in pids:
-        if _ns(pid) != ns:
-            raise UcrError(f"process {pid} is in another IPC namespace than the tree's root; "
-                           "that cannot be checkpointed")
-    newipc = current_arch().C["CLONE_NEWIPC"]
-    mine = os.open("/proc/self/ns/ipc", os.O_RDONLY)
-    theirs = os.open(f"/proc/{root}/ns/ipc", os.O_RDONLY)
-    try:
-        check(lib.ucr_setns(theirs, newipc), "entering the tree's IPC namespace")
-        try:
-            return _records()
-        finally:
-            check(lib.ucr_setns(mine, newipc), "leaving the tree's IPC namespace")
-    finally:
-        os.close(mine)
-        os.close(theirs)
+    with entered(root, "ipc"):
+        return _records()
 
 
 def _set_next_id(kind, id_):
@@ -104,10 +81,8 @@ def _created(kind, rec, got):
 
 
 def restore(records):
-    """Moves rstr into a new IPC namespace and recreates the objects there."""
-    if not records:
-        return
-    check(lib.ucr_unshare(current_arch().C["CLONE_NEWIPC"]), "creating an IPC namespace")
+    """Recreates the objects in the new IPC namespace namespaces.restore has
+    moved rstr into."""
     for rec in sorted(records, key=lambda r: r["id"]):
         if rec.name == "IPC_SHM":
             _set_next_id("shm", rec["id"])

@@ -191,6 +191,18 @@ SECCOMP_FILTER = _rec(111, "SECCOMP_FILTER", [("index", "u32"), ("flags", "u32")
                           "its classic BPF program (struct sock_filter[])")
 RLIMITS = _rec(109, "RLIMITS", [("limits", "u64[32]")],
                doc="16 rlimits as (cur, max) pairs; RLIM_INFINITY is all ones")
+# Namespaces the tree has of its own, recreated by rstr before it creates the root
+NAMESPACES = _rec(112, "NAMESPACES", tail="strs",
+                  scope="tree", doc="the kinds of namespace (ipc, uts, net) the tree has of its own, which rstr creates anew "
+                      "before the root; a kind not named is ckpt's own")
+UTS_NS = _rec(113, "UTS_NS", tail="strs", scope="tree", doc="the tree's own UTS namespace; tail is [hostname, domainname]")
+NET_LINK = _rec(114, "NET_LINK", [("index", "s32"), ("flags", "u32"), ("mtu", "u32"), ("pad", "u32")],
+                tail="str", scope="tree", doc="a network interface of the tree's own network namespace (only the loopback "
+                                "one yet): ifindex, IFF_* flags, MTU; tail is its name")
+NET_ADDR = _rec(115, "NET_ADDR", [("index", "s32"), ("family", "u32"), ("prefixlen", "u32"), ("scope", "u32"),
+                                  ("flags", "u32"), ("pad", "u32")], tail="bytes",
+                scope="tree", doc="an address of a NET_LINK (by index): AF_INET or AF_INET6, prefix length, scope, IFA_F_* "
+                    "flags; tail is the address (4 or 16 bytes)")
 
 # 201-299: arch-specific
 X86_64_HEADER = _rec(201, "X86_64_HEADER", [("xfeatures", "u64"), ("xsave_size", "u32"), ("pad", "u32")],

@@ -9,7 +9,7 @@ import select
 import signal
 import struct
 
-from . import creds, files, fs, ipc, memory, pipes, proc, rlimits, signals, tasks, threads, timers, tty
+from . import creds, files, fs, ipc, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -406,7 +406,9 @@ def _restore_tree(image, reader, arch, in_fd, pids, pidns, log, strict_files):
     orig_pid = image.procs[0].pid
     top = None
     try:
-        ipc.restore(image.tree_records("IPC_SHM", "IPC_MSG", "IPC_SEM"))
+        sysv = image.tree_records("IPC_SHM", "IPC_MSG", "IPC_SEM")
+        namespaces.restore(image.tree_records(*namespaces.RECORDS), sysv=bool(sysv))
+        ipc.restore(sysv)
         rst.prepare()
         if pids and pidns and orig_pid == 1:
             top = rst.spawn([1], arch.C["CLONE_NEWPID"])

@@ -91,6 +91,18 @@ def cdef_text(name):
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
+# Kernel constants Python reads as lib.NAME, their values taken from the C
+# headers at build time (enum members too, which the generated tables lack).
+NET_INCLUDES = "#include <linux/if.h>\n#include <linux/rtnetlink.h>\n"
+NET_CONSTANTS = """
+NLM_F_REQUEST NLM_F_ACK NLM_F_DUMP NLM_F_CREATE NLM_F_EXCL NLMSG_ERROR NLMSG_DONE
+RTM_GETLINK RTM_NEWLINK RTM_GETADDR RTM_NEWADDR RTM_DELADDR RTM_GETROUTE RTPROT_KERNEL RTA_DST
+IFLA_IFNAME IFLA_MTU IFLA_LINKINFO IFLA_INFO_KIND IFF_UP IFF_LOOPBACK
+IFA_ADDRESS IFA_LOCAL IFA_LABEL IFA_CACHEINFO IFA_FLAGS
+IFA_F_NODAD IFA_F_HOMEADDRESS IFA_F_MANAGETEMPADDR IFA_F_NOPREFIXROUTE IFA_F_MCAUTOJOIN
+""".split()
+
+
 def make_ffibuilder():
     os.makedirs(GEN, exist_ok=True)
     cc = compiler()
@@ -98,10 +110,10 @@ def make_ffibuilder():
     generate_records_header()
     build_restorer(cc, arch)
     ffi = FFI()
-    ffi.cdef(cdef_text("plan.h") + cdef_text("core.h"))
+    ffi.cdef(cdef_text("plan.h") + cdef_text("core.h") + "".join(f"static const int {n};\n" for n in NET_CONSTANTS))
     ffi.set_source(
         "usercr._native",
-        '#include <stdint.h>\n#include <stddef.h>\n#include "plan.h"\n#include "core.h"\n',
+        '#include <stdint.h>\n#include <stddef.h>\n#include "plan.h"\n#include "core.h"\n' + NET_INCLUDES,
         sources=[os.path.join(HERE, "core.c")],
         # the embedded blob and the headers: a change in any rebuilds the module
         depends=[os.path.join(GEN, "restorer_blob.h"), os.path.join(GEN, "records_gen.h"),
