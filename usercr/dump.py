@@ -5,6 +5,7 @@ import stat
 import struct
 
 from . import ipc
+from . import locks
 from . import proc
 from . import records as R
 from .arch import current as current_arch
@@ -554,8 +555,11 @@ def _write_process(threads, arch, writer, files, ns, sysv):
             writer.add(R.SIGPENDING.pack(shared=0, signo=int.from_bytes(info[:4], "little"), tail=info))
     for info in main.pending_signals(True):
         writer.add(R.SIGPENDING.pack(shared=1, signo=int.from_bytes(info[:4], "little"), tail=info))
-    for fd, target, info in proc.fds(pid):
+    fds = proc.fds(pid)
+    for fd, target, info in fds:
         writer.add(_file_record(pid, fd, target, info, files))
+    for rec in locks.dump_records(pid, fds, files):
+        writer.add(rec)
     vmas, specials, ranges = _vma_records(main, maps, sysv, files.sizes)
     writer.add(R.MM.pack(nr_vmas=len(vmas), tail=proc.read_bytes(pid, "auxv"), **mm))
     for rec in vmas + specials:

@@ -209,6 +209,13 @@ TTY = _rec(303, "TTY", [("index", "u32"), ("input_len", "u32"), ("output_len", "
               "struct termios and winsize as TCGETS/TIOCGWINSZ give them, then the data queued towards "
               "the slave (input_len bytes) and towards the master (output_len bytes)")
 
+FILE_LOCK = _rec(304, "FILE_LOCK", [("fd", "s32"), ("file_id", "u32"), ("kind", "u32"), ("type", "u32"),
+                                      ("start", "s64"), ("len", "s64")],
+                 doc="a file lock the process holds, after its FILE records: kind 0 POSIX (owned by this "
+                     "process), 1 OFD, 2 flock (both of the open file description file_id, once per process "
+                     "holding it); type F_RDLCK/F_WRLCK; len 0: to end of file; fd: the process's fd it is on")
+LOCK_KINDS = {0: "POSIX", 1: "OFD", 2: "flock"}
+
 # 401-405: memory
 MM = _rec(401, "MM", [
     ("start_code", "u64"), ("end_code", "u64"), ("start_data", "u64"), ("end_data", "u64"),

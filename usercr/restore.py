@@ -8,6 +8,7 @@ import signal
 import struct
 
 from . import ipc
+from . import locks
 from . import proc
 from . import records as R
 from .arch import current as current_arch
@@ -50,6 +51,7 @@ STEP_TEXT = {
     lib.UCR_STEP_THREAD: "creating thread {detail}",
     lib.UCR_STEP_TIMER: "restoring timer {detail}",
     lib.UCR_STEP_ZOMBIE: "waiting for zombie {detail} to exit",
+    lib.UCR_STEP_LOCK: "taking file lock {detail} again",
 }
 ERRNO_TEXT = {61: "image truncated"}  # ENODATA from the restorer's reader
 
@@ -64,7 +66,7 @@ class Process:
 
     def __init__(self, task):
         self.one = {"TASK": task}
-        self.many = {"FILE": [], "VMA": [], "SPECIAL_DATA": [], "SIGPENDING": [], "POSIX_TIMER": []}
+        self.many = {"FILE": [], "FILE_LOCK": [], "VMA": [], "SPECIAL_DATA": [], "SIGPENDING": [], "POSIX_TIMER": []}
         self.threads = []
 
     @property
@@ -521,6 +523,7 @@ class Restorer:
             size += (len(p.many["SIGPENDING"]) + sum(len(t["SIGPENDING"]) for t in p.threads)) \
                 * ffi.sizeof("struct ucr_siginfo")
             size += len(p.many["POSIX_TIMER"]) * ffi.sizeof("struct ucr_timer")
+            size += len(p.many["FILE_LOCK"]) * ffi.sizeof("struct ucr_lock") + 64
             size += len(p.threads) * (ffi.sizeof("struct ucr_thread") + 32 * 1024)  # with its signal frame
             size += 2 * (ffi.sizeof("struct ucr_child") + 64)
             if "MM" in p.one:
@@ -577,6 +580,7 @@ class Restorer:
         for k, lead in enumerate(self.creation.placeholders):
             self._common(len(img.procs) + k, lead)
             self.plans[len(img.procs) + k].placeholder = 1
+        locks.prepare(self)
         if region.used > data_size:
             raise UcrError("internal error: restore plan larger than its region")
         lib.ucr_protect(region.start, page_up(len(blob)), 5)  # PROT_READ | PROT_EXEC
@@ -780,6 +784,8 @@ class Restorer:
             return UcrError(f"thread ID {detail} is in use; restart with --pidns or --no-pids")
         if step == lib.UCR_STEP_CHECKSUM:
             return UcrError(what)
+        if step == lib.UCR_STEP_LOCK and task < n:
+            return locks.failure(self.img.procs[task], detail, err)
         if step == lib.UCR_STEP_READ and err == 61:
             return UcrError(f"image truncated at offset {detail}")
         reason = ERRNO_TEXT.get(err) or (os.strerror(err) if err else "")
