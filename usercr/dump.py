@@ -2,7 +2,7 @@
 write the image."""
 import os
 
-from . import creds, files, fs, ipc, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
+from . import creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
 from . import tree as tree_mod
 from . import records as R
 from .arch import current as current_arch
@@ -15,7 +15,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FREEZE_ROUNDS = 50
 # Each kind of state, in image order. inject(ctx), where a module has it,
 # runs inside the frozen task; dump(ctx) yields its records afterwards.
-PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, memory)
+PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
 # Objects the tree shares, written after every process's records.
 TREE_STATE = (pipes, tty)
 

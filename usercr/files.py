@@ -40,7 +40,8 @@ def _classify(st, target, info):
     return None, None
 
 
-def _file_id(ctx, fd, st):
+def file_id(ctx, fd, st):
+    """The tree-wide id of the open file description fd of ctx's process is on."""
     descs = ctx.tree.setdefault("descs", [])   # (pid, fd, dev, ino, file_id)
     pid, kcmp_file = ctx.pid, ctx.arch.C["UCR_KCMP_FILE"]
     for opid, ofd, dev, ino, fid in descs:
@@ -71,11 +72,12 @@ def _file_record(ctx, fd, target, info):
                   size=st.st_size)
     if owner is not None:
         owner.note(ctx, fd, st, info, fields)
-    return R.FILE.pack(tail=target, file_id=_file_id(ctx, fd, st), **fields)
+    return R.FILE.pack(tail=target, file_id=file_id(ctx, fd, st), **fields)
 
 
 def dump(ctx):
-    for fd, target, info in proc.fds(ctx.pid):
+    ctx.fds = proc.fds(ctx.pid)
+    for fd, target, info in ctx.fds:
         yield _file_record(ctx, fd, target, info)
 
 

@@ -161,7 +161,8 @@ def readlink(pid, name):
 
 
 def fds(pid):
-    """[(fd, target, fdinfo dict)] for every open descriptor."""
+    """[(fd, target, fdinfo dict)] for every open descriptor; the fdinfo's
+    `lock:` lines are a list under "lock"."""
     out = []
     try:
         names = os.listdir(path(pid, "fd"))
@@ -175,7 +176,10 @@ def fds(pid):
             with open(path(pid, "fdinfo", name)) as f:
                 for line in f:
                     key, _, value = line.partition(":")
-                    info[key] = value.strip()
+                    if key == "lock":
+                        info.setdefault("lock", []).append(value.strip())
+                    else:
+                        info[key] = value.strip()
         except (FileNotFoundError, ProcessLookupError):
             continue  # closed meanwhile; a stopped task cannot do that, so it was ours
         out.append((fd, target, info))

@@ -257,6 +257,12 @@ TTY = _rec(303, "TTY", [("index", "u32"), ("input_len", "u32"), ("output_len", "
 TERMINAL = _rec(306, "TERMINAL", [("rdev", "u64"), ("termios", "u64[8]"), ("winsize", "u64")],
                scope="tree", doc="a terminal the tree uses but does not own (FILE records of kind tty or pty-slave name it by "
                    "rdev): its struct termios and winsize, put on the terminal the tree is restored on")
+FILE_LOCK = _rec(304, "FILE_LOCK", [("fd", "s32"), ("file_id", "u32"), ("kind", "u32"), ("type", "u32"),
+                                      ("start", "s64"), ("len", "s64")],
+                 many=True, doc="a file lock the process holds, after its FILE records: kind 0 POSIX (owned by this "
+                     "process), 1 OFD, 2 flock (both of the open file description file_id, once per process "
+                     "holding it); type F_RDLCK/F_WRLCK; len 0: to end of file; fd: the process's fd it is on")
+LOCK_KINDS = Kinds("LOCK", ["POSIX", "OFD", "flock"])
 
 # 401-405: memory
 MM = _rec(401, "MM", [
@@ -322,7 +328,7 @@ def c_header():
            f"#define UCR_TAIL_MAGIC 0x{TAIL_MAGIC:016x}ULL"]
     for r in sorted(REGISTRY.values(), key=lambda r: r.type):
         out.append(f"#define UCR_REC_{r.name} {r.type}")
-    for kinds in (FD_KINDS, VMA_KINDS):
+    for kinds in (FD_KINDS, VMA_KINDS, LOCK_KINDS):
         out += kinds.c_defines()
     out.append("struct ucr_rec_hdr { uint32_t type; uint32_t len; };")
     for r in REGISTRY.values():

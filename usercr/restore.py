@@ -9,7 +9,7 @@ import select
 import signal
 import struct
 
-from . import creds, files, fs, ipc, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
+from . import creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -24,7 +24,7 @@ POLL_INTERVAL = 0.5
 # The restore-side parts, in the order they prepare each plan. Files come
 # after memory (mapped files are opened first) and tty before files (a
 # standard stream may need the terminal's part).
-PARTS = (tasks, tty, memory, pipes, files, threads, signals, timers, rlimits, fs, creds)
+PARTS = (tasks, tty, memory, pipes, files, locks, threads, signals, timers, rlimits, fs, creds)
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",
@@ -52,6 +52,7 @@ STEP_TEXT = {
     lib.UCR_STEP_ZOMBIE: "waiting for zombie {detail} to exit",
     lib.UCR_STEP_CAPS: "restoring capabilities, securebits or no_new_privs (stage {detail})",
     lib.UCR_STEP_SECCOMP: "installing seccomp filter {detail}",
+    lib.UCR_STEP_LOCK: "taking file lock {detail} again",
 }
 ERRNO_TEXT = {errno.ENODATA: "image truncated"}  # the restorer's reader
 
@@ -278,6 +279,8 @@ class Restorer:
             return UcrError(f"thread ID {detail} is in use; restart with --pidns or --no-pids")
         if step == lib.UCR_STEP_CHECKSUM:
             return UcrError(what)
+        if step == lib.UCR_STEP_LOCK and task < n:
+            return locks.failure(self.img.procs[task], detail, err)
         if step == lib.UCR_STEP_READ and err == errno.ENODATA:
             return UcrError(f"image truncated at offset {detail}")
         reason = ERRNO_TEXT.get(err) or (os.strerror(err) if err else "")

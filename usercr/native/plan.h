@@ -14,7 +14,8 @@ enum ucr_step {
     UCR_STEP_FS = 12, UCR_STEP_RLIMIT = 13, UCR_STEP_SIGACTION = 14, UCR_STEP_SIGQUEUE = 15,
     UCR_STEP_CREDS = 16, UCR_STEP_RSEQ = 17, UCR_STEP_TLS = 18, UCR_STEP_GO = 19,
     UCR_STEP_SIGRETURN = 20, UCR_STEP_CLONE = 21, UCR_STEP_IDS = 22, UCR_STEP_THREAD = 23,
-    UCR_STEP_TIMER = 24, UCR_STEP_ZOMBIE = 25, UCR_STEP_CAPS = 26, UCR_STEP_SECCOMP = 27
+    UCR_STEP_TIMER = 24, UCR_STEP_ZOMBIE = 25, UCR_STEP_CAPS = 26, UCR_STEP_SECCOMP = 27,
+    UCR_STEP_LOCK = 28
 };
 
 struct ucr_vma {
@@ -95,6 +96,13 @@ struct ucr_timer {
     uint64_t its[4];        /* interval s, ns, value s, ns (no 64-bit division on ARM) */
 };
 
+/* A POSIX lock the process takes on one of its fds (F_SETLK). */
+struct ucr_lock {
+    int32_t fd;
+    int32_t type;         /* F_RDLCK, F_WRLCK */
+    int64_t start, len;   /* len 0: to end of file */
+};
+
 /* Shared by every process of the tree (MAP_SHARED): whose turn it is to read
  * its pages from the image stream, the running checksum and offset it hands
  * on, and each process's PID and progress. */
@@ -163,6 +171,8 @@ struct ucr_plan {
 
     uint32_t stopped;       /* stop the process (SIGSTOP) once go arrived */
     uint32_t cap_last_cap;  /* this kernel's /proc/sys/kernel/cap_last_cap */
+    uint32_t nr_locks, pad5;
+    uint64_t locks;       /* struct ucr_lock[], POSIX locks only */
 };
 
 #endif

@@ -402,6 +402,47 @@ static void restore_task_state(struct ucr_plan *p)
     }
 }
 
+#ifdef __NR_fcntl64
+#define FCNTL_NR __NR_fcntl64
+#define SETLK64 F_SETLK64
+#else
+#define FCNTL_NR __NR_fcntl
+#define SETLK64 F_SETLK
+#endif
+
+/* Closes every fd rstr handed down (fd_base and up) but the status and go
+ * pipes: a POSIX lock goes away when its process closes any fd of the file,
+ * so that must be over before the locks are taken. */
+static void close_handed_down(struct ucr_plan *p)
+{
+    uint32_t lo = (uint32_t)p->status_fd, hi = (uint32_t)p->go_fd;
+    if (lo > hi) {
+        lo = hi;
+        hi = (uint32_t)p->status_fd;
+    }
+    if (lo > (uint32_t)p->fd_base)
+        sys3(__NR_close_range, p->fd_base, lo - 1, 0);
+    if (hi > lo + 1)
+        sys3(__NR_close_range, lo + 1, hi - 1, 0);
+    sys3(__NR_close_range, hi + 1, ~0U, 0);
+}
+
+static void take_posix_locks(struct ucr_plan *p)
+{
+    struct ucr_lock *l = (struct ucr_lock *)(uintptr_t)p->locks;
+    for (uint32_t i = 0; i < p->nr_locks; i++) {
+        struct flock64 fl;
+        memset(&fl, 0, sizeof(fl));
+        fl.l_type = (short)l[i].type;
+        fl.l_whence = 0; /* SEEK_SET */
+        fl.l_start = l[i].start;
+        fl.l_len = l[i].len;
+        long r = sys3(FCNTL_NR, l[i].fd, SETLK64, A(&fl));
+        if (r)
+            fail(p, UCR_STEP_LOCK, r, i);
+    }
+}
+
 static struct ucr_thread *threads(struct ucr_plan *p) { return (struct ucr_thread *)(uintptr_t)p->threads; }
 
 /* POSIX timers keep their ids: asked for explicitly where the kernel allows
@@ -729,6 +770,8 @@ static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
         sys1(__NR_exit_group, 0);
     replace_address_space(p);
     restore_task_state(p);
+    close_handed_down(p);
+    take_posix_locks(p);
     settle_zombie_children(p);
     create_threads(p);
     restore_timers(p);
@@ -743,7 +786,8 @@ static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
     r = sys3(__NR_read, p->go_fd, A(&go), 1);
     if (r != 1 || go != 'G')
         sys1(__NR_exit_group, 1);
-    sys3(__NR_close_range, p->fd_base, ~0U, 0);
+    sys1(__NR_close, p->status_fd);
+    sys1(__NR_close, p->go_fd);
     /* A stopped process stops here, its threads still waiting for go, so
      * that after SIGCONT every thread runs on from where it was. */
     if (p->stopped)
