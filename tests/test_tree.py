@@ -173,9 +173,3 @@ def test_new_pids_refused_for_a_tree(procs, workloads, tmp_path):
     assert not pidfile.exists()
     ticked(out, ticks(out)[-1] + 3)
 
-
-def test_new_pids_for_a_lone_process(procs, workloads, tmp_path):
-    out = tmp_path / "out"
-    root = start(procs, workloads["onetask"], out)
-    after = cycles(procs, tmp_path, root, out, how=("--no-pids",))
-    assert after != root and len(tree(after)) == 1

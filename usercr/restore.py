@@ -215,7 +215,7 @@ class Restorer:
         lib.ucr_protect(region.start, page_up(len(blob)), 5)  # PROT_READ | PROT_EXEC
         cur = ffi.new("uint64_t *"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
         lib.ucr_rseq_self(*cur)
-        root = self.plans[0]
+        root = self.plans[self.creation.top]  # the process rstr creates drops rstr's rseq
         root.cur_rseq, root.cur_rseq_len, root.cur_rseq_sig = cur[0][0], cur[1][0], cur[2][0]
 
     def _common(self, node, pid):

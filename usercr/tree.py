@@ -30,7 +30,7 @@ class Namespace:
             return v
         if self.own:  # every process of the tree's own namespace is in the tree
             return v
-        return 0 if proc.exists(v) else v
+        return 0 if proc.state(v) not in (None, "Z", "X") else v  # a dead leader's zombie leads nothing
 
     def __call__(self, pid):
         return self.map.get(pid, 0)
