@@ -270,6 +270,69 @@ def test_group_of_gone_leader_with_members_of_different_parents(procs, tmp_path)
     assert not failures(out)
 
 
+CHAIN = """
+import ctypes, os, sys, time
+out = sys.argv[1]
+def say(msg):
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, (msg + "\\n").encode())
+    os.close(fd)
+root = os.getpid()
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+if os.fork() == 0:  # L: a session; G: a group in it; X: in both, once both are gone
+    os.setsid()
+    if os.fork() == 0:
+        os.setpgid(0, 0)
+        if os.fork() == 0:
+            while os.getppid() != root:
+                time.sleep(0.01)
+            want = (os.getsid(0), os.getpgrp(), root)
+            while True:
+                if (os.getsid(0), os.getpgrp(), os.getppid()) != want:
+                    say(f"BAD X: {os.getsid(0)} {os.getpgrp()} {os.getppid()}, expected {want}")
+                time.sleep(0.02)
+        os._exit(0)
+    time.sleep(0.2)
+    os._exit(0)
+reaped = 0
+while reaped < 2:
+    os.waitpid(-1, 0)
+    reaped += 1
+say("ready")
+n = 0
+while True:
+    if os.waitpid(-1, os.WNOHANG) != (0, 0):
+        say("BAD a child of the root exited")
+    say(f"tick {n}")
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+def test_gone_session_and_gone_group_in_it(procs, tmp_path):
+    """X is in a session and a group whose leaders (L, G: a triple fork) are
+    both gone, and the root's child now: a chain of two placeholders (G's born
+    in L's session) brings both back; the root reaps both placeholders."""
+    out = tmp_path / "out"
+    root = procs.start([sys.executable, "-c", CHAIN, str(out)]).pid
+    ticked(out, 3)
+    (x, _), = tree(root)[1:]
+    ids = (os.getsid(x), os.getpgid(x))
+    assert len(set(ids + (x, root))) == 4
+    for cycle in range(3):
+        img = tmp_path / f"img{cycle}"
+        doomed = family(root)
+        ckpt(root, img, "--kill")
+        for pid in doomed:
+            procs.kill(pid)
+        root = restore(procs, img)
+        (x, _), = tree(root)[1:]
+        if nspid(root) == root:
+            assert (os.getsid(x), os.getpgid(x)) == ids
+        ticked(out, ticks(out)[-1] + 5)
+    assert not failures(out)
+
+
 def test_unrestorable_tree_refused_before_kill(procs, tmp_path):
     """A session whose leader L is gone, with members of different parents:
     C is the root's (a subreaper), B is the child of A, which left the
