@@ -116,7 +116,7 @@ def test_pid_in_use(procs, workloads, tmp_path):
     p = procs.start([workloads["counter"], "20"], stdout=out)
     wait_until(lambda: len(lines(out)) >= 3, what="counter")
     ckpt(p.pid, img)
-    r = run([tool("rstr"), "-i", str(img), "--pids"])
+    r = run([tool("rstr"), "-i", str(img), "--pids", "--no-pidns"])
     err = assert_one_line_error(r)
     assert f"PID {p.pid} is in use" in err and "--pidns" in err and "--no-pids" in err
     assert running_copies(workloads["counter"]) == [p.pid]
@@ -500,7 +500,7 @@ def test_inconsistent_tree_record(procs, tree_image, tmp_path, edit):
     shutil.copy(tree_image["img"], img)
     want = rewrite_image(img, edit)
     assert img.read_bytes() != tree_image["img"].read_bytes()
-    for how in (["--pids", "--pidns"], ["--no-pids"]):
+    for how in (["--pids", "--pidns"], []):
         err = rstr_fails(procs, img, tree_image["exe"], *how)
         assert "checksum" not in err and "truncated" not in err, err
         assert all(w in err for w in want), f"{how}: expected {want} in: {err}"
@@ -559,7 +559,7 @@ def _flip_byte_in_root_pages(img):
     return "checksum"
 
 
-@pytest.mark.parametrize("how", [["--pids", "--pidns"], ["--no-pids"]], ids=["pidns", "no-pids"])
+@pytest.mark.parametrize("how", [["--pids", "--pidns"], []], ids=["pidns", "default"])
 @pytest.mark.parametrize("damage", [_truncate_in_fifth_section, _flip_byte_in_root_pages],
                          ids=["truncated-mid-tree", "bad-page-of-root"])
 def test_restart_fails_mid_tree(procs, tree_image, tmp_path, damage, how):
@@ -592,7 +592,7 @@ def test_file_of_non_root_changed(procs, workloads, tmp_path, change):
         data.unlink()
     else:
         data.write_bytes(b"x" * 10)
-    for how in (["--pids", "--pidns"], ["--no-pids"]):
+    for how in (["--pids", "--pidns"], []):
         err = rstr_fails(procs, img, exe, *how, "--strict-files")
         assert path in err and ("gone" if change == "deleted" else "changed size") in err, err
 

@@ -74,9 +74,10 @@ def start(procs, exe, out, *args, ipcns=False):
     return root
 
 
-def cycles(procs, tmp_path, root, out, how=("--pids", "--pidns"), n=3):
-    """n times: checkpoint with --kill, kill every PID of the tree, restore,
-    and wait for 5 more ticks. Returns the restored root's PID."""
+def cycles(procs, tmp_path, root, out, how=(), n=3):
+    """n times: checkpoint with --kill, kill every PID of the tree, restore
+    (by default: with the original PIDs, here or in a new namespace), and
+    wait for 5 more ticks. Returns the restored root's PID."""
     for cycle in range(n):
         img = tmp_path / f"img{cycle}"
         doomed = family(root)
@@ -133,7 +134,7 @@ def test_pids_kept_in_new_namespace(procs, workloads, tmp_path):
     out = tmp_path / "out"
     root = start(procs, workloads["multitask"], out)
     before = tree(root)
-    root = cycles(procs, tmp_path, root, out, n=1)
+    root = cycles(procs, tmp_path, root, out, how=("--pids", "--pidns"), n=1)
 
     def inner(pid):
         with open(f"/proc/{pid}/status") as f:
@@ -157,9 +158,18 @@ def test_pids_in_use_is_one_clear_error(procs, workloads, tmp_path):
     ticked(out, ticks(out)[-1] + 5)
 
 
-def test_new_pids(procs, workloads, tmp_path):
-    out = tmp_path / "out"
+def test_new_pids_refused_for_a_tree(procs, workloads, tmp_path):
+    """--no-pids would give the root's children new PIDs, which the root
+    knows: refused in one line, before anything is restored."""
+    out, img = tmp_path / "out", tmp_path / "img"
     root = start(procs, workloads["multitask"], out)
-    before = {pid for pid, _ in tree(root)}
-    after = {pid for pid, _ in tree(cycles(procs, tmp_path, root, out, how=("--no-pids",)))}
-    assert len(after) == 7 and not after & before
+    ckpt(root, img)
+    pidfile = tmp_path / "pid"
+    r = run([tool("rstr"), "-i", str(img), "-W", "--no-pids", "--pidfile", str(pidfile)])
+    if pidfile.exists():
+        procs.track(int(pidfile.read_text()))
+    err = assert_one_line_error(r)
+    assert "--no-pids" in err and str(root) in err and "children" in err, err
+    assert not pidfile.exists()
+    ticked(out, ticks(out)[-1] + 3)
+

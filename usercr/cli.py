@@ -171,7 +171,7 @@ RSTR_PLAIN = {
     "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
     "-d": ("debug", True), "--debug": ("debug", True), "--strict-files": ("strict_files", True),
 }
-RSTR_DEFAULTS = dict(input=None, input_fd=None, pids=False, pidns=False, wait=True, pidfile=None, copies=1,
+RSTR_DEFAULTS = dict(input=None, input_fd=None, pids=None, pidns=None, wait=True, pidfile=None, copies=1,
                      forward=None, show_status=False, copy_status=False, logfile=None, verbose=False, debug=False,
                      strict_files=False)
 
@@ -252,8 +252,12 @@ def _commands():
     rstr_options = [
         click.option("-i", "--input", type=click.Path(dir_okay=False), help="read the image from FILE"),
         click.option("--input-fd", type=int, help="read the image from this open fd"),
-        click.option("--pids/--no-pids", default=False, help="restore the original PID (default: a new one)"),
-        click.option("--pidns/--no-pidns", default=False, help="with --pids: in a new PID namespace"),
+        click.option("--pids/--no-pids", default=None,
+                     help="the original PIDs and TIDs (default); --no-pids: new ones, for a lone "
+                          "single-threaded process only"),
+        click.option("--pidns/--no-pidns", default=None,
+                     help="in a new PID namespace; --no-pidns: in this one, or fail if a PID is taken "
+                          "(default: this one if every PID is free here)"),
         click.option("-w/-W", "--wait/--no-wait", default=True, help="wait for the restored process to exit"),
         click.option("--pidfile", type=click.Path(dir_okay=False),
                      help="write the restored root's PID (one line per copy) to FILE"),

@@ -152,7 +152,9 @@ def _sync(fd):
 
 def _write_tree(tree, arch, writer, log):
     ns = tree_mod.Namespace(tree.root, tree.order)
-    for rec in tree_mod.dump(tree.root, tree.order, ns):
+    tree_records = list(tree_mod.dump(tree.root, tree.order, ns))
+    tree_mod.check(tree_records)  # before anything is killed: a tree rstr would refuse is refused now
+    for rec in tree_records:
         writer.add(rec)
     for rec in namespaces.dump_records(tree.root, [p for p in tree.order if p not in tree.zombies]):
         writer.add(rec)

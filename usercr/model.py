@@ -5,6 +5,7 @@ import os
 
 from . import records as R
 from .errors import UcrError
+from .tree import Tree
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -93,7 +94,6 @@ class Image:
     def tree_records(self, *names):
         return [rec for name in names for rec in self.tree.get(name, [])]
 
-
     def _check_tree(self):
         if "TREE" not in self.one or not self.procs:
             raise UcrError("image corrupt: no task tree")
@@ -101,32 +101,13 @@ class Image:
         if not tree["nr_tasks"] == len(self.pids) == len(self.procs):
             raise UcrError("image corrupt: the task tree does not match the tasks it holds "
                            f"({tree['nr_tasks']} in TREE, {len(self.pids)} PIDS, {len(self.procs)} TASK records)")
-        self.index = {}
         for i, (ids, p) in enumerate(zip(self.pids, self.procs)):
-            if ids["pid"] in self.index:
-                raise UcrError(f"image corrupt: PID {ids['pid']} appears twice in the task tree")
-            if ids["pid"] != p.pid or ids["pid"] <= 0:
+            if ids["pid"] != p.pid:
                 raise UcrError(f"image corrupt: task tree entry {i} (PID {ids['pid']}) does not match "
                                f"its TASK record (PID {p.pid})")
-            self.index[ids["pid"]] = i
             p.check()
-        if self.pids[0]["pid"] != tree["root_pid"] or self.procs[0].zombie:
+        self.shape = Tree(tree["root_pid"], self.pids)
+        if self.procs[0].zombie:
             raise UcrError("image corrupt: the task tree's root is not its first task")
-        self.parent = [None]
-        for ids in self.pids[1:]:
-            ppid = self.index.get(ids["ppid"])
-            if ppid is None or ppid >= self.index[ids["pid"]]:
-                raise UcrError(f"image corrupt: the parent {ids['ppid']} of PID {ids['pid']} is not "
-                               "before it in the task tree")
-            self.parent.append(ppid)
         if self.nr_sections != sum(not p.zombie for p in self.procs):
             raise UcrError("image corrupt: the number of page sections does not match the live tasks")
-
-    def descends(self, i, ancestor):
-        while i is not None:
-            if i == ancestor:
-                return True
-            i = self.parent[i]
-        return False
-
-

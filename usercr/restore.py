@@ -115,8 +115,9 @@ class Restorer:
     """The restore of one copy of the tree: rstr's fds handed to the tasks,
     the region with the blob and every plan, and the parts that fill them."""
 
-    def __init__(self, image, arch, in_fd, pids, log, strict_files=False):
+    def __init__(self, image, creation, arch, in_fd, pids, log, strict_files=False):
         self.img = image
+        self.creation = creation
         self.live = image.live
         self.arch = arch
         self.in_fd = in_fd
@@ -167,7 +168,6 @@ class Restorer:
         for p in self.live:
             if hasattr(arch, "check_task"):  # arm: per-task rules (ThumbEE, OABI/EABI)
                 arch.check_task({**img.one, **p.one, **p.threads[0]}, _warn)
-        self.creation = Creation(img)
         nodes = len(img.procs) + len(self.creation.placeholders)
         self.status_r, status_w = os.pipe()
         go_r, self.go_w = os.pipe()
@@ -219,7 +219,7 @@ class Restorer:
         lib.ucr_protect(region.start, page_up(len(blob)), arch.C["PROT_READ"] | arch.C["PROT_EXEC"])
         cur = ffi.new("uint64_t *"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
         lib.ucr_rseq_self(*cur)
-        root = self.plans[0]
+        root = self.plans[self.creation.top]  # the process rstr creates drops rstr's rseq
         root.cur_rseq, root.cur_rseq_len, root.cur_rseq_sig = cur[0][0], cur[1][0], cur[2][0]
 
     def _common(self, node, pid):
@@ -242,14 +242,31 @@ class Restorer:
                 (img.procs[j].pid if j < n else creation.placeholders[j - n]) if self.pids else 0
             c.exit_signal = img.procs[j]["TASK"]["exit_signal"] if j < n else signal.SIGCHLD
             c.zombie, c.placeholder = j < n and img.procs[j].zombie, j >= n
-            c.clone_parent = creation.clone_parent[j]
+            c.clone_parent, c.adopted = creation.clone_parent[j], creation.creator[j] != node
         plan.children, plan.nr_children = region.array("ucr_child", creation.children(node), child)
         return plan
 
     def spawn(self, set_tid, flags=0):
+        """Creates the top node: the root, or the placeholder above it."""
         arr = ffi.new("int32_t[]", set_tid or [0])
         return lib.ucr_spawn_restorer(flags, arr, len(set_tid), signal.SIGCHLD, self.region.start,
-                                      int(ffi.cast("uintptr_t", self.plans[0])), self.region.shared_start)
+                                      int(ffi.cast("uintptr_t", self.plans[self.creation.top])),
+                                      self.region.shared_start)
+
+    def reap_placeholders(self, top):
+        """rstr reaps the placeholders it created (top) or was given with
+        CLONE_PARENT, outermost first, and returns the root's PID: its child."""
+        if self.creation.top == 0:
+            return top
+        slots = ffi.cast("struct ucr_slot *", ffi.addressof(self.shared.slots[0]))
+        for node in self.creation.adopted[None]:
+            pid = top if node == self.creation.top else slots[node].pid
+            if pid <= 0 or os.waitpid(pid, 0)[1] != 0:
+                ready, _, _ = select.select([self.status_r], [], [], POLL_INTERVAL)
+                data = os.read(self.status_r, STATUS.size) if ready else b""
+                raise self._failure(data) if len(data) == STATUS.size else \
+                    UcrError("the stand-in for a gone session or group leader died")
+        return slots[0].pid
 
     def close_fds(self):
         for fd in self.opened:
@@ -347,16 +364,17 @@ def _fd_open(fd):
         return False
 
 
-def _reaper(rst, orig_pid):
-    """PID 1 of a new namespace: creates the root with its original PID,
-    reaps whatever is orphaned there, and exits as the root did."""
+def _reaper(rst, top_pid, orig_pid):
+    """PID 1 of a new namespace: creates the root (or the placeholder above
+    it) with its original PID, reaps whatever is orphaned there, and exits as
+    the root did."""
     code = 127
     try:
         os.close(rst.status_r)
         os.close(rst.go_w)
-        pid = rst.spawn([orig_pid])
+        pid = rst.spawn([top_pid])
         if pid < 0:
-            os.write(rst.status_w, STATUS.pack(lib.UCR_STEP_CLONE, -pid, orig_pid, 0, 0))
+            os.write(rst.status_w, STATUS.pack(lib.UCR_STEP_CLONE, -pid, top_pid, 0, 0))
             os._exit(code)
         rst.cleanup_parent()
         # Hold none of rstr's files: with --no-wait, rstr's caller waits for their EOF.
@@ -369,19 +387,72 @@ def _reaper(rst, orig_pid):
                 got, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-            if got == pid:
+            if got == orig_pid:
                 code = os.waitstatus_to_exitcode(status)
                 code = 128 - code if code < 0 else code
     finally:
         os._exit(code)
 
 
-def _check_pids_free(image):
-    for p in image.procs:
-        for tid in [p.pid] + [t["THREAD"]["tid"] for t in p.threads]:
-            if os.path.exists(f"/proc/{tid}"):
-                what = "PID" if tid == p.pid else f"thread ID (of process {p.pid})"
-                raise UcrError(f"{what} {tid} is in use; restart with --pidns or --no-pids")
+def _taken(image, creation):
+    """The first PID or TID the tree needs (its processes, threads and gone
+    leaders' placeholders) that is in use here, with what it is; None if
+    all are free. A session or group keeps its id after its leader exited."""
+    ids = [(tid, "PID" if tid == p.pid else f"thread ID (of process {p.pid})")
+           for p in image.procs for tid in [p.pid] + [t["THREAD"]["tid"] for t in p.threads]]
+    ids += [(lead, "the gone session or group leader's PID") for lead in creation.placeholders]
+    for v, what in ids:
+        if proc.exists(v):
+            return v, what
+    groups = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                groups.update(int(f) for f in proc.stat_fields(int(d))[5:7])
+            except UcrError:
+                pass
+    return next(((v, what) for v, what in ids if v in groups), None)
+
+
+def _noticed(image):
+    """Why new PIDs would be noticed: a parent sees its children's, and
+    glibc keeps its threads' IDs. None for a lone single-threaded process."""
+    if len(image.procs) > 1:
+        return f"process {image.procs[0].pid} has children, which its tree knows by PID"
+    if len(image.procs[0].threads) > 1:
+        return f"process {image.procs[0].pid} has threads, whose IDs glibc keeps"
+    return None
+
+
+def _pid_mode(image, creation, pids, pidns, copies, log):
+    """(original PIDs?, new PID namespace?) for --pids/--no-pids and
+    --pidns/--no-pidns, each None when not given: by default the original
+    PIDs, here when they are all free, otherwise in a new PID namespace."""
+    if pids is False:
+        if pidns:
+            raise UcrError("--pidns keeps the original PIDs; it does not go with --no-pids")
+        why = _noticed(image)
+        if why:
+            raise UcrError(f"--no-pids would be noticed: {why}; restart without it")
+        return False, False
+    if pidns is False:
+        if copies > 1:
+            raise UcrError("several copies cannot all have the original PIDs; add --pidns or use --no-pids")
+        taken = _taken(image, creation)
+        if taken:
+            raise UcrError(f"{taken[1]} {taken[0]} is in use; restart with --pidns or --no-pids")
+        return True, False
+    if pidns:
+        return True, True
+    if copies > 1:
+        log("restoring each copy with the original PIDs in a new PID namespace")
+        return True, True
+    taken = _taken(image, creation)
+    if taken:
+        log(f"{taken[1]} {taken[0]} is in use here: restoring with the original PIDs in a new PID namespace")
+        return True, True
+    log("restoring with the original PIDs in this PID namespace")
+    return True, False
 
 
 def _kill(pid):
@@ -401,33 +472,37 @@ class Copy:
         self.terminal_modes, self.warnings = rst.part("files").terminal_modes, rst.warnings
 
 
-def _restore_tree(image, reader, arch, in_fd, pids, pidns, log, strict_files):
+def _restore_tree(image, creation, reader, arch, in_fd, pids, pidns, log, strict_files):
     """Creates one copy of the tree and waits until it is ready."""
-    rst = Restorer(image, arch, in_fd, pids, log, strict_files)
+    rst = Restorer(image, creation, arch, in_fd, pids, log, strict_files)
     rst.reader_csum = (reader.csum[0], reader.csum[1])
     rst.reader_offset = reader.offset
     orig_pid = image.procs[0].pid
+    top_pid = orig_pid if creation.top == 0 else creation.placeholders[creation.top - len(image.procs)]
+    reaper = pids and pidns and not (orig_pid == 1 and creation.top == 0)
     top = None
     try:
         sysv = image.tree_records("IPC_SHM", "IPC_MSG", "IPC_SEM")
         namespaces.restore(image.tree_records(*namespaces.RECORDS), sysv=bool(sysv))
         ipc.restore(sysv)
         rst.prepare()
-        if pids and pidns and orig_pid == 1:
+        if pids and pidns and not reaper:
             top = rst.spawn([1], arch.C["CLONE_NEWPID"])
-        elif pids and pidns:
+        elif reaper:
             top = lib.ucr_fork_pidns()
             if top == 0:
-                _reaper(rst, orig_pid)
+                _reaper(rst, top_pid, orig_pid)
         else:
-            top = rst.spawn([orig_pid] if pids else [])
+            top = rst.spawn([top_pid] if pids else [])
         if top == -errno.EEXIST:
-            raise UcrError(f"PID {orig_pid} is in use; restart with --pidns or --no-pids")
+            raise UcrError(f"PID {top_pid} is in use; restart with --pidns or --no-pids")
         if top < 0:
             raise UcrError(f"creating the task failed: {os.strerror(-top)}")
         rst.close_fds()
+        if not reaper:
+            top = rst.reap_placeholders(top)
         rst.wait_ready(top)
-        root = min(proc.children(top)) if pids and pidns and orig_pid != 1 else top
+        root = next(c for c in proc.children(top) if proc.nspids(c)[-1] == orig_pid) if reaper else top
         return Copy(top, root, rst.go_w, rst)
     except BaseException:
         if top and top > 0:
@@ -469,29 +544,25 @@ def _copy_input(in_fd, offset):
     return fd
 
 
-def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, copies=1, forward=None, log=log_nothing,
+def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, forward=None, log=log_nothing,
             strict_files=False):
-    """Restores the image read from in_fd, copies times. Returns (root pids,
-    wait status of the first or None); with a reaper (--pids --pidns) the
+    """Restores the image read from in_fd, copies times. pids, pidns:
+    True, False or None (decided here, see _pid_mode). Returns (root pids,
+    wait status of the first or None); with a reaper (a new namespace) the
     status is the reaper's, which mirrors the root's. forward: a signal
     sent to the roots when rstr gets SIGINT while it waits. strict_files:
     a file whose size changed since the checkpoint is an error, not a warning."""
     arch = current_arch()
     reader = ImageReader(in_fd)
     image = Image(reader, arch)
-    if pids and not pidns:
-        if copies > 1:
-            raise UcrError("several copies cannot all have the original PIDs; add --pidns or use --no-pids")
-        _check_pids_free(image)
-    if not pids and any(len(p.threads) > 1 for p in image.procs):
-        _warn("warning: threads get new thread IDs with --no-pids, and programs that keep them (glibc does) "
-              "may misbehave; use --pids")
+    creation = Creation(image.shape)
+    pids, pidns = _pid_mode(image, creation, pids, pidns, copies, log)
     trees = []
     try:
         for k in range(copies):
             fd = _copy_input(in_fd, reader.offset) if copies > 1 else in_fd
             try:
-                trees.append(_restore_tree(image, reader, arch, fd, pids, pidns, log, strict_files))
+                trees.append(_restore_tree(image, creation, reader, arch, fd, pids, pidns, log, strict_files))
             finally:
                 if fd != in_fd:
                     os.close(fd)

@@ -30,7 +30,7 @@ class Namespace:
             return v
         if self.own:  # every process of the tree's own namespace is in the tree
             return v
-        return 0 if proc.exists(v) else v
+        return 0 if proc.state(v) not in (None, "Z", "X") else v  # a dead leader's zombie leads nothing
 
     def __call__(self, pid):
         return self.map.get(pid, 0)
@@ -49,67 +49,190 @@ def dump(root, order, ns):
                           sid=ns.leader(int(st["NSsid"].split()[-1])))
 
 
+class Tree:
+    """The task tree of the TREE and PIDS records, checked: each process
+    once, after its parent. pids: the PIDS records, root first."""
+
+    def __init__(self, root_pid, pids):
+        if not pids:
+            raise UcrError("image corrupt: no task tree")
+        self.pids = pids
+        self.index = {}
+        for ids in pids:
+            if ids["pid"] in self.index:
+                raise UcrError(f"image corrupt: PID {ids['pid']} appears twice in the task tree")
+            if ids["pid"] <= 0:
+                raise UcrError(f"image corrupt: PID {ids['pid']} in the task tree")
+            self.index[ids["pid"]] = len(self.index)
+        if pids[0]["pid"] != root_pid:
+            raise UcrError("image corrupt: the task tree's root is not its first task")
+        self.parent = [None]
+        for ids in pids[1:]:
+            ppid = self.index.get(ids["ppid"])
+            if ppid is None or ppid >= self.index[ids["pid"]]:
+                raise UcrError(f"image corrupt: the parent {ids['ppid']} of PID {ids['pid']} is not "
+                               "before it in the task tree")
+            self.parent.append(ppid)
+
+    def descends(self, i, ancestor):
+        while i is not None:
+            if i == ancestor:
+                return True
+            i = self.parent[i]
+        return False
+
+
+def check(records):
+    """What rstr will make of the tree, from the TREE and PIDS records ckpt
+    is about to write: raises UcrError now for a tree rstr would refuse."""
+    tree = pids = None
+    for rec in records:
+        rtype, length = R.RECORD_HDR.unpack_from(rec)
+        spec = R.REGISTRY[rtype]
+        fields = spec.unpack(rec[R.RECORD_HDR.size:length])
+        if spec is R.TREE:
+            tree, pids = fields, []
+        elif spec is R.PIDS:
+            pids.append(fields)
+    return Creation(Tree(tree["root_pid"], pids))
+
+
 class Creation:
     """Who creates whom, and how each process gets its session and process
     group, as the restorer does it (user-cr's creator forest, in small).
-    Nodes are the image's processes, then one placeholder per session or
-    group leader that is gone: created with the leader's PID, it takes the
-    session (or group) and creates the members at the top of it with
-    CLONE_PARENT, so that they are its parent's children as they were, then
-    exits and is reaped. ids of processes outside the tree stand for rstr's
-    own session and group, and so does the group the root leads when its
-    session is outside. Raises UcrError where the image's sessions and groups
-    cannot be rebuilt that way."""
 
-    def __init__(self, img):
-        ids, index = img.pids, img.index
+    Nodes are the image's processes, then one placeholder per session or
+    group leader that is gone, created with the leader's PID: it takes the
+    session (setsid) or the group (setpgid) and creates, with CLONE_PARENT,
+    the members that must be born in it, so that they are its parent's
+    children as they were; then it exits and that parent reaps it. A
+    placeholder for a group inside a gone session is created the same way
+    by the session's placeholder (a chain). Members of a gone leader's group
+    whose parent is another process join the group (setpgid) while a member
+    the placeholder created keeps it alive. ids of processes outside the
+    tree stand for rstr's own session and group, and so does the root's
+    group when its session is outside (a job-control shell's or timeout's
+    group, led by a process that may be gone by the next checkpoint).
+    Raises UcrError where the tree cannot be rebuilt exactly that way."""
+
+    def __init__(self, tree):
+        ids, index = tree.pids, tree.index
         n = len(ids)
         root = ids[0]
-        self.outside = lambda v: v == 0 or (v == root["pid"] and root["sid"] == 0)  # noqa: E731
-        gone = sorted({v for t in ids for v in (t["sid"], t["pgid"]) if not self.outside(v) and v not in index})
-        self.placeholders = gone
-        self.creator = list(img.parent)
+        self.tree = tree
+        self.outside = lambda v: v == 0 or (root["sid"] == 0 and v == root["pgid"])  # noqa: E731
+        self.gone = lambda v: not self.outside(v) and v not in index  # noqa: E731
+        self.sessions = {t["sid"] for t in ids}
+        self.session_of = {t["pgid"]: t["sid"] for t in ids}
+        self.placeholders = []            # the gone leaders' PIDs; node n + k
+        self.kparent = {}                 # placeholder node -> the parent its CLONE_PARENT children get
+        self.creator = list(tree.parent)  # None: the node rstr creates
         self.clone_parent = [False] * n
-        sessions = {t["sid"] for t in ids}
-        for k, lead in enumerate(gone):
-            members = {i for i, t in enumerate(ids) if lead in (t["sid"], t["pgid"])}
-            tops = [i for i in members if img.parent[i] not in members]
-            parents = {img.parent[i] for i in tops}
-            if len(parents) != 1 or None in parents:
-                raise UcrError(f"the members of session or group {lead}, whose leader is gone, have different "
-                               "parents; that cannot be recreated")
-            self.creator.append(parents.pop())
-            self.clone_parent.append(False)
-            for i in tops:
-                self.creator[i], self.clone_parent[i] = n + k, True
-        self.setsid = [t["sid"] == t["pid"] for t in ids] + [lead in sessions for lead in gone]
-        self.action, self.leader = [], []
+        self.setsid = [t["sid"] == t["pid"] for t in ids]
+        self.action, self.leader = [0] * n, [-1] * n
         for i, t in enumerate(ids):
-            if self.setsid[i] or self.outside(t["pgid"]) or t["pgid"] not in index:
-                action, leader = 0, -1   # kept from its creator (a placeholder leads a gone group)
-            elif t["pgid"] == t["pid"]:
-                action, leader = 1, -1
-            else:
-                action, leader = 2, index[t["pgid"]]
-                if ids[leader]["pgid"] != ids[leader]["pid"]:
-                    raise UcrError(f"process {t['pid']} is in process group {t['pgid']}, which process "
-                                   f"{t['pgid']} does not lead; that cannot be recreated")
-                if img.descends(leader, i):
-                    raise UcrError(f"process {t['pid']} is in the process group of its descendant {t['pgid']}; "
-                                   "that cannot be recreated")
-            self.action.append(action)
-            self.leader.append(leader)
-        self.action += [0 if self.setsid[n + k] else 1 for k in range(len(gone))]
-        self.leader += [-1] * len(gone)
-        self._check(img)
+            self._place_process(i, t)
+        self._check_joins()
+        self.top = self.creator.index(None)
+        # Placeholders made with CLONE_PARENT are reaped by that parent (None: by rstr).
+        self.adopted = {}
+        for node, parent in self.kparent.items():
+            if self.clone_parent[node] or self.creator[node] is None:
+                self.adopted.setdefault(parent, []).append(node)
+        self._check()
+
+    def _placeholder(self, lead, parent):
+        """The node of lead's placeholder whose CLONE_PARENT children get
+        parent (an image process, None for rstr's); None if lead's
+        placeholder is already another parent's."""
+        if lead in self.placeholders:
+            node = len(self.tree.pids) + self.placeholders.index(lead)
+            return node if self.kparent[node] == parent else None
+        session = lead in self.sessions
+        sid = lead if session else self.session_of.get(lead, 0)
+        creator, cp = parent, False
+        if not session and self.gone(sid) and (parent is None or self.tree.pids[parent]["sid"] != sid):
+            creator, cp = self._placeholder(sid, parent), True  # born in its gone session
+            if creator is None:
+                return None
+        node = len(self.creator)
+        self.placeholders.append(lead)
+        self.kparent[node] = parent
+        self.creator.append(creator)
+        self.clone_parent.append(cp)
+        self.setsid.append(session)
+        self.action.append(0 if session else 1)
+        self.leader.append(-1)
+        return node
+
+    def _place_process(self, i, t):
+        ids, index = self.tree.pids, self.tree.index
+        p = self.tree.parent[i]
+        up = ids[p] if p is not None else {"sid": None, "pgid": None}
+        sid, pgid = t["sid"], t["pgid"]
+        if self.setsid[i]:
+            return  # its own session and group, wherever it is created
+        if self.gone(sid) and sid != up["sid"]:
+            ps = self._placeholder(sid, p)
+            if ps is None:
+                raise UcrError(f"the members of session {sid}, whose leader is gone, have different parents; "
+                               "that cannot be recreated")
+            self.creator[i], self.clone_parent[i] = ps, True
+        if self.gone(pgid) and pgid != up["pgid"] and not (pgid == sid and self.creator[i] != p):
+            pg = self._placeholder(pgid, p)
+            if pg is not None:
+                self.creator[i], self.clone_parent[i] = pg, True
+            else:  # another parent's placeholder holds the group: join it
+                self.action[i] = 2
+                self.leader[i] = len(ids) + self.placeholders.index(pgid)
+        elif self.outside(pgid) or pgid not in index:
+            pass  # kept from its creator
+        elif pgid == t["pid"]:
+            self.action[i] = 1
+        else:
+            leader = index[pgid]
+            self.action[i], self.leader[i] = 2, leader
+            if ids[leader]["pgid"] != ids[leader]["pid"]:
+                raise UcrError(f"process {t['pid']} is in process group {pgid}, which process "
+                               f"{pgid} does not lead; that cannot be recreated")
+            if self.tree.descends(leader, i):
+                raise UcrError(f"process {t['pid']} is in the process group of its descendant {pgid}; "
+                               "that cannot be recreated")
+
+    def _check_joins(self):
+        """A process joining a placeholder's group waits for it: the group
+        must outlive the placeholder (a member it created stays in it), and
+        the placeholder must not be created below the joiner."""
+        n = len(self.tree.pids)
+        for i in range(n):
+            node = self.leader[i]
+            if node < n:
+                continue
+            lead = self.placeholders[node - n]
+            if not any(self.creator[j] == node and self.tree.pids[j]["pgid"] == lead and self.action[j] == 0
+                       for j in range(n)):
+                raise UcrError(f"the process group {lead} of process {self.tree.pids[i]['pid']}, whose leader "
+                               "is gone, cannot be recreated")
+            up = self.creator[node]
+            while up is not None:
+                if up < n and self.tree.descends(up, i):
+                    raise UcrError(f"the process group {lead} of process {self.tree.pids[i]['pid']}, whose "
+                                   "leader is gone, would be recreated below it; that cannot be done")
+                up = self.creator[up]
 
     def key(self, v, index):
         if self.outside(v):
             return "out"
         return index[v] if v in index else len(index) + self.placeholders.index(v)
 
-    def _check(self, img):
+    def parent_of(self, node):
+        """The node's parent once created: its creator's with CLONE_PARENT."""
+        up = self.creator[node]
+        return self.parent_of(up) if self.clone_parent[node] else up
+
+    def _check(self):
         """Plays the creation through and compares with the image."""
+        img = self.tree
         sid, pgid = {}, {}
 
         def sim(node):
@@ -123,11 +246,13 @@ class Creation:
         for i, t in enumerate(img.pids):
             want = (self.key(t["sid"], img.index), self.key(t["pgid"], img.index))
             joins_elsewhere = self.action[i] == 2 and sim(self.leader[i])[0] != sim(i)[0]
-            if sim(i) != want or joins_elsewhere:
+            if sim(i) != want or joins_elsewhere or self.parent_of(i) != img.parent[i]:
                 raise UcrError(f"the session {t['sid']} and process group {t['pgid']} of process {t['pid']} "
                                "cannot be recreated")
 
     def children(self, node):
-        """The nodes node creates, group leaders first so that members rarely wait."""
+        """The nodes node creates, group leaders first so that members rarely
+        wait; then the placeholders it only reaps (adopted)."""
         kids = [j for j, c in enumerate(self.creator) if c == node]
-        return sorted(kids, key=lambda j: (self.action[j] == 2, j))
+        return sorted(kids, key=lambda j: (self.action[j] == 2, j)) + \
+            [j for j in self.adopted.get(node, []) if self.creator[j] != node]

@@ -59,7 +59,7 @@ struct ucr_child {
     uint32_t zombie;
     uint32_t placeholder;  /* stands in for a gone leader: reaped once it made its children */
     uint32_t clone_parent; /* created by a placeholder for the placeholder's parent */
-    uint32_t pad;
+    uint32_t adopted;      /* a placeholder made by another with CLONE_PARENT: only reaped here */
 };
 
 struct ucr_thread {

@@ -704,6 +704,8 @@ static void create_children(struct ucr_plan *p)
     struct ucr_child *c = (struct ucr_child *)(uintptr_t)p->children;
     for (uint32_t i = 0; i < p->nr_children; i++) {
         struct kclone_args args;
+        if (c[i].adopted)
+            continue;
         memset(&args, 0, sizeof(args));
         args.exit_signal = (uint64_t)c[i].exit_signal;
         if (c[i].clone_parent) {  /* clone3 wants no exit signal here: the child takes its creator's */
@@ -725,7 +727,7 @@ static void create_children(struct ucr_plan *p)
 }
 
 /* A child that is a zombie exits at once, a placeholder once it made its
- * children; their exits must not add a SIGCHLD the image did not have
+ * children (also one a placeholder made for us with CLONE_PARENT); their exits must not add a SIGCHLD the image did not have
  * pending, so wait for each and drop the signal (a pending one in the image
  * is queued again afterwards). */
 static void settle_zombie_children(struct ucr_plan *p)
@@ -736,6 +738,8 @@ static void settle_zombie_children(struct ucr_plan *p)
         if (!c[i].zombie && !c[i].placeholder)
             continue;
         struct ucr_plan *cp = (struct ucr_plan *)(uintptr_t)c[i].plan;
+        if (c[i].adopted)  /* its creator may not have made it yet */
+            wait_at_least(&shared(p)->slots[cp->index].state, UCR_SLOT_IDS);
         int32_t pid = shared(p)->slots[cp->index].pid;
         char info[128];
         long r;
