@@ -5,11 +5,13 @@ import fcntl
 import os
 import select
 import signal
+import stat
 import struct
 
 from . import ipc
 from . import proc
 from . import records as R
+from . import safeio, trust
 from .arch import current as current_arch
 from .dump import PAGE_SIZE, PTS_MAJORS, log_nothing, pts_index, quiet_termios
 from .errors import UcrError
@@ -326,6 +328,7 @@ class Restorer:
 
     def _keep(self, fd):
         """Moves an fd rstr opened to fd_base or above, out of the tasks' way."""
+        trust.nofile_room(self.fd_base + len(self.opened) + 1)
         new = fcntl.fcntl(fd, fcntl.F_DUPFD, self.fd_base)
         os.close(fd)
         self.opened.append(new)
@@ -372,7 +375,7 @@ class Restorer:
                            f"({rec['size']} -> {st.st_size} bytes)")
         flags = rec["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
         try:
-            new = os.open(path, flags)
+            new = trust.open_file(rec, flags)
         except OSError as e:
             raise UcrError(f"cannot reopen {path} (fd {fd}): {e.strerror}") from None
         if kind == "reg":
@@ -389,7 +392,7 @@ class Restorer:
             raise UcrError(f"image corrupt: no PIPE record for the pipe at fd {rec['fd']}")
         if R.FILE_KINDS[rec["kind"]] == "fifo":
             try:
-                both = os.open(rec["tail"], os.O_RDWR | os.O_NONBLOCK)
+                both = trust.open_file(rec, os.O_RDWR | os.O_NONBLOCK)
             except OSError as e:
                 raise UcrError(f"FIFO {rec['tail']} (fd {rec['fd']}): {e.strerror}") from None
             r = w = self._keep(both)
@@ -453,7 +456,8 @@ class Restorer:
             raise UcrError(f"mapped file {path} changed size since the checkpoint ({rec['size']} -> {st.st_size} bytes)")
         writable = rec["flags"] & 0x01 and rec["prot"] & 2  # shared and writable
         try:
-            return self._keep(os.open(path, os.O_RDWR if writable else os.O_RDONLY))
+            return self._keep(trust.open_checked(path, stat.S_IFREG, os.O_RDWR if writable else os.O_RDONLY,
+                                                 "mapped file"))
         except OSError as e:
             raise UcrError(f"cannot open mapped file {path}: {e.strerror}") from None
 
@@ -480,12 +484,12 @@ class Restorer:
             return -1
         if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
             return -1
-        return self._keep(os.open(path, os.O_RDONLY))
+        return self._keep(trust.open_checked(path, stat.S_IFREG, os.O_RDONLY, "executable"))
 
     def _dir(self, path):
         if path not in self.cwd:
             try:
-                self.cwd[path] = self._keep(os.open(path, os.O_PATH | os.O_DIRECTORY))
+                self.cwd[path] = self._keep(trust.open_checked(path, stat.S_IFDIR, None, "directory"))
             except OSError as e:
                 raise UcrError(f"working directory {e.filename} is gone: {e.strerror}") from None
         return self.cwd[path]
@@ -982,22 +986,22 @@ def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, copies=1, f
             finally:
                 if fd != in_fd:
                     os.close(fd)
+        roots = [root for _, root, _ in trees]
+        # The trees exist: a failure from here on must not leave them behind.
+        if pidfile:
+            safeio.write_file(pidfile, "".join(f"{root}\n" for root in roots))
+        log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
     except BaseException:
         for top, _, go_w in trees:
             _kill(top)
             os.close(go_w)
         raise
-    roots = [root for _, root, _ in trees]
-    if pidfile:
-        with open(pidfile, "w") as f:
-            f.write("".join(f"{root}\n" for root in roots))
     if wait and forward:  # before the release: a Ctrl-C from now on reaches the roots
         signal.signal(signal.SIGINT, lambda *_: [_signal(root, forward) for root in roots])
     live = sum(not p.zombie for p in image.procs)
     for _, _, go_w in trees:
         os.write(go_w, b"G" * live)
         os.close(go_w)
-    log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
     if not wait:
         return roots, None
     statuses = [os.waitpid(top, 0)[1] for top, _, _ in trees]
