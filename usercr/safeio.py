@@ -134,6 +134,8 @@ def open_log(path):
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise UcrError(f"log file {path} is a symbolic link; refusing to write through it") from None
+        if e.errno == errno.ENXIO:  # a FIFO without a reader, a socket
+            raise UcrError(f"log file {path} is not a regular file; refusing to append to it") from None
         raise UcrError(f"cannot open log file {path}: {e.strerror}") from None
     st = os.fstat(fd)
     problem = "is not a regular file" if not stat.S_ISREG(st.st_mode) else \
