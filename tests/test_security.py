@@ -22,6 +22,12 @@ VICTIM_TEXT = b"precious\n"
 OTHER_UID = 1000
 
 
+def plant(link, target):
+    """A symlink at link, made by another user (as an attacker would)."""
+    link.symlink_to(target)
+    os.lchown(link, OTHER_UID, OTHER_UID)
+
+
 def victim(tmp_path):
     """A file of another user that nothing of ours may change."""
     v = tmp_path / "victim"
@@ -69,7 +75,7 @@ def restores(procs, img, out, *extra):
 def test_symlink_at_output_is_not_followed(procs, workloads, tmp_path, force):
     p, out = counter(procs, workloads, tmp_path)
     v, img = victim(tmp_path), tmp_path / "img"
-    img.symlink_to(v)
+    plant(img, v)
     r = run([tool("ckpt"), str(p.pid), "-o", str(img)] + (["-f"] if force else []))
     assert unchanged(v)
     if force:
@@ -87,7 +93,7 @@ def test_symlink_at_output_is_not_followed(procs, workloads, tmp_path, force):
 def test_dangling_symlink_at_output_creates_nothing_through_it(procs, workloads, tmp_path):
     p, out = counter(procs, workloads, tmp_path)
     img, target = tmp_path / "img", tmp_path / "elsewhere"
-    img.symlink_to(target)
+    plant(img, target)
     assert "exists" in assert_one_line_error(run([tool("ckpt"), str(p.pid), "-o", str(img)]))
     ckpt(p.pid, img, "-f")
     assert not target.exists() and not img.is_symlink()
@@ -137,7 +143,7 @@ def test_symlink_planted_during_the_dump(procs, workloads, tmp_path, force):
     c, root, out, img = _start_ckpt_of_bigmem(procs, workloads, tmp_path, "--kill", *(["-f"] if force else []))
     _stop_when_written(c, tmp_path, 0)
     v = victim(tmp_path)
-    img.symlink_to(v)
+    plant(img, v)
     os.kill(c.pid, signal.SIGCONT)
     c.wait(timeout=60)
     assert unchanged(v)
@@ -153,9 +159,27 @@ def test_symlink_planted_during_the_dump(procs, workloads, tmp_path, force):
         ticked(out, ticks(out)[-1] + 3)
 
 
+def test_own_symlink_or_special_file_at_output_is_not_replaced(procs, workloads, image, tmp_path):
+    """-f and pidfiles replace a regular file or a planted symlink, but not
+    the caller's own symlink (think /dev/stdout as root) nor a device, FIFO or
+    socket node (think /dev/null): a FIFO stands in for those."""
+    p, out = counter(procs, workloads, tmp_path, "out2")
+    v, link, node = victim(tmp_path), tmp_path / "link", tmp_path / "node"
+    link.symlink_to(v)
+    os.mkfifo(node)
+    for path, why in ((link, "symbolic link of yours"), (node, "FIFO")):
+        err = assert_one_line_error(run([tool("ckpt"), str(p.pid), "-o", str(path), "-f", "--kill"]))
+        assert why in err, err
+        keeps_counting(p, out)
+        err = assert_one_line_error(run([tool("rstr"), "-i", str(image), "-W", "--pidfile", str(path)]))
+        assert why in err and running_copies(workloads["counter"]) == [p.pid], err
+    assert stat.S_ISFIFO(os.lstat(node).st_mode) and os.readlink(link) == str(v) and unchanged(v)
+    assert sorted(os.listdir(tmp_path)) == ["img", "link", "node", "out", "out2", "victim"]
+
+
 def test_rstr_pidfile_symlink_is_replaced_not_followed(procs, image, tmp_path):
     v, pidfile = victim(tmp_path), tmp_path / "pidfile"
-    pidfile.symlink_to(v)
+    plant(pidfile, v)
     r = run([tool("rstr"), "-i", str(image), "-W", "--pidfile", str(pidfile)])
     assert r.returncode == 0, r.stderr
     assert not pidfile.is_symlink()
@@ -165,7 +189,7 @@ def test_rstr_pidfile_symlink_is_replaced_not_followed(procs, image, tmp_path):
 
 def test_usercr_run_pidfile_symlink_is_replaced_not_followed(procs, tmp_path):
     v, pidfile = victim(tmp_path), tmp_path / "pidfile"
-    pidfile.symlink_to(v)
+    plant(pidfile, v)
     procs.start([tool("usercr"), "run", "--pidfile", str(pidfile), "--", "sleep", "30"])
     pid = procs.track(wait_until(lambda: not pidfile.is_symlink() and pidfile.read_text(), what="the pidfile"))
     assert alive(int(pid)) and unchanged(v)

@@ -24,7 +24,10 @@ class AtomicFile:
     """A file that appears under path complete or not at all. fd is the
     temporary file to write; commit() gives it the name. With replace=False
     (ckpt without -f) an existing path is an error, also one that appears
-    meanwhile. Used as a context manager, an uncommitted file is removed."""
+    meanwhile. With replace=True a regular file is replaced, and so is a
+    symlink someone else planted; the caller's own symlink (think
+    /dev/stdout), a device, a FIFO or a socket is refused, not replaced.
+    Used as a context manager, an uncommitted file is removed."""
 
     def __init__(self, path, mode=0o600, replace=False):
         self.path, self.replace, self.fd, self.tmp = path, replace, None, None
@@ -36,8 +39,14 @@ class AtomicFile:
         except OSError as e:
             raise UcrError(f"cannot create {path}: {e.strerror}") from None
         try:
-            if not replace and self._taken():
+            taken = self._taken()
+            if taken is not None and not replace:
                 raise UcrError(f"{path} exists; use -f to overwrite it")
+            if taken is not None and stat.S_ISLNK(taken.st_mode) and taken.st_uid == os.geteuid():
+                raise UcrError(f"{path} is a symbolic link of yours; give the path it points to "
+                               "(a link is never written through)")
+            if taken is not None and not (stat.S_ISREG(taken.st_mode) or stat.S_ISLNK(taken.st_mode)):
+                raise UcrError(f"{path} is a {_kind(taken.st_mode)}; refusing to replace it with a file")
             base = self.name[:NAME_MAX - TMP_SUFFIX_LEN]
             while self.fd is None:
                 self.tmp = f".{base}.{secrets.token_hex(4)}.tmp"
@@ -55,11 +64,11 @@ class AtomicFile:
             raise
 
     def _taken(self):
+        """What holds the name now (not followed), or None."""
         try:
-            os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
-            return True
+            return os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            return False
+            return None
 
     def commit(self):
         """Flushes the file to disk, then gives it its name."""
@@ -95,6 +104,11 @@ class AtomicFile:
 
     def __exit__(self, *exc):
         self.discard()
+
+
+def _kind(mode):
+    return "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else \
+        "socket" if stat.S_ISSOCK(mode) else "device"
 
 
 def _sync_dir(dir_fd):
