@@ -15,7 +15,7 @@ CKPT_LINES = [
     ["123", "-o", "/"],
 ]
 RSTR_LINES = [
-    [], ["-i", "img"], ["-i", "img", "-W", "--pidfile", "p"], ["--input-fd", "3", "--pids", "--pidns"],
+    [], ["-i", "img"], ["-i", "img", "-W", "--pidfile", "p", "--trust-image"], ["--input-fd", "3", "--pids", "--pidns"],
     ["--pids", "--no-pids", "-w", "--no-wait", "--wait"], ["--show-status", "--copy-status", "-d", "-v", "-l", "x"],
     ["--no-pidns", "--debug", "--verbose", "--logfile", "x", "--input", "y"],
     ["--copies", "3", "-i", "img"], ["--signal", "TERM", "-w", "--copies", "1024"],

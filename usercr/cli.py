@@ -22,15 +22,20 @@ class Log:
     """-v prints progress to stderr; -l FILE also writes it there."""
 
     def __init__(self, verbose=False, logfile=None):
+        from .safeio import open_log
         self.verbose = verbose
-        self.file = open(logfile, "a") if logfile else None
+        self.path = logfile
+        self.file = open_log(logfile) if logfile else None
 
     def __call__(self, msg):
         if self.verbose:
             _echo_err(msg)
         if self.file:
-            self.file.write(msg + "\n")
-            self.file.flush()
+            try:
+                self.file.write(msg + "\n")
+                self.file.flush()
+            except OSError as e:
+                raise UcrError(f"cannot write log file {self.path}: {e.strerror}") from None
 
 
 def one_line_errors(prog):
@@ -55,18 +60,8 @@ def one_line_errors(prog):
     return wrap
 
 
-def _open_output(path, fd, force):
-    """The image's destination: a new 0600 file, a given fd, or stdout."""
-    if path:
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-        try:
-            out = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise UcrError(f"{path} exists; use -f to overwrite it") from None
-        except OSError as e:
-            raise UcrError(f"cannot create {path}: {e.strerror}") from None
-        os.fchmod(out, 0o600)
-        return out
+def _open_output(fd):
+    """The image's destination when it is not -o FILE: a given fd, or stdout."""
     out = 1 if fd is None else fd
     try:
         st = os.fstat(out)
@@ -81,17 +76,15 @@ def _open_output(path, fd, force):
 
 def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose):
     from .dump import checkpoint, validate_target
+    from .safeio import AtomicFile
     validate_target(pid)
-    out = _open_output(output, output_fd, force)
-    try:
-        checkpoint(pid, out, kill=kill, log=Log(verbose, logfile))
-    except BaseException:
-        if output and stat.S_ISREG(os.fstat(out).st_mode):
-            os.unlink(output)  # no partial image left behind
-        raise
-    finally:
-        if output:
-            os.close(out)
+    log = Log(verbose, logfile)
+    if not output:
+        checkpoint(pid, _open_output(output_fd), kill=kill, log=log)
+        return
+    # A temporary file, named output only once complete and before --kill kills anything.
+    with AtomicFile(output, 0o600, replace=force) as out:
+        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit)
 
 
 def _signal_number(name):
@@ -109,8 +102,9 @@ def _signal_number(name):
 
 
 def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, show_status, copy_status, logfile,
-               verbose, debug, strict_files):
+               verbose, debug, strict_files, trust_image):
     from .restore import restart
+    from .trust import check_image
     if debug:
         os.environ["USERCR_DEBUG"] = "1"
     if input:
@@ -122,6 +116,7 @@ def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, sho
         fd = 0 if input_fd is None else input_fd
         if os.isatty(fd):
             raise UcrError("standard input is a terminal; give the image with -i FILE or redirect it")
+    check_image(fd, input or ("on standard input" if fd == 0 else f"on fd {fd}"), trust_image)
     forward = _signal_number(forward)
     if forward and not wait:
         raise UcrError("--signal needs --wait: rstr forwards it while it waits")
@@ -170,10 +165,11 @@ RSTR_PLAIN = {
     "--show-status": ("show_status", True), "--copy-status": ("copy_status", True),
     "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
     "-d": ("debug", True), "--debug": ("debug", True), "--strict-files": ("strict_files", True),
+    "--trust-image": ("trust_image", True),
 }
 RSTR_DEFAULTS = dict(input=None, input_fd=None, pids=None, pidns=None, wait=True, pidfile=None, copies=1,
                      forward=None, show_status=False, copy_status=False, logfile=None, verbose=False, debug=False,
-                     strict_files=False)
+                     strict_files=False, trust_image=False)
 
 
 def _path_ok(value):
@@ -272,6 +268,8 @@ def _commands():
         click.option("-d", "--debug", is_flag=True, help="show tracebacks of internal errors"),
         click.option("--strict-files", is_flag=True,
                      help="refuse files whose size changed since the checkpoint (default: warn)"),
+        click.option("--trust-image", is_flag=True,
+                     help="as root, restore an image another user owns or could change (see docs/security.md)"),
     ]
     info_options = [
         click.argument("image", required=False, type=click.Path(dir_okay=False)),

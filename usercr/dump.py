@@ -115,9 +115,11 @@ class FrozenTree:
             raise errors[0]
 
 
-def checkpoint(pid, out_fd, kill=False, log=log_nothing):
+def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
     """Writes an image of the process tree rooted at pid to out_fd. On any
-    failure every task is released unharmed and UcrError is raised."""
+    failure every task is released unharmed and UcrError is raised.
+    complete() runs once the image is on disk, before kill kills the tree
+    (ckpt -o names the file there)."""
     validate_target(pid)
     arch = current_arch()
     tree = FrozenTree(pid, arch, log)
@@ -137,6 +139,8 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing):
             raise
         writer.finish()
         _sync(out_fd)
+        if complete:
+            complete()
         done = True
         log(f"image complete: {writer.offset} bytes")
     finally:

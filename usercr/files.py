@@ -15,7 +15,7 @@ import stat
 from . import pipes
 from . import proc
 from . import records as R
-from . import tty
+from . import trust, tty
 from .errors import UcrError
 from .native import lib
 
@@ -133,7 +133,7 @@ class Restore:
             self._check_size(rec, st)
         flags = rec["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
         try:
-            new = os.open(path, flags)
+            new = trust.open_file(rec, flags)
         except OSError as e:
             raise UcrError(f"cannot reopen {path} (fd {fd}): {e.strerror}") from None
         if rec["kind"] == K.REG:

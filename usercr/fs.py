@@ -1,8 +1,9 @@
 """Filesystem context: working directory, root and umask (FS)."""
-import os
+import stat
 
 from . import proc
 from . import records as R
+from . import trust
 from .errors import UcrError
 
 
@@ -19,7 +20,7 @@ class Restore:
     def _dir(self, path):
         if path not in self.dirs:
             try:
-                self.dirs[path] = self.rst.keep(os.open(path, os.O_PATH | os.O_DIRECTORY))
+                self.dirs[path] = self.rst.keep(trust.open_checked(path, stat.S_IFDIR, None, "directory"))
             except OSError as e:
                 raise UcrError(f"working directory {e.filename} is gone: {e.strerror}") from None
         return self.dirs[path]

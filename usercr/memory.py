@@ -2,9 +2,11 @@
 the vDSO for comparison (SPECIAL_DATA); the page contents themselves are
 copied by the C core once every process's metadata is written (PAGES)."""
 import os
+import stat
 
 from . import proc
 from . import records as R
+from . import trust
 from .errors import UcrError
 from .native import ffi, lib
 
@@ -153,7 +155,8 @@ class Restore:
             self.rst.warn(f"warning: {change}")
         writable = rec["flags"] & self.rst.arch.C["MAP_SHARED"] and rec["prot"] & self.rst.arch.C["PROT_WRITE"]
         try:
-            return self.rst.keep(os.open(path, os.O_RDWR if writable else os.O_RDONLY))
+            return self.rst.keep(trust.open_checked(path, stat.S_IFREG, os.O_RDWR if writable else os.O_RDONLY,
+                                                    "mapped file"))
         except OSError as e:
             raise UcrError(f"cannot open mapped file {path}: {e.strerror}") from None
 

@@ -6,6 +6,7 @@ import stat
 
 from . import proc
 from . import records as R
+from . import trust
 from .errors import UcrError
 from .native import ffi, lib
 
@@ -58,7 +59,7 @@ class Restore:
             raise UcrError(f"image corrupt: no PIPE record for the pipe at fd {rec['fd']}")
         if rec["kind"] == K.FIFO:
             try:
-                both = os.open(rec["tail"], os.O_RDWR | os.O_NONBLOCK)
+                both = trust.open_file(rec, os.O_RDWR | os.O_NONBLOCK)
             except OSError as e:
                 raise UcrError(f"FIFO {rec['tail']} (fd {rec['fd']}): {e.strerror}") from None
             r = w = self.rst.keep(both)

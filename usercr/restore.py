@@ -9,7 +9,8 @@ import select
 import signal
 import struct
 
-from . import creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
+from . import creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, safeio, signals, tasks, threads
+from . import timers, trust, tty
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -131,6 +132,7 @@ class Restorer:
 
     def keep(self, fd):
         """Moves an fd rstr opened to fd_base or above, out of the tasks' way."""
+        trust.nofile_room(self.fd_base + len(self.opened) + 1)
         new = fcntl.fcntl(fd, fcntl.F_DUPFD, self.fd_base)
         os.close(fd)
         self.opened.append(new)
@@ -566,15 +568,16 @@ def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, for
             finally:
                 if fd != in_fd:
                     os.close(fd)
+        roots = [copy.root for copy in trees]
+        # The trees exist: a failure from here on must not leave them behind.
+        if pidfile:
+            safeio.write_file(pidfile, "".join(f"{root}\n" for root in roots))
+        log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
     except BaseException:
         for copy in trees:
             _kill(copy.top)
             os.close(copy.go_w)
         raise
-    roots = [copy.root for copy in trees]
-    if pidfile:
-        with open(pidfile, "w") as f:
-            f.write("".join(f"{root}\n" for root in roots))
     if wait and forward:  # before the release: a Ctrl-C from now on reaches the roots
         signal.signal(signal.SIGINT, lambda *_: [_signal(root, forward) for root in roots])
     for msg in trees[0].warnings:
@@ -583,7 +586,6 @@ def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, for
     for copy in trees:
         os.write(copy.go_w, b"G" * len(image.live))
         os.close(copy.go_w)
-    log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
     if not wait:
         return roots, None
     statuses = [os.waitpid(copy.top, 0)[1] for copy in trees]

@@ -19,6 +19,7 @@ import os
 import signal
 
 from .errors import UcrError
+from .safeio import write_file
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 # Python ignores these at start-up; ignored dispositions survive exec, so CMD gets them back.
@@ -52,17 +53,6 @@ def _exec_child(argv, mask, err_w):
     except BaseException:
         pass
     os._exit(EXEC_FAILED)
-
-
-def _write_pidfile(path, pid):
-    """Written whole (rename), once CMD runs: a reader polling it never sees half a PID."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(f"{pid}\n")
-        os.rename(tmp, path)
-    except OSError as e:
-        raise UcrError(f"cannot write {path}: {e.strerror}") from None
 
 
 def _status_code(status):
@@ -106,9 +96,9 @@ def run(argv, pidns=True, ipcns=True, pidfile=None):
         os.waitpid(pid, 0)
         err = int.from_bytes(data[:4], "little")
         raise UcrError(f"cannot run {argv[0]}: {os.strerror(err) if err else 'exec failed'}")
-    if pidfile:
+    if pidfile:  # written whole once CMD runs: a reader polling it never sees half a PID
         try:
-            _write_pidfile(pidfile, pid)
+            write_file(pidfile, f"{pid}\n")
         except UcrError:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)

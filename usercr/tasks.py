@@ -1,10 +1,12 @@
 """Processes: the TASK record (comm, personality, exit signal, pdeathsig,
 controlling terminal, the executable's path), zombies included."""
 import os
+import stat
 import struct
 
 from . import proc
 from . import records as R
+from . import trust
 from .native import ffi
 
 
@@ -63,4 +65,4 @@ class Restore:
             return -1
         if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
             return -1
-        return self.rst.keep(os.open(path, os.O_RDONLY))
+        return self.rst.keep(trust.open_checked(path, stat.S_IFREG, os.O_RDONLY, "executable"))
