@@ -7,6 +7,7 @@ import select
 import signal
 import struct
 
+from . import cleanup
 from . import ipc
 from . import proc
 from . import records as R
@@ -551,6 +552,7 @@ class Restorer:
         self.go_r = self._keep(go_r)
 
         blob = bytes(ffi.buffer(lib.ucr_restorer_blob(), lib.ucr_restorer_size()))
+        blob, syscall_at = cleanup.with_syscall_insn(blob, arch)
         park = max(sum(v["end"] - v["start"] for v in p.many["VMA"] if v["kind"] == 2) for p in live)
         max_threads = max(len(p.threads) for p in live)
         data_size = self._data_size()
@@ -560,6 +562,7 @@ class Restorer:
         busy = [(m.start, m.end) for m in mine] + [(v["start"], v["end"]) for p in live for v in p.many["VMA"]]
         self.region = region
         region.place(busy)
+        self.syscall_addr = region.start + syscall_at
         region.data_start = region.start + page_up(len(blob))
         region.park_start = region.data_start + data_size
         region.stacks_start = region.park_start + park
@@ -893,7 +896,8 @@ def _kill(pid):
 
 def _restore_tree(image, reader, arch, in_fd, pids, pidns, log):
     """Creates one copy of the tree and waits until it is ready; returns
-    (top: the process rstr created, root, go fd that releases the tree)."""
+    (top: the process rstr created, root, go fd that releases the tree,
+    its cleanup.Leave)."""
     rst = Restorer(image, arch, in_fd, pids, log)
     rst.reader_csum = (reader.csum[0], reader.csum[1])
     rst.reader_offset = reader.offset
@@ -917,7 +921,8 @@ def _restore_tree(image, reader, arch, in_fd, pids, pidns, log):
         rst.close_fds()
         rst.wait_ready(top)
         root = min(proc.children(top)) if pids and pidns and orig_pid != 1 else top
-        return top, root, rst.go_w
+        region = rst.region
+        return top, root, rst.go_w, cleanup.Leave(arch, region.start, region.end, rst.syscall_addr, root, log)
     except BaseException:
         if top and top > 0:
             if not pidns:  # otherwise PID 1 of the namespace takes them all along
@@ -983,24 +988,32 @@ def restart(in_fd, pids=False, pidns=False, wait=True, pidfile=None, copies=1, f
                 if fd != in_fd:
                     os.close(fd)
     except BaseException:
-        for top, _, go_w in trees:
+        for top, _, go_w, _ in trees:
             _kill(top)
             os.close(go_w)
         raise
-    roots = [root for _, root, _ in trees]
+    roots = [root for _, root, _, _ in trees]
     if pidfile:
         with open(pidfile, "w") as f:
             f.write("".join(f"{root}\n" for root in roots))
     if wait and forward:  # before the release: a Ctrl-C from now on reaches the roots
         signal.signal(signal.SIGINT, lambda *_: [_signal(root, forward) for root in roots])
     live = sum(not p.zombie for p in image.procs)
-    for _, _, go_w in trees:
-        os.write(go_w, b"G" * live)
-        os.close(go_w)
+    try:
+        for _, _, go_w, leave in trees:
+            leave.release(go_w, live)
+    except BaseException:
+        for top, _, _, leave in trees:
+            leave.kill()
+            _kill(top)
+        raise
+    finally:
+        for _, _, go_w, _ in trees:
+            os.close(go_w)
     log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
     if not wait:
         return roots, None
-    statuses = [os.waitpid(top, 0)[1] for top, _, _ in trees]
+    statuses = [os.waitpid(top, 0)[1] for top, _, _, _ in trees]
     return roots, statuses[0]
 
 
