@@ -26,9 +26,8 @@ from . import proc
 from .errors import UcrError
 from .native import ffi, lib
 from .ptrace import PTRACE_EVENT_STOP, PTRACE_INTERRUPT, PTRACE_SEIZE, PTRACE_SYSCALL, SIGTRAP, STOP_TIMEOUT, \
-    Tracee, wait_any
+    WALL, Tracee
 
-DURING = "its release"
 ALL_SIGNALS = 2**64 - 1
 RSEQ_CS_OFFSET = 8  # struct rseq: u32 cpu_id_start, u32 cpu_id, u64 rseq_cs
 
@@ -107,7 +106,7 @@ class Leave:
                     return False
                 if r < 0:
                     raise UcrError(f"cannot trace restored process {pid}: {os.strerror(-r)}")
-                tracee = Tracee(tid, self.arch, DURING)
+                tracee = Tracee(tid, self.arch)
                 tracee.seized = True
                 tracee.call(PTRACE_INTERRUPT, what="interrupt")
                 task = self.tasks[tid] = _Task(tracee, p, tid == pid)
@@ -132,35 +131,43 @@ class Leave:
         the stops of the whole tree as they come."""
         nr_sigreturn = self.arch.SYSCALLS["rt_sigreturn"]
         left = len(self.procs)
-        while left:
-            event = wait_any(-1, STOP_TIMEOUT)
-            if event is None:
-                raise UcrError(f"the restored tasks did not return to their programs within {STOP_TIMEOUT:.0f} s")
-            tid, status = event
-            task = self.tasks.get(tid)
-            if task is None or os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                raise UcrError(f"restored process {task.proc.pid if task else tid} died during its release")
-            sig, deliver = os.WSTOPSIG(status), 0
-            if sig == SIGTRAP | 0x80:
-                op, nr = self._syscall_stop(task)
-                if task.saved and op == self.exit:
-                    self._unmapped(task)
-                    left -= 1
-                    continue
-                if not task.saved and (op == self.entry and nr == nr_sigreturn and not task.main or
-                                       op == self.exit and task.in_sigreturn):
-                    task.proc.waiting -= 1
-                    if not task.proc.waiting:
-                        self._unmap(next(t for t in task.proc.tasks if t.main))
-                    continue
-                task.in_sigreturn = op == self.entry and nr == nr_sigreturn
-            elif status >> 16 == PTRACE_EVENT_STOP:
-                pass  # the interrupt
-            elif sig == signal.SIGSTOP:  # the only signal the restorer does not block: sent again after
-                task.tracee.late_signals.append(sig)
-            else:
-                deliver = sig  # a fault in the restorer: it takes its course
-            task.tracee.call(PTRACE_SYSCALL, 0, deliver, what="resuming")
+        old = signal.signal(signal.SIGALRM, _too_slow)
+        try:
+            while left:
+                left -= self._next(nr_sigreturn)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    def _next(self, nr_sigreturn):
+        """Handles the next stop; returns 1 when it let a process go."""
+        # A blocking wait: a polling tracer would take the CPU from its tracees.
+        signal.setitimer(signal.ITIMER_REAL, STOP_TIMEOUT)
+        tid, status = os.waitpid(-1, WALL)
+        task = self.tasks.get(tid)
+        if task is None or os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            raise UcrError(f"restored process {task.proc.pid if task else tid} died during its release")
+        sig, deliver = os.WSTOPSIG(status), 0
+        if sig == SIGTRAP | 0x80:
+            op, nr = self._syscall_stop(task)
+            if task.saved and op == self.exit:
+                self._unmapped(task)
+                return 1
+            if not task.saved and (op == self.entry and nr == nr_sigreturn and not task.main or
+                                   op == self.exit and task.in_sigreturn):
+                task.proc.waiting -= 1
+                if not task.proc.waiting:
+                    self._unmap(next(t for t in task.proc.tasks if t.main))
+                return 0
+            task.in_sigreturn = op == self.entry and nr == nr_sigreturn
+        elif status >> 16 == PTRACE_EVENT_STOP:
+            pass  # the interrupt
+        elif sig == signal.SIGSTOP:  # the only signal the restorer does not block: sent again after
+            task.tracee.late_signals.append(sig)
+        else:
+            deliver = sig  # a fault in the restorer: it takes its course
+        task.tracee.call(PTRACE_SYSCALL, 0, deliver, what="resuming")
+        return 0
 
     def _unmap(self, task):
         """Starts munmap of the region in the main thread, at the exit of its
@@ -190,3 +197,7 @@ class Leave:
         for other in task.proc.tasks:
             other.tracee.release()
             del self.tasks[other.tracee.pid]
+
+
+def _too_slow(*_):
+    raise UcrError(f"the restored tasks did not return to their programs within {STOP_TIMEOUT:.0f} s")

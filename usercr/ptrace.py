@@ -27,43 +27,32 @@ SIGTRAP = 5
 STOP_TIMEOUT = 10.0
 
 
-def wait_any(pid=-1, timeout=STOP_TIMEOUT):
-    """(pid, raw wait status) of the next event of pid (-1: of any child or
-    tracee); None after timeout seconds."""
+def wait_stop(pid, timeout=STOP_TIMEOUT):
+    """Waits for the next ptrace stop of pid; returns the raw wait status."""
     deadline = time.monotonic() + timeout
     spins = 0
     while True:
-        got, status = os.waitpid(pid, os.WNOHANG | WALL)
-        if got:
-            return got, status
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG | WALL)
+        except ChildProcessError:
+            raise UcrError(f"process {pid} exited during the checkpoint") from None
+        if got == pid:
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                raise UcrError(f"process {pid} exited during the checkpoint")
+            return status
         if time.monotonic() > deadline:
-            return None
+            raise UcrError(f"process {pid} did not stop within {timeout:.0f} s")
         spins += 1
         if spins > 100:
             time.sleep(0.0005)
 
 
-def wait_stop(pid, timeout=STOP_TIMEOUT, during="the checkpoint"):
-    """Waits for the next ptrace stop of pid; returns the raw wait status."""
-    try:
-        event = wait_any(pid, timeout)
-    except ChildProcessError:
-        raise UcrError(f"process {pid} exited during {during}") from None
-    if event is None:
-        raise UcrError(f"process {pid} did not stop within {timeout:.0f} s")
-    status = event[1]
-    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-        raise UcrError(f"process {pid} exited during {during}")
-    return status
-
-
 class Tracee:
     """A seized task. The arch module knows its registers."""
 
-    def __init__(self, pid, arch, during="the checkpoint"):
+    def __init__(self, pid, arch):
         self.pid = pid
         self.arch = arch
-        self.during = during  # for messages: what the task exited during
         self.seized = False
         self.orig_regs = None
         self.poked = None  # (addr, original bytes) while injection code is in place
@@ -191,7 +180,7 @@ class Tracee:
         for _ in range(2):  # syscall-enter, then syscall-exit
             while True:
                 self.call(PTRACE_SYSCALL, what="running a syscall in the task")
-                status = wait_stop(self.pid, during=self.during)
+                status = wait_stop(self.pid)
                 sig = os.WSTOPSIG(status)
                 if sig == SIGTRAP | 0x80:
                     break
