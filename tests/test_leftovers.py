@@ -186,6 +186,14 @@ def test_without_ptrace_the_region_stays(procs, workloads, tmp_path, deny_ptrace
     assert extra and all(m[0] >= 1 << 30 for m in extra), extra
 
 
+def test_check_says_when_the_region_stays(deny_ptrace):
+    ok = run([tool("usercr"), "check"])
+    assert "ok       restorer unmapped after restart" in ok.stdout.splitlines(), ok.stdout
+    r = run([deny_ptrace, "-1", str(EPERM), tool("usercr"), "check"])
+    row = [x for x in r.stdout.splitlines() if "restorer unmapped after restart" in x]
+    assert row and row[0].startswith("absent") and "leaves its restorer region mapped" in row[0], r.stdout
+
+
 def named(comm):
     """Live processes called comm."""
     out = []
