@@ -134,7 +134,10 @@ class Leave:
         old = signal.signal(signal.SIGALRM, _too_slow)
         try:
             while left:
-                left -= self._next(nr_sigreturn)
+                signal.setitimer(signal.ITIMER_REAL, STOP_TIMEOUT)  # for each process let go
+                while not self._next(nr_sigreturn):
+                    pass
+                left -= 1
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
@@ -142,7 +145,6 @@ class Leave:
     def _next(self, nr_sigreturn):
         """Handles the next stop; returns 1 when it let a process go."""
         # A blocking wait: a polling tracer would take the CPU from its tracees.
-        signal.setitimer(signal.ITIMER_REAL, STOP_TIMEOUT)
         tid, status = os.waitpid(-1, WALL)
         task = self.tasks.get(tid)
         if task is None or os.WIFEXITED(status) or os.WIFSIGNALED(status):
@@ -200,4 +202,4 @@ class Leave:
 
 
 def _too_slow(*_):
-    raise UcrError(f"the restored tasks did not return to their programs within {STOP_TIMEOUT:.0f} s")
+    raise UcrError(f"no restored process returned to its program within {STOP_TIMEOUT:.0f} s")
