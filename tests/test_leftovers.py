@@ -4,6 +4,7 @@ keep a program's layout and image size as they were. Where ptrace is
 forbidden the region stays; a clean-up that fails kills the tree."""
 import json
 import os
+import signal
 import subprocess
 
 import pytest
@@ -159,6 +160,38 @@ def test_tree_three_cycles(procs, workloads, tmp_path, name):
     # PAGES) record each; beyond that the images do not change.
     joined = sum(len(maps) - len(merged(maps)) for maps in before.values())
     assert sizes[2] == sizes[1] and 0 <= sizes[0] - sizes[1] <= 128 * joined, (sizes, joined)
+
+
+def test_sigstop_during_release(procs, workloads, tmp_path):
+    """SIGSTOP, the one signal the restorer cannot block, sent as soon as the
+    pidfile names the root (the release is then under way): rstr succeeds,
+    the program ends up stopped, with no region, and goes on after SIGCONT."""
+    out, img = tmp_path / "out", tmp_path / "img"
+    root = procs.start([workloads["counter"], "5"], stdout=out).pid
+    wait_until(lambda: len(lines(out)) > 3, 20, "the counter to count")
+    before = layout(root)
+    ckpt(root, img, "--kill")
+    procs.kill(root)
+    for k in range(5):
+        pidfile = tmp_path / f"pid{k}"
+        r = subprocess.Popen([tool("rstr"), "-i", str(img), "-W", "--pidfile", str(pidfile)],
+                             stderr=subprocess.PIPE, text=True)
+        pid = procs.track(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() and
+                                     int(pidfile.read_text()), 20, "the pidfile"))
+        os.kill(pid, signal.SIGSTOP)
+        assert r.wait(timeout=30) == 0, r.stderr.read()
+        r.stderr.close()
+        wait_until(lambda: state(pid) == "T", 10, "the program to be stopped")
+        assert layout(pid) == before
+        past = len(lines(out))
+        os.kill(pid, signal.SIGCONT)
+        count_on(out, past)
+        procs.kill(pid)
+
+
+def state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.fixture(scope="module")
