@@ -67,7 +67,9 @@ class Leave:
         c = arch.C
         self.options = c["PTRACE_O_TRACESYSGOOD"] | c["PTRACE_O_EXITKILL"]
         self.entry, self.exit = c["PTRACE_SYSCALL_INFO_ENTRY"], c["PTRACE_SYSCALL_INFO_EXIT"]
+        self.get_info = c["PTRACE_GET_SYSCALL_INFO"]
         self.info = ffi.new("uint64_t[4]")  # struct ptrace_syscall_info up to entry.nr
+        self.info_at = int(ffi.cast("uintptr_t", self.info))
 
     def release(self, go_w, live):
         """Sends go to the live processes and, where ptrace allows, returns
@@ -119,8 +121,7 @@ class Leave:
 
     def _syscall_stop(self, task):
         """(op, nr) of a syscall stop; nr only at an entry."""
-        r = lib.ucr_ptrace(self.arch.C["PTRACE_GET_SYSCALL_INFO"], task.tracee.pid, ffi.sizeof(self.info),
-                           int(ffi.cast("uintptr_t", self.info)))
+        r = lib.ucr_ptrace(self.get_info, task.tracee.pid, 32, self.info_at)
         if r < 0:
             raise UcrError(f"following restored process {task.proc.pid}: {os.strerror(-r)}")
         return self.info[0] & 0xff, self.info[3]
@@ -168,7 +169,9 @@ class Leave:
             task.tracee.late_signals.append(sig)
         else:
             deliver = sig  # a fault in the restorer: it takes its course
-        task.tracee.call(PTRACE_SYSCALL, 0, deliver, what="resuming")
+        r = lib.ucr_ptrace(PTRACE_SYSCALL, tid, 0, deliver)
+        if r < 0:
+            raise UcrError(f"resuming restored process {task.proc.pid}: {os.strerror(-r)}")
         return 0
 
     def _unmap(self, task):
