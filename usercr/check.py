@@ -39,6 +39,14 @@ def check_ptrace():
         os.waitpid(child, 0)
 
 
+def check_restorer_cleanup():
+    """rstr unmaps its restorer region from the restored tasks with ptrace."""
+    ok, why = check_ptrace()
+    if ok:
+        return True, ""
+    return False, f"no ptrace ({why.split(';')[0]}): rstr leaves its restorer region mapped in restored processes"
+
+
 def check_clone3_set_tid():
     if not _kernel_at_least(5, 5):
         return False, "needs Linux 5.5 or newer (falls back to ns_last_pid)"
@@ -90,8 +98,10 @@ def check_kernel_engine():
 
 
 def run_checks():
-    """(name, ok, detail, required) rows; the kernel engine is optional."""
-    return [(name, *fn(), name != "kernel engine (linux-cr)") for name, fn in (
+    """(name, ok, detail, required) rows; the kernel engine and the unmapping
+    of the restorer region are optional."""
+    optional = ("kernel engine (linux-cr)", "restorer unmapped after restart")
+    return [(name, *fn(), name not in optional) for name, fn in (
         ("ptrace seize/interrupt", check_ptrace),
         ("clone3 with set_tid", check_clone3_set_tid),
         ("pid namespaces", lambda: check_namespace("pid")),
@@ -100,5 +110,6 @@ def run_checks():
         ("prctl PR_SET_MM_MAP", check_prctl_mm_map),
         ("pagemap", check_pagemap),
         ("vDSO layout", check_vdso),
+        ("restorer unmapped after restart", check_restorer_cleanup),
         ("kernel engine (linux-cr)", check_kernel_engine),
     )]

@@ -1,10 +1,13 @@
 """Freezing and reading a task with ptrace, and running syscalls inside it."""
 import os
+import sys
 import time
 
 from .errors import UcrError
 from .native import ffi, lib
 
+PTRACE_PEEKDATA = 2
+PTRACE_POKEDATA = 5
 PTRACE_CONT = 7
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
@@ -13,6 +16,8 @@ PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_PEEKSIGINFO = 0x4209
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 PTRACE_O_TRACESYSGOOD = 1
 PTRACE_EVENT_STOP = 128
@@ -107,6 +112,15 @@ class Tracee:
     def set_regs(self, regs):
         self.set_regset(self.arch.NT_PRSTATUS, self.arch.pack_regs(regs))
 
+    def sigmask(self):
+        mask = ffi.new("uint64_t *")
+        self.call(PTRACE_GETSIGMASK, 8, int(ffi.cast("uintptr_t", mask)), what="reading the signal mask")
+        return mask[0]
+
+    def set_sigmask(self, value):
+        mask = ffi.new("uint64_t *", value)
+        self.call(PTRACE_SETSIGMASK, 8, int(ffi.cast("uintptr_t", mask)), what="setting the signal mask")
+
     def rseq_configuration(self):
         """(ptr, len, sig) of the task's rseq registration, or None."""
         # struct ptrace_rseq_configuration {u64 ptr; u32 size, signature, flags, pad;}
@@ -136,6 +150,21 @@ class Tracee:
 
     def write(self, addr, data):
         os.pwrite(self.mem_fd, data, addr)
+
+    def peek(self, addr, size):
+        """size bytes (a multiple of the word) read with PTRACE_PEEKDATA."""
+        word = ffi.new("unsigned long *")
+        out = b""
+        for at in range(addr, addr + size, ffi.sizeof("unsigned long")):
+            self.call(PTRACE_PEEKDATA, at, int(ffi.cast("uintptr_t", word)), what="reading memory")
+            out += bytes(ffi.buffer(word))
+        return out
+
+    def poke(self, addr, data):
+        """Writes data (a multiple of the word) with PTRACE_POKEDATA."""
+        n = ffi.sizeof("unsigned long")
+        for k in range(0, len(data), n):
+            self.call(PTRACE_POKEDATA, addr + k, int.from_bytes(data[k:k + n], sys.byteorder), what="writing memory")
 
     # Syscall injection
     def prepare_injection(self, code_addr, poke=True):

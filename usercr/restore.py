@@ -9,8 +9,8 @@ import select
 import signal
 import struct
 
-from . import creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, safeio, signals, tasks, threads
-from . import timers, trust, tty
+from . import cleanup, creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, safeio, signals, tasks
+from . import threads, timers, trust, tty
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -185,6 +185,7 @@ class Restorer:
         mem.prepare_tree()
 
         blob = bytes(ffi.buffer(lib.ucr_restorer_blob(), lib.ucr_restorer_size()))
+        blob, syscall_at = cleanup.with_syscall_insn(blob, arch)
         max_threads = max(len(p.threads) for p in self.live)
         data_size = self._data_size()
         shared_size = page_up(ffi.sizeof("struct ucr_shared") + 8 * nodes)
@@ -193,6 +194,7 @@ class Restorer:
                         shared_size)
         self.region = region
         region.place([(m.start, m.end) for m in self.mine] + mem.busy())
+        self.syscall_addr = region.start + syscall_at
         region.data_start = region.start + page_up(len(blob))
         region.park_start = region.data_start + data_size
         region.stacks_start = region.park_start + park
@@ -467,11 +469,14 @@ def _kill(pid):
 
 class Copy:
     """One restored copy of the tree, ready and waiting for the go: top is
-    the process rstr created (the root, or PID 1 of a new namespace)."""
+    the process rstr created (the root, or PID 1 of a new namespace); leave
+    releases it and takes the restorer out of its processes."""
 
     def __init__(self, top, root, go_w, rst):
         self.top, self.root, self.go_w = top, root, go_w
         self.terminal_modes, self.warnings = rst.part("files").terminal_modes, rst.warnings
+        region = rst.region
+        self.leave = cleanup.Leave(rst.arch, region.start, region.end, rst.syscall_addr, root, rst.log)
 
 
 def _restore_tree(image, creation, reader, arch, in_fd, pids, pidns, log, strict_files):
@@ -583,9 +588,17 @@ def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, for
     for msg in trees[0].warnings:
         _warn(msg)
     _set_terminal_modes(trees[0].terminal_modes)
-    for copy in trees:
-        os.write(copy.go_w, b"G" * len(image.live))
-        os.close(copy.go_w)
+    try:
+        for copy in trees:
+            copy.leave.release(copy.go_w, len(image.live))
+    except BaseException:
+        for copy in trees:
+            copy.leave.kill()
+            _kill(copy.top)
+        raise
+    finally:
+        for copy in trees:
+            os.close(copy.go_w)
     if not wait:
         return roots, None
     statuses = [os.waitpid(copy.top, 0)[1] for copy in trees]

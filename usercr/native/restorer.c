@@ -793,10 +793,13 @@ static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
     sys1(__NR_close, p->status_fd);
     sys1(__NR_close, p->go_fd);
     /* A stopped process stops here, its threads still waiting for go, so
-     * that after SIGCONT every thread runs on from where it was. */
+     * that after SIGCONT every thread runs on from where it was (rstr, when
+     * it follows the release to unmap the region, holds this stop and sends
+     * it again once the program's state is back). */
     if (p->stopped)
         sys2(__NR_kill, slot->pid, SIGSTOP);
-    publish(&p->threads_go, 1);
+    if (p->nr_threads > 1)  /* rstr follows these syscalls one by one: none to spare */
+        publish(&p->threads_go, 1);
     ucr_arch_sigreturn(threads(p)[0].sigreturn_sp);
 }
 
