@@ -9,7 +9,7 @@ import pytest
 from conftest import assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
 
 CYCLED = ["onetask", "multitask", "bigmem", "pipes", "pipes2", "fifo", "shmem", "ipcshm", "ipcmsq", "ipcsem",
-          "ipcshm_multi", "zombie", "pgrp", "orphans", "pty", "threads", "tree64"]
+          "ipcshm_multi", "zombie", "pgrp", "orphans", "pty", "threads", "tree64", "vforker"]
 # ckpt saves SysV objects only of a tree with an IPC namespace of its own.
 OWN_IPCNS = {"ipcshm", "ipcmsq", "ipcsem", "ipcshm_multi"}
 

@@ -143,7 +143,8 @@ struct ucr_kernel_sigaction { void *handler; unsigned long flags; void *restorer
 # Extra values from kernel source that no header states (or that only
 # headers newer than the toolchains' state).
 _COMMON_EXTRA = {
-    "UCR_KCMP_FILE": "KCMP_FILE",  # an enum, not a macro
+    "UCR_KCMP_FILE": "KCMP_FILE",  # enums, not macros
+    "UCR_KCMP_VM": "KCMP_VM",
     "UCR_PR_TIMER_CREATE_RESTORE_IDS": "77",  # Linux 6.14 UAPI
 }
 EXTRA_CONSTANTS = {

@@ -1,6 +1,7 @@
 """The user engine's checkpoint: freeze a process tree with ptrace, read it,
 write the image."""
 import os
+import time
 
 from . import creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
 from . import tree as tree_mod
@@ -9,10 +10,12 @@ from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageWriter, header_record
 from .inject import ProcessDump, Session
+from .native import lib
 from .ptrace import Tracee
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FREEZE_ROUNDS = 50
+VFORK_WAIT = 0.01
 # Each kind of state, in image order. inject(ctx), where a module has it,
 # runs inside the frozen task; dump(ctx) yields its records afterwards.
 PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
@@ -58,13 +61,28 @@ class FrozenTree:
             stack.extend(sorted(proc.children(pid), reverse=True))
         return order
 
+    def _vforked(self, pid):
+        """True while pid still shares its parent's memory: a vfork child
+        before its exec. Frozen, it would keep its parent from ever stopping
+        (the parent waits for it, deaf to PTRACE_INTERRUPT), so it is left to
+        run to its exec and seized in a later round."""
+        try:
+            ppid = int(proc.stat_fields(pid)[4])
+        except UcrError:
+            return False
+        return ppid > 1 and lib.ucr_kcmp(ppid, pid, self.arch.C["UCR_KCMP_VM"], 0, 0) == 0
+
     def freeze(self):
+        vforked = []
         for _ in range(FREEZE_ROUNDS):
             order = self._scan()
-            new = []
+            new, vforked = [], []
             for pid in order:
                 if proc.state(pid) in ("Z", None):
                     self.zombies.add(pid)
+                    continue
+                if pid not in self.tracees and self._vforked(pid):
+                    vforked.append(pid)
                     continue
                 for tid in proc.threads(pid, missing_ok=True):
                     if tid not in self.tracees:
@@ -81,10 +99,15 @@ class FrozenTree:
                             new.append(t)
             for t in new:
                 t.wait_interrupted()
-            if not new and order == self.order:
+            if not new and not vforked and order == self.order:
                 self.zombies &= set(order)
                 return
+            if vforked and not new:
+                time.sleep(VFORK_WAIT)
             self.order = order
+        if vforked:
+            raise UcrError(f"process {vforked[0]} shares the memory of its parent (vfork or CLONE_VM) and did "
+                           "not exec or exit meanwhile; it cannot be checkpointed in that state")
         raise UcrError(f"the process tree of {self.root} keeps changing (forking or exiting); "
                        "it could not be frozen")
 
