@@ -16,6 +16,7 @@ from .ptrace import Tracee
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FREEZE_ROUNDS = 50
 VFORK_WAIT = 0.01
+VANISH_SETTLE = 0.2
 # Each kind of state, in image order. inject(ctx), where a module has it,
 # runs inside the frozen task; dump(ctx) yields its records afterwards.
 PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
@@ -115,16 +116,22 @@ class FrozenTree:
         """The tracees of a process, its main thread first."""
         return [self.tracees[t] for t in sorted(proc.threads(pid), key=lambda t: (t != pid, t))]
 
-    def vanished(self):
+    def vanished(self, settle=VANISH_SETTLE):
         """A process of the tree that died since it was frozen, or None. One
         that is still exiting has no state letter to show it yet, but has
-        already lost its memory map."""
+        already lost its memory map; one killed a moment ago may not even
+        have lost that, so a failure gives it `settle` seconds to show."""
         def gone(pid):
             try:
                 return proc.state(pid) in (None, "Z", "X") or not proc.maps(pid)
             except UcrError:
                 return True
-        return next((pid for pid in self.order if pid not in self.zombies and gone(pid)), None)
+        deadline = time.monotonic() + settle
+        while True:
+            found = next((pid for pid in self.order if pid not in self.zombies and gone(pid)), None)
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.01)
 
     def release(self, kill=False):
         """Puts back what was changed and lets every task go (or kills the tree)."""
