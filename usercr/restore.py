@@ -335,8 +335,9 @@ class Restorer:
             how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else \
                 f"status {os.waitstatus_to_exitcode(status)}"
             raise UcrError(f"the restored task died before it was ready ({how})")
+        slots = self.slots()  # first: a process created after the scan below is not in it
         states = _tree_states(top)
-        for (pid, state), p in zip(self.slots(), self.img.procs):
+        for (pid, state), p in zip(slots, self.img.procs):
             if pid and state not in (lib.UCR_SLOT_READY, lib.UCR_SLOT_ZOMBIE) and states.get(pid, "Z") == "Z":
                 raise UcrError(f"restored process {p.pid} died before it was ready")
 
