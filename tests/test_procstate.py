@@ -149,3 +149,22 @@ def test_user_notify_filter_refused(procs, workloads, tmp_path):
     assert "SECCOMP_RET_USER_NOTIF" in err, err
     ticked(out, ticks(out)[-1] + 5)
     assert_sane(out)
+
+
+def test_dumpable_flag_kept(procs, workloads, tmp_path):
+    """A plain uid 1000 counter is dumpable (its /proc files are its own, so
+    its user can checkpoint it); the restorer's setresuid would make it
+    non-dumpable, root-owned in /proc. It stays dumpable through cycles."""
+    out = tmp_path / "out"
+    p = procs.start(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", workloads["counter"]], stdout=out)
+    wait_until(lambda: len(lines(out)) >= 3, what="counting")
+    pid = p.pid
+    assert os.stat(f"/proc/{pid}").st_uid == 1000
+    for cycle in range(2):
+        img = tmp_path / f"img{cycle}"
+        ckpt(pid, img, "--kill")
+        procs.kill(pid)
+        seen = len(lines(out))
+        pid = rstr(procs, img)
+        wait_until(lambda: len(lines(out)) >= seen + 3, what="counting on")
+        assert os.stat(f"/proc/{pid}").st_uid == 1000, "restored dumpable, as it was"

@@ -165,8 +165,9 @@ PIDS = _rec(101, "PIDS", [("pid", "s32"), ("tgid", "s32"), ("ppid", "s32"), ("pg
 TASK = _rec(103, "TASK", [
     ("pid", "s32"), ("exit_signal", "s32"), ("pdeathsig", "s32"), ("personality", "u32"),
     ("comm", "char[16]"), ("tty_nr", "u64"), ("ctty_fg", "u32"), ("nr_threads", "u32"),
-    ("zombie", "u32"), ("exit_status", "s32"), ("stopped", "u32"), ("pad", "u32"),
-], tail="str", doc="process: comm, personality, threads, the signal of its group stop (0: not stopped); "
+    ("zombie", "u32"), ("exit_status", "s32"), ("stopped", "u32"), ("dumpable", "u32"),
+], tail="str", doc="process: comm, personality, threads, the signal of its group stop (0: not stopped), its "
+                   "PR_GET_DUMPABLE value; "
                    "a zombie has only this record and its wait status; tail is the executable's ELF path. "
                    "Its records follow up to the next TASK")
 THREAD = _rec(104, "THREAD", [

@@ -20,13 +20,15 @@ def stop_signal(main, arch):
 def inject(ctx):
     s = ctx.session
     s.call(ctx.main, "reading pdeathsig", "prctl", ctx.arch.C["PR_GET_PDEATHSIG"], s.scratch)
-    return {"pdeathsig": struct.unpack("<i", s.read(ctx.main, 4))[0]}
+    return {"pdeathsig": struct.unpack("<i", s.read(ctx.main, 4))[0],
+            "dumpable": s.call(ctx.main, "reading the dumpable flag", "prctl", ctx.arch.C["PR_GET_DUMPABLE"])}
 
 
 def dump(ctx):
     sf, pid = ctx.stat, ctx.pid
     pgid, tty_nr, tpgid = int(sf[5]), int(sf[7]), int(sf[8])
     yield R.TASK.pack(pid=ctx.ns(pid), exit_signal=int(sf[38]), pdeathsig=ctx.injected["tasks"]["pdeathsig"],
+                      dumpable=ctx.injected["tasks"]["dumpable"],
                       comm=sf[2][:15], personality=int(proc.read_text(pid, "personality"), 16),
                       tty_nr=tty_nr, ctty_fg=1 if tty_nr and tpgid == pgid else 0,
                       nr_threads=len(ctx.threads), stopped=stop_signal(ctx.main, ctx.arch),
@@ -53,6 +55,7 @@ class Restore:
             return
         plan.pdeathsig = task["pdeathsig"]
         plan.stopped = 1 if task["stopped"] else 0
+        plan.dumpable = task["dumpable"]
         plan.exe_fd = self._open_exe(task["tail"])
 
     def _open_exe(self, path):

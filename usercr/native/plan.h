@@ -173,6 +173,8 @@ struct ucr_plan {
     uint32_t cap_last_cap;  /* this kernel's /proc/sys/kernel/cap_last_cap */
     uint32_t nr_locks, pad5;
     uint64_t locks;       /* struct ucr_lock[], POSIX locks only */
+    uint32_t dumpable;    /* PR_SET_DUMPABLE once the credentials are back (which reset it) */
+    uint32_t pad6;
 };
 
 #endif
