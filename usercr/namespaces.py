@@ -83,7 +83,7 @@ def _check_tree(root, pids):
                     raise UcrError(f"{who} is in another {NAMES[k]} namespace than the tree's root {root}; "
                                    "that cannot be checkpointed")
             for k in ("pid", "time"):
-                if ns_id(pid, f"{k}_for_children", tid) not in (None, want[k]):
+                if k in want and ns_id(pid, f"{k}_for_children", tid) not in (None, want[k]):
                     raise UcrError(f"{who} made a new {NAMES[k]} namespace for its future children; "
                                    "that cannot be checkpointed yet")
     ours = {k for k in kinds if want[k] != ns_id("self", k)}
