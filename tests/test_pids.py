@@ -362,6 +362,8 @@ def test_unrestorable_tree_refused_before_kill(procs, tmp_path):
     root = procs.start([sys.executable, "-c", code, str(out)]).pid
     wait_until(lambda: "ready" in lines(out), what="the tree")
     members = tree(root)
+    for pid, _ in members:
+        procs.track(pid)
     assert len(members) == 4
     for extra in (["--kill"], []):
         img = tmp_path / "img"

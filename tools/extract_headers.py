@@ -60,7 +60,7 @@ CONST_PREFIXES = (
     "FPSIMD_MAGIC", "ESR_MAGIC", "EXTRA_MAGIC", "SVE_MAGIC", "ZA_MAGIC",
     "CSIGNAL", "MINSIGSTKSZ", "_NSIG", "ARM_VFPREGS_SIZE", "ELF_NGREG",
     "FUTEX_", "CLOSE_RANGE_", "TIOC", "SHM_", "F_",
-    "SECCOMP_", "BPF_", "SECBIT_", "SECURE_", "_LINUX_CAPABILITY_",
+    "SECCOMP_", "BPF_", "SECBIT_", "SECURE_", "_LINUX_CAPABILITY_", "CAP_",
 )
 CONST_EXCLUDE = {"SIG_DFL", "SIG_IGN", "SIG_ERR"}
 
@@ -83,6 +83,7 @@ UAPI_INCLUDES = """\
 #include <linux/kcmp.h>
 #include <linux/shm.h>
 #include <asm/ioctls.h>
+#include <linux/wait.h>
 #include <linux/seccomp.h>
 #include <linux/filter.h>
 #include <linux/securebits.h>
@@ -145,6 +146,7 @@ struct ucr_kernel_sigaction { void *handler; unsigned long flags; void *restorer
 _COMMON_EXTRA = {
     "UCR_KCMP_FILE": "KCMP_FILE",  # enums, not macros
     "UCR_KCMP_VM": "KCMP_VM",
+    "UCR_WALL": "__WALL",  # waitpid's, which Python does not name
     "UCR_PR_TIMER_CREATE_RESTORE_IDS": "77",  # Linux 6.14 UAPI
 }
 EXTRA_CONSTANTS = {

@@ -5,11 +5,13 @@ import signal
 import time
 
 from . import proc
+from .arch import current as current_arch
 from .engine import kernel_engine_available
 from .native import lib
 from .ptrace import PTRACE_INTERRUPT, PTRACE_SEIZE, PTRACE_DETACH, wait_stop
 
-CAP_SYS_ADMIN, CAP_CHECKPOINT_RESTORE = 21, 40
+_C = current_arch().C
+CAP_SYS_ADMIN, CAP_CHECKPOINT_RESTORE = _C["CAP_SYS_ADMIN"], _C["CAP_CHECKPOINT_RESTORE"]
 
 
 def _cap(bit):

@@ -1,6 +1,7 @@
 """Small named readers of /proc, in the manner of psutil's _pslinux.py."""
 import os
 
+from .arch import current as current_arch
 from .errors import UcrError
 
 PROC = "/proc"
@@ -127,8 +128,9 @@ def nspids(pid):
     return [int(x) for x in status(pid)["NSpid"].split()]
 
 
-SIGEV_BASE = {"signal": 0, "none": 1, "thread": 2}
-SIGEV_THREAD_ID = 4
+
+
+SIGEV = {"signal": "SIGEV_SIGNAL", "none": "SIGEV_NONE", "thread": "SIGEV_THREAD"}  # as /proc/PID/timers names them
 
 
 def posix_timers(pid):
@@ -146,7 +148,8 @@ def posix_timers(pid):
         elif key == "notify":
             how, _, target = value.partition("/")
             kind, _, tid = target.partition(".")
-            out[-1]["notify"] = SIGEV_BASE[how] | (SIGEV_THREAD_ID if kind == "tid" else 0)
+            C = current_arch().C
+            out[-1]["notify"] = C[SIGEV[how]] | (C["SIGEV_THREAD_ID"] if kind == "tid" else 0)
             out[-1]["notify_tid"] = int(tid) if kind == "tid" else 0
         elif key == "ClockID":
             out[-1]["clockid"] = int(value)

@@ -1,11 +1,11 @@
 """Signals: the actions (SIGHAND, read inside the task) and the queued
 signals (SIGPENDING: process-wide ones here, each thread's after its THREAD
 record)."""
+import signal
+
 from . import proc
 from . import records as R
 from .native import ffi
-
-SIGKILL, SIGSTOP = 9, 19
 
 
 def inject(ctx):
@@ -15,7 +15,7 @@ def inject(ctx):
     interesting = proc.sigmask(ctx.status["SigCgt"]) | proc.sigmask(ctx.status["SigIgn"])
     actions = []
     for sig in range(1, 65):
-        if sig in (SIGKILL, SIGSTOP) or not interesting >> (sig - 1) & 1:
+        if sig in (signal.SIGKILL, signal.SIGSTOP) or not interesting >> (sig - 1) & 1:
             actions.append((0, 0, 0, 0))
             continue
         s.call(ctx.main, f"reading the action of signal {sig}", "rt_sigaction", sig, 0, s.scratch, 8)

@@ -7,10 +7,10 @@ from ..headers import x86_64 as abi
 
 NAME = "x86_64"
 ARCH_ID = R.ARCH_IDS[NAME]
-NT_PRSTATUS = 1
-NT_X86_XSTATE = 0x202
 SYSCALLS = abi.SYSCALLS
 C = abi.CONSTANTS
+L = abi.LAYOUTS
+NT_PRSTATUS, NT_X86_XSTATE = C["NT_PRSTATUS"], C["NT_X86_XSTATE"]
 HEADER_RECORD = R.X86_64_HEADER
 SYSCALL_INSN = b"\x0f\x05"
 GATE_MAPPINGS = ("[vsyscall]",)
@@ -22,8 +22,7 @@ REG = {name: i for i, name in enumerate(REG_NAMES)}
 REGS_SIZE = 8 * len(REG_NAMES)
 _REGS = struct.Struct(f"<{len(REG_NAMES)}Q")
 
-FP_XSTATE_MAGIC1 = 0x46505853
-FP_XSTATE_MAGIC2 = 0x46505845
+FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2 = C["FP_XSTATE_MAGIC1"], C["FP_XSTATE_MAGIC2"]
 SW_BYTES_OFFSET = 464  # struct _fpx_sw_bytes inside the legacy FXSAVE area
 XSAVE_MAX = 64 * 1024
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
@@ -87,8 +86,8 @@ def restart_regs_new(regs):
 
 
 # struct sigaction as rt_sigaction takes it: handler, flags, restorer, mask
-KSIGACTION_SIZE = 32
-STACK_T_SIZE = 24
+KSIGACTION_SIZE = L["kernel_sigaction"]["size"]
+STACK_T_SIZE = L["stack_t"]["size"]
 
 
 def unpack_ksigaction(data):
@@ -147,7 +146,7 @@ def tls(regs):
 _SC_REGS = "r8 r9 r10 r11 r12 r13 r14 r15 rdi rsi rbp rbx rdx rax rcx rsp rip eflags".split()
 UC_FP_XSTATE, UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS = 1, 2, 4
 UCONTEXT_SIZE = 304  # flags, link, stack_t, sigcontext, 8-byte sigset
-SIGINFO_SIZE = 128
+SIGINFO_SIZE = L["siginfo"]["size"]
 
 
 def build_sigframe(regs, fpstate, blocked, altstack, floor, arch_hdr):
