@@ -23,8 +23,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         counter, out, img = os.path.join(tmp, "counter"), os.path.join(tmp, "out"), os.path.join(tmp, "img")
         subprocess.run(["gcc", "-O2", "-o", counter, os.path.join(ROOT, "tests/workloads/counter.c")], check=True)
-        proc = subprocess.Popen([counter, "100"], stdout=open(out, "w"), stdin=subprocess.DEVNULL,
-                                close_fds=True, start_new_session=True)
+        # Its own files only: a stream inherited from whoever runs the demo
+        # (a log file in a chroot, say) may not be there for rstr to reopen.
+        proc = subprocess.Popen([counter, "100"], stdout=open(out, "w"), stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
         restored = None
         try:
             time.sleep(1.5)
