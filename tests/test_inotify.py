@@ -145,3 +145,32 @@ def test_watched_path_gone_and_queued_events(procs, tmp_path):
     pid, err = restore(procs, img)
     assert "inotify events" in err and "lost" in err, err
     assert list(inotify_wds(pid)) == [1]
+
+
+HOLDER = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+assert libc.inotify_add_watch(fd, sys.argv[1].encode(), 2) == 1
+os.unlink(sys.argv[1])
+open(sys.argv[2], "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_watch_on_deleted_file_refused(procs, tmp_path):
+    """A watch on a file deleted while it is open (here by the test) has no
+    path: ckpt refuses in one line naming fd, PID and kind, and the program
+    runs on."""
+    watched, ready = tmp_path / "watched", tmp_path / "ready"
+    watched.write_text("")
+    with open(watched) as keep:   # the watch outlives the unlink while the file is open
+        pid = procs.start([sys.executable, "-c", HOLDER, str(watched), str(ready)]).pid
+        wait_until(ready.exists, what="the watch")
+        r = run([tool("ckpt"), str(pid), "-o", str(tmp_path / "img"), "--kill"])
+        err = assert_one_line_error(r)
+        assert f"process {pid}" in err and "fd 3" in err and INOTIFY in err, err
+        assert not (tmp_path / "img").exists()
+        assert list(inotify_wds(pid)) == [1], "the program runs on with its watch"
+        assert keep.readable()
