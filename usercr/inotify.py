@@ -12,6 +12,7 @@ the next wd is the one wanted; the IN_IGNORED events those removals queue are
 drained before the tree runs. Events that were queued and not yet read at the
 checkpoint cannot be put back into a queue: they are lost (rstr says how many
 bytes), and so are events between the checkpoint and the end of the restart."""
+import errno
 import fcntl
 import os
 import struct
@@ -76,10 +77,11 @@ def mounts():
 
 
 def _path_from_handle(w, mount_points):
-    """The path of the watched object its file handle leads to, or None."""
+    """The path of the watched object its file handle leads to, or None and why not."""
     if "handle" not in w:
-        return None
+        return None, "its filesystem gives no file handles"
     htype, hbytes = w["handle"]
+    why = "no mount of its filesystem is reachable"
     for mount in mount_points:
         try:
             mfd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY)   # not O_PATH: open_by_handle_at refuses one
@@ -90,6 +92,9 @@ def _path_from_handle(w, mount_points):
         finally:
             os.close(mfd)
         if obj < 0:
+            why = f"opening its file handle: {os.strerror(-obj)}"
+            if obj == -errno.EPERM:
+                why += " (this needs CAP_DAC_READ_SEARCH)"
             continue
         try:
             path = os.readlink(f"/proc/self/fd/{obj}")
@@ -98,10 +103,11 @@ def _path_from_handle(w, mount_points):
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
-            continue   # deleted, or a dentry the kernel could not connect to a path
-        if (st.st_dev, st.st_ino) == (w["dev"], w["ino"]):
-            return path
-    return None
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (w["dev"], w["ino"]):
+            return path, None
+        why = "it is deleted, or the kernel finds no path to it"
+    return None, why
 
 
 def _queued(pid, fd, C):
@@ -126,11 +132,10 @@ def tree_records(tree):
     for fid, (pid, fd) in sorted(instances.items()):
         found = []
         for w in watches(pid, fd):
-            path = _path_from_handle(w, table.get(w["dev"], []))
+            path, why = _path_from_handle(w, table.get(w["dev"], []))
             if path is None:
-                raise UcrError(f"fd {fd} of process {pid} ({TARGET}): the object of watch {w['wd']} "
-                               f"(inode {w['ino']} on device {os.major(w['dev'])}:{os.minor(w['dev'])}) has no "
-                               "path that can be found (deleted, or on a filesystem without file handles)")
+                raise UcrError(f"fd {fd} of process {pid} ({TARGET}): no path for the object of watch {w['wd']} "
+                               f"(inode {w['ino']} on device {os.major(w['dev'])}:{os.minor(w['dev'])}): {why}")
             found.append(R.INOTIFY_WATCH.pack(file_id=fid, wd=w["wd"], mask=w["mask"], dev=w["dev"],
                                               ino=w["ino"], tail=path))
         out.append(R.INOTIFY.pack(file_id=fid, nr_watches=len(found), queued=_queued(pid, fd, C)))
