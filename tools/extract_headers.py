@@ -61,6 +61,7 @@ CONST_PREFIXES = (
     "CSIGNAL", "MINSIGSTKSZ", "_NSIG", "ARM_VFPREGS_SIZE", "ELF_NGREG",
     "FUTEX_", "CLOSE_RANGE_", "TIOC", "SHM_", "F_",
     "SECCOMP_", "BPF_", "SECBIT_", "SECURE_", "_LINUX_CAPABILITY_", "CAP_",
+    "IN_", "FIONREAD",
 )
 CONST_EXCLUDE = {"SIG_DFL", "SIG_IGN", "SIG_ERR"}
 
@@ -88,6 +89,7 @@ UAPI_INCLUDES = """\
 #include <linux/filter.h>
 #include <linux/securebits.h>
 #include <linux/capability.h>
+#include <linux/inotify.h>
 """
 ARCH_INCLUDES = {
     "x86_64": "#include <asm/ucontext.h>\n#include <asm/prctl.h>\n",

@@ -3,6 +3,7 @@ write the image."""
 import os
 import time
 
+from . import inotify
 from . import creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
 from . import tree as tree_mod
 from . import records as R
@@ -21,7 +22,7 @@ VANISH_SETTLE = 0.2
 # runs inside the frozen task; dump(ctx) yields its records afterwards.
 PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
 # Objects the tree shares, written after every process's records.
-TREE_STATE = (pipes, tty)
+TREE_STATE = (pipes, tty, inotify)
 
 
 def _ancestors():

@@ -12,7 +12,7 @@ socket, a pipe the tree holds only one end of) follow rstr's, fd by fd."""
 import os
 import stat
 
-from . import pipes
+from . import inotify, pipes
 from . import proc
 from . import records as R
 from . import trust, tty
@@ -20,7 +20,7 @@ from .errors import UcrError
 from .native import lib
 
 K = R.FD_KINDS
-OWNERS = (tty, pipes)
+OWNERS = (tty, pipes, inotify)
 STD_STREAMS = 3
 
 

@@ -244,7 +244,8 @@ FILE = _rec(301, "FILE", [
     ("dev", "u64"), ("ino", "u64"), ("rdev", "u64"),
 ], tail="str", many=True, doc="open file descriptor; fds with the same file_id share one open file description "
                    "(offset, flags) across the tree; tail is the path")
-FD_KINDS = Kinds("FD", ["reg", "dir", "chr", "tty", "pipe", "socket", "fifo", "pty-master", "pty-slave"])
+FD_KINDS = Kinds("FD", ["reg", "dir", "chr", "tty", "pipe", "socket", "fifo", "pty-master", "pty-slave",
+                               "inotify"])
 PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
             scope="tree", doc="a pipe or FIFO used in the tree (FILE records name it by ino); tail is the data "
                 "buffered in it")
@@ -264,6 +265,19 @@ FILE_LOCK = _rec(304, "FILE_LOCK", [("fd", "s32"), ("file_id", "u32"), ("kind", 
                      "process), 1 OFD, 2 flock (both of the open file description file_id, once per process "
                      "holding it); type F_RDLCK/F_WRLCK; len 0: to end of file; fd: the process's fd it is on")
 LOCK_KINDS = Kinds("LOCK", ["POSIX", "OFD", "flock"])
+
+# 316-317: inotify (usercr/inotify.py)
+INOTIFY = _rec(316, "INOTIFY", [("file_id", "u32"), ("nr_watches", "u32"), ("queued", "u32"), ("pad", "u32")],
+               scope="tree", many=True,
+               doc="an inotify instance the tree uses (FILE records of kind inotify name it by file_id): its number "
+                   "of watches, whose INOTIFY_WATCH records follow, and the bytes of events queued unread at the "
+                   "checkpoint (lost)")
+INOTIFY_WATCH = _rec(317, "INOTIFY_WATCH", [("file_id", "u32"), ("wd", "s32"), ("mask", "u32"), ("pad", "u32"),
+                                            ("dev", "u64"), ("ino", "u64")], tail="str",
+                     scope="tree", many=True,
+                     doc="a watch of the INOTIFY instance file_id: watch descriptor, mask as fdinfo shows it "
+                         "(IN_* events, IN_ONESHOT, IN_EXCL_UNLINK), the watched object's st_dev and inode; tail "
+                         "is its path, found from its file handle")
 
 # 401-405: memory
 MM = _rec(401, "MM", [

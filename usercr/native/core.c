@@ -524,3 +524,36 @@ long ucr_probe_mm_map_size(void)
         return -errno;
     return size;
 }
+
+/* inotify (usercr/inotify.py): the object a watch's file handle names, and
+ * the instance rebuilt at restart. */
+#include <sys/inotify.h>
+
+int ucr_open_by_handle(int mount_fd, int type, const unsigned char *bytes, uint32_t len, int flags)
+{
+    if (len > MAX_HANDLE_SZ)
+        return -EINVAL;
+    struct { struct file_handle h; unsigned char b[MAX_HANDLE_SZ]; } fh;
+    fh.h.handle_bytes = len;
+    fh.h.handle_type = type;
+    memcpy(fh.h.f_handle, bytes, len);
+    int r = open_by_handle_at(mount_fd, &fh.h, flags);
+    return r < 0 ? -errno : r;
+}
+
+int ucr_inotify_init(int flags)
+{
+    int r = inotify_init1(flags);
+    return r < 0 ? -errno : r;
+}
+
+int ucr_inotify_add_watch(int fd, const char *path, uint32_t mask)
+{
+    int r = inotify_add_watch(fd, path, mask);
+    return r < 0 ? -errno : r;
+}
+
+int ucr_inotify_rm_watch(int fd, int wd)
+{
+    return inotify_rm_watch(fd, wd) < 0 ? -errno : 0;
+}
