@@ -16,11 +16,12 @@ from . import inotify, pipes
 from . import proc
 from . import records as R
 from . import trust, tty
+from . import unix
 from .errors import UcrError
 from .native import lib
 
 K = R.FD_KINDS
-OWNERS = (tty, pipes, inotify)
+OWNERS = (tty, pipes, inotify, unix)
 STD_STREAMS = 3
 
 
@@ -77,6 +78,9 @@ def _file_record(ctx, fd, target, info):
 
 def dump(ctx):
     ctx.fds = proc.fds(ctx.pid)
+    for owner in OWNERS:
+        if hasattr(owner, "scan"):  # an owner that must look at the whole tree before it can classify
+            owner.scan(ctx)
     for fd, target, info in ctx.fds:
         yield _file_record(ctx, fd, target, info)
 

@@ -245,7 +245,7 @@ FILE = _rec(301, "FILE", [
 ], tail="str", many=True, doc="open file descriptor; fds with the same file_id share one open file description "
                    "(offset, flags) across the tree; tail is the path")
 FD_KINDS = Kinds("FD", ["reg", "dir", "chr", "tty", "pipe", "socket", "fifo", "pty-master", "pty-slave",
-                               "inotify"])
+                        "inotify", "unix"])
 PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
             scope="tree", doc="a pipe or FIFO used in the tree (FILE records name it by ino); tail is the data "
                 "buffered in it")
@@ -323,6 +323,25 @@ POSIX_TIMER = _rec(604, "POSIX_TIMER", [
        "interval and time left")
 SIGPENDING = _rec(603, "SIGPENDING", [("shared", "u32"), ("signo", "u32")], tail="bytes",
                   many=True, doc="one queued signal; tail is its 128-byte siginfo")
+
+# 701-709: sockets (unix.py)
+UNIX_SOCK = _rec(701, "UNIX_SOCK", [
+    ("ino", "u64"), ("peer", "u64"), ("type", "u32"), ("state", "u32"), ("backlog", "u32"), ("shutdown", "u32"),
+    ("flags", "u32"), ("name_len", "u32"), ("sndbuf", "u32"), ("rcvbuf", "u32"), ("peek_off", "s32"),
+    ("passcred", "u32"), ("peer_pid", "s32"), ("peer_uid", "u32"), ("peer_gid", "u32"), ("file_mode", "u32"),
+    ("file_uid", "u32"), ("file_gid", "u32"),
+], tail="bytes", scope="tree", many=True,
+    doc="a Unix socket the tree holds (FILE records of kind unix name it by ino): SOCK_* type, TCP_* state "
+        "(listen, established, close), the socket it is connected to (peer ino, 0: none), listen backlog, "
+        "sk_shutdown bits, flags (1: its socket file was removed, 2: its peer was closed), SO_SNDBUF, "
+        "SO_RCVBUF, SO_PEEK_OFF, SO_PASSCRED, SO_PEERCRED as the program saw it (PID in the tree's "
+        "namespace), its socket file's mode and owner; tail is its address (name_len bytes: a path, or "
+        "abstract with a leading NUL) then, for a relative path, the directory it was bound in")
+UNIX_MSG = _rec(702, "UNIX_MSG", [("ino", "u64"), ("name_len", "u32"), ("pad", "u32")], tail="bytes",
+                scope="tree", many=True,
+                doc="data queued for a UNIX_SOCK (ino), in order: one record per datagram or seqpacket "
+                    "message, one for a stream's bytes; tail is the sender's address (name_len bytes) "
+                    "then the data")
 
 FS = _rec(451, "FS", [("umask", "u32"), ("pad", "u32")], tail="strs",
           doc="fs state; tail is [cwd, root]")

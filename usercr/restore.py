@@ -12,6 +12,7 @@ import struct
 from . import cleanup, creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, safeio, signals, tasks
 from . import threads, timers, trust, tty
 from . import inotify
+from . import unix
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -26,7 +27,7 @@ POLL_INTERVAL = 0.5
 # The restore-side parts, in the order they prepare each plan. Files come
 # after memory (mapped files are opened first) and tty before files (a
 # standard stream may need the terminal's part).
-PARTS = (tasks, tty, memory, pipes, inotify, files, locks, threads, signals, timers, rlimits, fs, creds)
+PARTS = (tasks, tty, memory, pipes, inotify, unix, files, locks, threads, signals, timers, rlimits, fs, creds)
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",

@@ -101,6 +101,14 @@ IFLA_IFNAME IFLA_MTU IFLA_LINKINFO IFLA_INFO_KIND IFF_UP IFF_LOOPBACK
 IFA_ADDRESS IFA_LOCAL IFA_LABEL IFA_CACHEINFO IFA_FLAGS
 IFA_F_NODAD IFA_F_HOMEADDRESS IFA_F_MANAGETEMPADDR IFA_F_NOPREFIXROUTE IFA_F_MCAUTOJOIN
 """.split()
+# Unix sockets (unix.py): sock_diag, the socket options Python does not name, socket states.
+UNIX_INCLUDES = ("#include <sys/socket.h>\n#include <netinet/tcp.h>\n#include <linux/netlink.h>\n"
+                 "#include <linux/sock_diag.h>\n#include <linux/unix_diag.h>\n")
+UNIX_CONSTANTS = """
+NETLINK_SOCK_DIAG SOCK_DIAG_BY_FAMILY UDIAG_SHOW_NAME UDIAG_SHOW_VFS UDIAG_SHOW_PEER UDIAG_SHOW_ICONS
+UDIAG_SHOW_RQLEN UDIAG_SHOW_UID UNIX_DIAG_NAME UNIX_DIAG_VFS UNIX_DIAG_PEER UNIX_DIAG_ICONS UNIX_DIAG_RQLEN
+UNIX_DIAG_SHUTDOWN UNIX_DIAG_UID SO_PEEK_OFF SO_SNDBUFFORCE SO_RCVBUFFORCE TCP_ESTABLISHED TCP_CLOSE TCP_LISTEN
+""".split()
 
 
 def make_ffibuilder():
@@ -110,10 +118,10 @@ def make_ffibuilder():
     generate_records_header()
     build_restorer(cc, arch)
     ffi = FFI()
-    ffi.cdef(cdef_text("plan.h") + cdef_text("core.h") + "".join(f"static const int {n};\n" for n in NET_CONSTANTS))
+    ffi.cdef(cdef_text("plan.h") + cdef_text("core.h") + "".join(f"static const int {n};\n" for n in NET_CONSTANTS + UNIX_CONSTANTS))
     ffi.set_source(
         "usercr._native",
-        '#include <stdint.h>\n#include <stddef.h>\n#include "plan.h"\n#include "core.h"\n' + NET_INCLUDES,
+        '#include <stdint.h>\n#include <stddef.h>\n#include "plan.h"\n#include "core.h"\n' + NET_INCLUDES + UNIX_INCLUDES,
         sources=[os.path.join(HERE, "core.c")],
         # the embedded blob and the headers: a change in any rebuilds the module
         depends=[os.path.join(GEN, "restorer_blob.h"), os.path.join(GEN, "records_gen.h"),

@@ -1,0 +1,506 @@
+"""Unix sockets (fd kind unix): stream, datagram and seqpacket; named by a
+path, abstract or unnamed; bound, listening, or connected to another
+socket of the tree. One UNIX_SOCK record per socket, found with sock_diag
+(NETLINK_SOCK_DIAG: name, peer, queue length, pending connections), and one
+UNIX_MSG record per message queued for it, read with MSG_PEEK (and
+SO_PEEK_OFF to go past the first) from a pidfd_getfd copy, so nothing is
+consumed. rstr rebuilds them before any task exists: listeners are bound
+again to their name and listen; a connection accepted from a listener is
+made again by connecting to it and accepting, any other pair with
+socketpair(); the queued data is sent again from the peer (or, for a
+datagram, from the socket of the tree that had sent it).
+
+Refused in one line, the tree left running: a socket connected to a peer
+outside the tree (except on fds 0-2: a standard stream follows rstr's
+own, as files.py does for any socket there), a listener with connections
+waiting to be accepted, descriptors in flight (SCM_RIGHTS in a queue),
+datagrams from a sender outside the tree, and a bound path whose file now
+is something else than a socket. Peer credentials (SO_PEERCRED) after a
+restart are rstr's: they are saved in the image and shown by ckptinfo."""
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+
+from . import proc
+from . import records as R
+from .errors import UcrError
+from .native import lib
+
+K = R.FD_KINDS
+KINDS = (K.UNIX,)
+TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
+FILE_GONE, PEER_GONE = 1, 2          # UNIX_SOCK flags
+SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}  # sk_shutdown bits = how + 1
+
+NLMSG = struct.Struct("=IHHII")      # struct nlmsghdr
+REQ = struct.Struct("=BBHIII8x")     # struct unix_diag_req (cookie left 0)
+MSG = struct.Struct("=BBBBI8x")      # struct unix_diag_msg
+RTATTR = struct.Struct("=HH")
+ALL_STATES = 0xFFFFFFFF              # udiag_states: every state
+PEEK_BUF = 1 << 20
+ANC_BUF = 4096
+UCRED = struct.Struct("=iII")        # struct ucred
+
+_tables = {}   # id of the checkpoint's tree dict -> its sock_diag table, for classify
+
+
+# -- checkpoint ------------------------------------------------------------
+
+def _diag_dump(pid):
+    """{ino: dict} of every Unix socket in pid's network namespace."""
+    from .namespaces import entered
+    with entered(pid, "net"):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, lib.NETLINK_SOCK_DIAG)
+    show = (lib.UDIAG_SHOW_NAME | lib.UDIAG_SHOW_VFS | lib.UDIAG_SHOW_PEER | lib.UDIAG_SHOW_ICONS
+            | lib.UDIAG_SHOW_RQLEN | lib.UDIAG_SHOW_UID)
+    body = REQ.pack(socket.AF_UNIX, 0, 0, ALL_STATES, 0, show)
+    out = {}
+    with sock:
+        sock.send(NLMSG.pack(NLMSG.size + len(body), lib.SOCK_DIAG_BY_FAMILY,
+                             lib.NLM_F_REQUEST | lib.NLM_F_DUMP, 1, 0) + body)
+        while True:
+            data, at = sock.recv(1 << 16), 0
+            while at + NLMSG.size <= len(data):
+                length, mtype, _, _, _ = NLMSG.unpack_from(data, at)
+                payload = data[at + NLMSG.size:at + length]
+                at += (length + 3) & ~3
+                if mtype == lib.NLMSG_DONE:
+                    return out
+                if mtype == lib.NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", payload)[0]
+                    raise UcrError(f"listing the Unix sockets of process {pid} (sock_diag): {os.strerror(err)}")
+                _, type_, state, _, ino = MSG.unpack_from(payload)
+                out[ino] = _diag_attrs(type_, state, payload[MSG.size:])
+
+
+def _diag_attrs(type_, state, data):
+    d = dict(type=type_, state=state, name=b"", vfs=None, peer=0, icons=[], rqlen=(0, 0), shutdown=0, uid=0)
+    at = 0
+    while at + RTATTR.size <= len(data):
+        length, kind = RTATTR.unpack_from(data, at)
+        if length < RTATTR.size:
+            break
+        v = data[at + RTATTR.size:at + length]
+        at += (length + 3) & ~3
+        if kind == lib.UNIX_DIAG_NAME:
+            d["name"] = v if v[:1] == b"\0" else v.split(b"\0", 1)[0]
+        elif kind == lib.UNIX_DIAG_VFS:
+            ino, kdev = struct.unpack_from("=II", v)
+            d["vfs"] = (os.makedev(kdev >> 20, kdev & 0xFFFFF), ino)  # the kernel's own dev_t encoding
+        elif kind == lib.UNIX_DIAG_PEER:
+            d["peer"] = struct.unpack_from("=I", v)[0]
+        elif kind == lib.UNIX_DIAG_ICONS:
+            d["icons"] = list(struct.unpack(f"={len(v) // 4}I", v[:len(v) // 4 * 4]))
+        elif kind == lib.UNIX_DIAG_RQLEN:
+            d["rqlen"] = struct.unpack_from("=II", v)
+        elif kind == lib.UNIX_DIAG_SHUTDOWN:
+            d["shutdown"] = v[0]
+        elif kind == lib.UNIX_DIAG_UID:
+            d["uid"] = struct.unpack_from("=I", v)[0]
+    return d
+
+
+def scan(ctx):
+    """Once per checkpoint: the sock_diag table of the tree's network
+    namespace and the socket inodes the tree's processes hold."""
+    state = ctx.tree.get("unix")
+    if state is None:
+        held = {}
+        for pid in ctx.ns.map:
+            for fd, target, _ in proc.fds(pid) if proc.state(pid) not in ("Z", None) else ():
+                if target.startswith("socket:["):
+                    held.setdefault(int(target[8:-1]), (pid, fd))
+        state = ctx.tree["unix"] = dict(diag=_diag_dump(ctx.pid) if held else {}, held=held, socks={},
+                                        ns=ctx.ns)
+    _tables.clear()
+    _tables[id(ctx.tree)] = state["diag"]
+
+
+def classify(st, target, info):
+    if stat.S_ISSOCK(st.st_mode) and any(st.st_ino in t for t in _tables.values()):
+        return K.UNIX
+    return None
+
+
+def _what(d):
+    return f"unix {TYPES.get(d['type'], d['type'])} socket"
+
+
+def note(ctx, fd, st, info, fields):
+    state = ctx.tree["unix"]
+    diag, held = state["diag"], state["held"]
+    ino, pid = st.st_ino, ctx.pid
+    d = diag[ino]
+    where = f"fd {fd} of process {pid} is a {_what(d)} (socket:[{ino}])"
+    if d["peer"] and d["peer"] in diag and d["peer"] not in held:
+        if any(d["peer"] in o["icons"] for o in diag.values()):
+            listener = next(i for i, o in diag.items() if d["peer"] in o["icons"])
+            if listener in held:
+                raise UcrError(f"{where} whose connection waits to be accepted by a listener of the tree "
+                               f"(socket:[{listener}]); that cannot be checkpointed yet")
+        if fd < 3:  # a standard stream on a socket from outside: follows rstr's own, as any socket there
+            fields["kind"] = K.SOCKET
+            return
+        raise UcrError(f"{where} connected to a peer outside the tree (socket:[{d['peer']}]); "
+                       "that cannot be checkpointed")
+    if d["icons"]:
+        raise UcrError(f"{where} listening with {len(d['icons'])} connection(s) waiting to be accepted; "
+                       "that cannot be checkpointed yet")
+    state["socks"].setdefault(ino, (pid, fd))
+
+
+def _file_info(d, name, pid):
+    """(flags, mode, uid, gid, directory of a relative name) of a path-bound socket."""
+    if not name or name[:1] == b"\0":
+        return 0, 0, 0, 0, b""
+    directory = b""
+    if name[:1] == b"/":
+        path = name
+    else:  # bound relative to the cwd it had then: its present cwd, if the file there is that socket
+        directory = os.fsencode(proc.readlink(pid, "cwd"))
+        path = os.path.join(directory, name)
+    try:
+        st = os.stat(path)
+        if d["vfs"] is not None and (st.st_dev, st.st_ino) == d["vfs"]:
+            return 0, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, directory
+    except OSError:
+        pass
+    if directory:
+        raise UcrError(f"the unix socket at relative path {os.fsdecode(name)} (process {pid}) is not in its "
+                       "working directory any more; that cannot be checkpointed")
+    return FILE_GONE, 0, 0, 0, b""
+
+
+def _peek(pid, fd, d, ino):
+    """[(sender address, data)] queued for the socket at fd of pid, read
+    without consuming it; SO_PEEK_OFF is put back as it was."""
+    where = f"fd {fd} of process {pid} ({_what(d)}, socket:[{ino}])"
+    copy = lib.ucr_pidfd_getfd(pid, fd)
+    if copy < 0:
+        raise UcrError(f"cannot reach {where}: {os.strerror(-copy)}")
+    sock = socket.socket(fileno=copy)
+    with sock:
+        opts = dict(sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                    rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                    passcred=sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED))
+        cred = UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size))
+        opts["peek_off"] = sock.getsockopt(socket.SOL_SOCKET, lib.SO_PEEK_OFF)
+        if d["state"] == lib.TCP_LISTEN:
+            return opts, cred, []
+        msgs = []
+        sock.setsockopt(socket.SOL_SOCKET, lib.SO_PEEK_OFF, 0)
+        try:
+            msgs = _peek_all(sock, d, where)
+        finally:
+            sock.setsockopt(socket.SOL_SOCKET, lib.SO_PEEK_OFF, opts["peek_off"])
+    if d["type"] != socket.SOCK_DGRAM and sum(len(m) for _, m in msgs) != d["rqlen"][0]:
+        raise UcrError(f"{where}: read {sum(len(m) for _, m in msgs)} queued bytes, sock_diag says "
+                       f"{d['rqlen'][0]}")
+    return opts, cred, msgs
+
+
+def _peek_all(sock, d, where):
+    msgs, total, empty_at_start = [], 0, False
+    stream = d["type"] == socket.SOCK_STREAM
+    flags = socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+    while True:
+        if d["type"] != socket.SOCK_DGRAM and total >= d["rqlen"][0]:
+            return msgs
+        try:
+            data, anc, mflags, addr = sock.recvmsg(PEEK_BUF, ANC_BUF, flags)
+        except BlockingIOError:
+            return msgs
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                for f in struct.unpack(f"={len(payload) // 4}i", payload[:len(payload) // 4 * 4]):
+                    os.close(f)
+                raise UcrError(f"{where} has file descriptors in flight in its queue (SCM_RIGHTS); "
+                               "that cannot be checkpointed")
+        if mflags & socket.MSG_CTRUNC:
+            raise UcrError(f"{where} has ancillary data in its queue that does not fit {ANC_BUF} bytes "
+                           "(descriptors in flight?); that cannot be checkpointed")
+        if mflags & socket.MSG_TRUNC:
+            raise UcrError(f"{where} has a message queued larger than {PEEK_BUF} bytes; that cannot be "
+                           "checkpointed yet")
+        if not data:
+            if stream or total or empty_at_start:
+                return msgs
+            empty_at_start = True  # a zero-length datagram first in the queue
+        name = b"" if stream or not addr else addr if isinstance(addr, bytes) else os.fsencode(addr)
+        if stream and msgs:
+            msgs[0] = (b"", msgs[0][1] + data)
+        else:
+            msgs.append((name, data))
+        total += len(data)
+
+
+def tree_records(tree):
+    state = tree.get("unix")
+    if not state:
+        return []
+    diag, held, ns = state["diag"], state["held"], state["ns"]
+    out = []
+    for ino, (pid, fd) in state["socks"].items():
+        d = diag[ino]
+        name = d["name"]
+        flags, mode, uid, gid, directory = _file_info(d, name, pid)
+        opts, cred, msgs = _peek(pid, fd, d, ino)
+        peer = d["peer"]
+        if d["state"] == lib.TCP_ESTABLISHED and peer not in held:  # closed since (note refused a live one)
+            flags |= PEER_GONE
+            peer = 0
+        backlog = d["rqlen"][1] if d["state"] == lib.TCP_LISTEN else 0
+        peer_pid = ns(cred[0]) if cred[0] > 0 else 0
+        out.append(R.UNIX_SOCK.pack(
+            ino=ino, peer=peer, type=d["type"], state=d["state"], backlog=backlog, shutdown=d["shutdown"],
+            flags=flags, name_len=len(name), sndbuf=opts["sndbuf"], rcvbuf=opts["rcvbuf"],
+            peek_off=opts["peek_off"], passcred=opts["passcred"], peer_pid=peer_pid, peer_uid=cred[1],
+            peer_gid=cred[2], file_mode=mode, file_uid=uid, file_gid=gid, tail=name + directory))
+        if msgs and opts["passcred"]:
+            raise UcrError(f"fd {fd} of process {pid} ({_what(d)}, socket:[{ino}]) has SO_PASSCRED and data "
+                           "queued, whose sender credentials cannot be restored; that cannot be checkpointed")
+        for sender, data in msgs:
+            out.append(R.UNIX_MSG.pack(ino=ino, name_len=len(sender), tail=sender + data))
+    return out
+
+
+# -- restart ---------------------------------------------------------------
+
+def _name(rec):
+    """(address, directory it was bound in for a relative path, else b"") of a saved socket."""
+    tail, n = rec["tail"], rec["name_len"]
+    return tail[:n], tail[n:]
+
+
+def _key(rec):
+    return (rec["type"],) + _name(rec)
+
+
+def _new(type_):
+    s = socket.socket(socket.AF_UNIX, type_)
+    s.setblocking(False)  # rstr never waits on a socket; the FILE record sets the program's flags
+    return s
+
+
+def _pair(type_):
+    pair = socket.socketpair(socket.AF_UNIX, type_)
+    for s in pair:
+        s.setblocking(False)
+    return pair
+
+
+class Restore:
+    def __init__(self, rst):
+        self.rst = rst
+        self.saved = {rec["ino"]: rec for rec in rst.img.tree_records("UNIX_SOCK")}
+        self.msgs = {}
+        for rec in rst.img.tree_records("UNIX_MSG"):
+            self.msgs.setdefault(rec["ino"], []).append(rec)
+        self.kept = None   # ino -> kept fd
+        self.socks = {}    # ino -> socket object while they are made
+        self.gone = set()  # paths bound whose file was removed before the checkpoint
+
+    def open(self, rec):
+        if self.kept is None:
+            self.kept = {}
+            self._build()
+        fd = self.kept.get(rec["ino"])
+        if fd is None:
+            raise UcrError(f"image corrupt: no UNIX_SOCK record for the socket at fd {rec['fd']}")
+        new = os.dup(fd)
+        fcntl.fcntl(new, fcntl.F_SETFL, rec["flags"])
+        return new
+
+    def _build(self):
+        """Every socket at once, in steps: sockets on their own (bound,
+        listening), then connected pairs (through their listener, or
+        socketpair), the queued data, datagram connects, options."""
+        saved, socks = self.saved, self.socks
+        self.listeners = {_key(r): ino for ino, r in saved.items() if r["state"] == lib.TCP_LISTEN}
+        try:
+            pairs, orphans = [], []
+            for ino, r in saved.items():
+                connected = r["state"] == lib.TCP_ESTABLISHED
+                if r["flags"] & PEER_GONE:
+                    orphans.append(ino)
+                elif connected and r["peer"] and (r["type"] != socket.SOCK_DGRAM or self._dgram_pair(ino)):
+                    if r["peer"] not in saved:
+                        raise UcrError(f"image corrupt: the peer of socket:[{ino}] has no UNIX_SOCK record")
+                    if ino < r["peer"]:
+                        pairs.append((ino, r["peer"]))
+                else:
+                    socks[ino] = _new(r["type"])
+                    if r["name_len"]:
+                        self._bind(socks[ino], r)
+                    if r["state"] == lib.TCP_LISTEN:
+                        socks[ino].listen(r["backlog"])
+            for a, b in pairs:
+                self._connect(a, b)
+            for ino in orphans:
+                other = self._connect(ino, None)
+                self._fill(ino, other)
+                other.close()
+            for ino, r in saved.items():
+                if not r["flags"] & PEER_GONE:
+                    self._queue(ino)
+            for ino, r in saved.items():
+                if r["type"] == socket.SOCK_DGRAM and r["state"] == lib.TCP_ESTABLISHED and ino in socks and \
+                        r["peer"] and not self._dgram_pair(ino):
+                    socks[ino].connect(self._addr(saved[r["peer"]]))
+            for ino, r in saved.items():
+                self._options(socks[ino], r)
+            for path in self.gone:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            for ino in list(socks):
+                self.kept[ino] = self.rst.keep(socks.pop(ino).detach())
+        except OSError as e:
+            raise UcrError(f"recreating the unix sockets: {e.strerror or e}") from None
+        finally:
+            for s in socks.values():
+                s.close()
+
+    def _dgram_pair(self, ino):
+        """A datagram socket and its peer connected to each other, both unnamed: a socketpair."""
+        r = self.saved[ino]
+        p = self.saved.get(r["peer"])
+        return p is not None and p["peer"] == ino and not r["name_len"] and not p["name_len"]
+
+    def _connect(self, a, b):
+        """Makes the connection between a and b (None: b was closed; returned,
+        to fill a's queue from it). An end with the name of a listener of the
+        tree was accepted from it: connect to the listener and accept."""
+        saved, socks = self.saved, self.socks
+        ra = saved[a]
+        server = next((i for i in (a, b) if i is not None and saved[i]["name_len"] and
+                       saved[i]["type"] != socket.SOCK_DGRAM and _key(saved[i]) in self.listeners), None)
+        if server is not None:
+            client = b if server == a else a
+            c = _new(ra["type"])
+            if client is not None and saved[client]["name_len"]:
+                self._bind(c, saved[client])
+            listener = saved[self.listeners[_key(saved[server])]]
+            c.connect(self._addr(listener))
+            s, _ = socks[self.listeners[_key(saved[server])]].accept()
+            s.setblocking(False)
+            socks[server] = s
+            if client is None:
+                return c
+            socks[client] = c
+            return None
+        x, y = _pair(ra["type"])
+        socks[a] = x
+        for i, s in ((a, x), (b, y)):
+            if i is not None and saved[i]["name_len"]:
+                self._bind(s, saved[i])  # a name of its own, or of a listener gone since
+        if b is None:
+            return y
+        socks[b] = y
+        return None
+
+    def _addr(self, r):
+        name, directory = _name(r)
+        return os.path.join(directory, name) if directory else name
+
+    def _bind(self, s, r):
+        name, directory = _name(r)
+        if name[:1] == b"\0":
+            s.bind(name)
+            return
+        path = self._addr(r)
+        self._clear(path, r)
+        if directory:
+            here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.chdir(directory)
+                s.bind(name)
+            finally:
+                os.fchdir(here)
+                os.close(here)
+        else:
+            s.bind(name)
+        os.chmod(path, r["file_mode"])
+        os.chown(path, r["file_uid"], r["file_gid"])
+        if r["flags"] & FILE_GONE:
+            self.gone.add(path)
+
+    def _clear(self, path, r):
+        """A stale socket file at path (nobody listens) is removed; anything else there is an error."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        shown = os.fsdecode(path)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise UcrError(f"cannot bind the unix socket to {shown}: something else than a socket is there")
+        probe = socket.socket(socket.AF_UNIX, r["type"])
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)
+            return
+        except OSError as e:
+            if e.errno != errno.EPROTOTYPE:  # a socket of another type: nobody of this type is there
+                raise
+            os.unlink(path)
+            return
+        finally:
+            probe.close()
+        raise UcrError(f"cannot bind the unix socket to {shown}: another program's socket is bound there")
+
+    def _fill(self, ino, sender):
+        """Sends ino's queued data from sender, its peer, message by message."""
+        data = self.msgs.get(ino, [])
+        if not data:
+            return
+        need = sum(len(m["tail"]) for m in data) * 2 + len(data) * 1024
+        sender.setsockopt(socket.SOL_SOCKET, lib.SO_SNDBUFFORCE, need)
+        for m in data:
+            payload = m["tail"][m["name_len"]:]
+            if self.saved[ino]["type"] == socket.SOCK_STREAM:
+                sender.sendall(payload)
+            else:
+                sender.send(payload)
+
+    def _queue(self, ino):
+        r, socks = self.saved[ino], self.socks
+        if not self.msgs.get(ino):
+            return
+        if r["type"] != socket.SOCK_DGRAM or self._dgram_pair(ino):
+            self._fill(ino, socks[r["peer"]])
+            return
+        if not r["name_len"]:
+            raise UcrError(f"datagrams are queued for unnamed socket:[{ino}] from another socket than its "
+                           "peer; that cannot be restored")
+        by_name = {_name(o)[0]: i for i, o in self.saved.items() if o["name_len"] and o["type"] == r["type"]}
+        for m in self.msgs[ino]:
+            name, payload = m["tail"][:m["name_len"]], m["tail"][m["name_len"]:]
+            if name and name not in by_name:
+                raise UcrError(f"a datagram queued for socket:[{ino}] came from {os.fsdecode(name)!r} outside "
+                               "the tree; that cannot be restored")
+            s = socks[by_name[name]] if name else _new(r["type"])  # an unnamed sender: any unbound socket
+            try:
+                s.setsockopt(socket.SOL_SOCKET, lib.SO_SNDBUFFORCE, len(payload) * 2 + 65536)
+                s.sendto(payload, self._addr(r))
+            finally:
+                if not name:
+                    s.close()
+
+    def _options(self, s, r):
+        s.setsockopt(socket.SOL_SOCKET, lib.SO_SNDBUFFORCE, r["sndbuf"] // 2)  # the kernel doubles it
+        s.setsockopt(socket.SOL_SOCKET, lib.SO_RCVBUFFORCE, r["rcvbuf"] // 2)
+        if r["passcred"]:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        if r["peek_off"] >= 0 and r["state"] != lib.TCP_LISTEN:
+            s.setsockopt(socket.SOL_SOCKET, lib.SO_PEEK_OFF, r["peek_off"])
+        if r["shutdown"] in SHUT and r["state"] == lib.TCP_ESTABLISHED and not r["flags"] & PEER_GONE:
+            try:
+                s.shutdown(SHUT[r["shutdown"]])
+            except OSError as e:
+                if e.errno != errno.ENOTCONN:
+                    raise
