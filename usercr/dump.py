@@ -3,7 +3,7 @@ write the image."""
 import os
 import time
 
-from . import creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
+from . import creds, epoll, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
 from . import tree as tree_mod
 from . import records as R
 from .arch import current as current_arch
@@ -21,7 +21,7 @@ VANISH_SETTLE = 0.2
 # runs inside the frozen task; dump(ctx) yields its records afterwards.
 PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
 # Objects the tree shares, written after every process's records.
-TREE_STATE = (pipes, tty)
+TREE_STATE = (pipes, tty, epoll)
 
 
 def _ancestors():

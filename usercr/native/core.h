@@ -41,5 +41,10 @@ long ucr_sem_getall(int id, uint16_t *vals);
 long ucr_sem_restore(int key, int nsems, int mode, uint32_t uid, uint32_t gid, uint16_t *vals);
 int ucr_probe_vm_readv(void);
 long ucr_probe_mm_map_size(void);
+/* epoll (usercr/epoll.py) */
+long ucr_kcmp_epoll_tfd(int pid1, int fd1, int pid2, int efd, int tfd, int toff);
+int ucr_epoll_create(int flags);
+int ucr_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+int ucr_epoll_harvest(int epfd, int max);
 
 #endif
