@@ -120,7 +120,7 @@ class Restore:
                      for r in fired if (tfd, data) == (r["tfd"], r["data"]) and events & ~self.private}
             for r in fired:
                 if (r["tfd"], r["data"]) in armed:
-                    self._ctl(ep, rec, r, self.rst.arch.C["EPOLL_CTL_MOD"], r["tfd"], r["events"])
+                    self._add(ep, rec, r, r["events"], self.rst.arch.C["EPOLL_CTL_MOD"])
                     self.rst.warn(f"warning: the one-shot registration of fd {r['tfd']} in the epoll at fd "
                                   f"{rec['fd']} had fired; its target is not ready now, so it comes back armed "
                                   "for EPOLLERR and EPOLLHUP")
@@ -139,11 +139,11 @@ class Restore:
             raise UcrError(f"image corrupt: no FILE record for the target of epoll registration {r['tfd']}")
         return next((f for f in recs if f["fd"] == r["tfd"]), recs[0])
 
-    def _add(self, ep, rec, r, events):
-        """Adds rstr's fd for the target under its original fd number tfd,
-        moving whatever rstr has there aside for the while."""
+    def _add(self, ep, rec, r, events, op=None):
+        """Adds (or modifies) rstr's fd for the target under its original fd
+        number tfd, moving whatever rstr has there aside for the while."""
         target = self.rst.part("files").fd(self._target_rec(r))
-        tfd, add = r["tfd"], self.rst.arch.C["EPOLL_CTL_ADD"]
+        tfd, add = r["tfd"], op or self.rst.arch.C["EPOLL_CTL_ADD"]
         if tfd == target:
             return self._ctl(ep, rec, r, add, tfd, events)
         trust.nofile_room(tfd + 1)
