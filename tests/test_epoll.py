@@ -112,10 +112,13 @@ fed_r, fed_w = os.pipe()
 if os.fork() == 0:
     os.close(fed_r)
     n = 0
-    while True:
-        os.write(fed_w, b"%d\n" % n)
-        n += 1
-        time.sleep(0.01)
+    try:
+        while True:
+            os.write(fed_w, b"%d\n" % n)
+            n += 1
+            time.sleep(0.01)
+    finally:
+        os._exit(0)  # its reader gone (the test is over): quietly
 os.close(fed_w)
 
 class Lines:
