@@ -62,8 +62,9 @@ CONST_PREFIXES = (
     "FUTEX_", "CLOSE_RANGE_", "TIOC", "SHM_", "F_",
     "SECCOMP_", "BPF_", "SECBIT_", "SECURE_", "_LINUX_CAPABILITY_", "CAP_",
     "IN_", "FIONREAD",
+    "EPOLL",
 )
-CONST_EXCLUDE = {"SIG_DFL", "SIG_IGN", "SIG_ERR"}
+CONST_EXCLUDE = {"SIG_DFL", "SIG_IGN", "SIG_ERR", "EPOLL_PACKED"}
 
 UAPI_INCLUDES = """\
 #include <stddef.h>
@@ -90,6 +91,7 @@ UAPI_INCLUDES = """\
 #include <linux/securebits.h>
 #include <linux/capability.h>
 #include <linux/inotify.h>
+#include <linux/eventpoll.h>
 """
 ARCH_INCLUDES = {
     "x86_64": "#include <asm/ucontext.h>\n#include <asm/prctl.h>\n",
@@ -148,6 +150,7 @@ struct ucr_kernel_sigaction { void *handler; unsigned long flags; void *restorer
 _COMMON_EXTRA = {
     "UCR_KCMP_FILE": "KCMP_FILE",  # enums, not macros
     "UCR_KCMP_VM": "KCMP_VM",
+    "UCR_KCMP_EPOLL_TFD": "KCMP_EPOLL_TFD",
     "UCR_WALL": "__WALL",  # waitpid's, which Python does not name
     "UCR_PR_TIMER_CREATE_RESTORE_IDS": "77",  # Linux 6.14 UAPI
 }

@@ -1,6 +1,7 @@
 """Open file descriptors (FILE records). Each kind of fd is owned by one
 module: this one for regular files, directories, character devices and the
-standard-stream sockets; pipes.py for pipes and FIFOs; tty.py for terminals.
+standard-stream sockets; pipes.py for pipes and FIFOs; tty.py for terminals;
+epoll.py for epoll instances.
 An owner module gives `KINDS`, `classify(st, target, info)` (the kind, or
 None), `note(ctx, fd, st, info, fields)` at checkpoint, and a Restore part
 with `open(rec)`. A new kind of fd is one module and one entry in OWNERS.
@@ -12,7 +13,7 @@ socket, a pipe the tree holds only one end of) follow rstr's, fd by fd."""
 import os
 import stat
 
-from . import inotify, pipes
+from . import epoll, inotify, pipes
 from . import proc
 from . import records as R
 from . import trust, tty
@@ -21,7 +22,7 @@ from .errors import UcrError
 from .native import lib
 
 K = R.FD_KINDS
-OWNERS = (tty, pipes, inotify, unix)
+OWNERS = (tty, pipes, inotify, unix, epoll)
 STD_STREAMS = 3
 
 

@@ -245,7 +245,7 @@ FILE = _rec(301, "FILE", [
 ], tail="str", many=True, doc="open file descriptor; fds with the same file_id share one open file description "
                    "(offset, flags) across the tree; tail is the path")
 FD_KINDS = Kinds("FD", ["reg", "dir", "chr", "tty", "pipe", "socket", "fifo", "pty-master", "pty-slave",
-                        "inotify", "unix"])
+                        "inotify", "unix", "epoll"])
 PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
             scope="tree", doc="a pipe or FIFO used in the tree (FILE records name it by ino); tail is the data "
                 "buffered in it")
@@ -265,6 +265,15 @@ FILE_LOCK = _rec(304, "FILE_LOCK", [("fd", "s32"), ("file_id", "u32"), ("kind", 
                      "process), 1 OFD, 2 flock (both of the open file description file_id, once per process "
                      "holding it); type F_RDLCK/F_WRLCK; len 0: to end of file; fd: the process's fd it is on")
 LOCK_KINDS = Kinds("LOCK", ["POSIX", "OFD", "flock"])
+
+# 313-315: epoll (usercr/epoll.py)
+EPOLL_TFD = _rec(313, "EPOLL_TFD", [("epoll_id", "u32"), ("target_id", "u32"), ("tfd", "s32"), ("events", "u32"),
+                                    ("data", "u64")],
+                 scope="tree", many=True,
+                 doc="a registration in an epoll instance (FILE records of kind epoll with file_id epoll_id): the "
+                     "open file description target_id, registered under fd number tfd (maybe closed or reused "
+                     "since), its events as fdinfo shows them (EPOLLERR/EPOLLHUP included; a fired one-shot "
+                     "keeps only its flag bits) and its data; in the kernel's order")
 
 # 316-317: inotify (usercr/inotify.py)
 INOTIFY = _rec(316, "INOTIFY", [("file_id", "u32"), ("nr_watches", "u32"), ("queued", "u32"), ("pad", "u32")],

@@ -9,10 +9,8 @@ import select
 import signal
 import struct
 
-from . import cleanup, creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, safeio, signals, tasks
-from . import threads, timers, trust, tty
-from . import inotify
-from . import unix
+from . import cleanup, creds, epoll, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc, rlimits, safeio
+from . import signals, tasks, threads, timers, trust, tty, unix
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -26,8 +24,10 @@ STATUS = struct.Struct("<iiQii")
 POLL_INTERVAL = 0.5
 # The restore-side parts, in the order they prepare each plan. Files come
 # after memory (mapped files are opened first) and tty before files (a
-# standard stream may need the terminal's part).
-PARTS = (tasks, tty, memory, pipes, inotify, unix, files, locks, threads, signals, timers, rlimits, fs, creds)
+# standard stream may need the terminal's part). epoll comes after every
+# other kind of fd: files opens each instance when a FILE record names it,
+# and the instance opens its targets (through files) before it adds them.
+PARTS = (tasks, tty, memory, pipes, inotify, unix, files, epoll, locks, threads, signals, timers, rlimits, fs, creds)
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",

@@ -18,6 +18,8 @@
 #include <sys/shm.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sys/epoll.h>
+#include <linux/kcmp.h>
 #include <sched.h>
 #include <linux/sched.h>
 #include "records_gen.h"
@@ -344,6 +346,40 @@ long ucr_fork_pidns(void)
 long ucr_kcmp(int pid1, int pid2, int type, long idx1, long idx2)
 {
     long r = syscall(SYS_kcmp, pid1, pid2, type, idx1, idx2);
+    return r < 0 ? -errno : r;
+}
+
+/* epoll (usercr/epoll.py). 0 if fd1 of pid1 is the file registered in the
+ * epoll at efd of pid2 as the toff-th entry with fd number tfd. */
+long ucr_kcmp_epoll_tfd(int pid1, int fd1, int pid2, int efd, int tfd, int toff)
+{
+    struct { uint32_t efd, tfd, toff; } slot = { (uint32_t)efd, (uint32_t)tfd, (uint32_t)toff };
+    long r = syscall(SYS_kcmp, pid1, pid2, KCMP_EPOLL_TFD, (long)fd1, (long)(uintptr_t)&slot);
+    return r < 0 ? -errno : r;
+}
+
+int ucr_epoll_create(int flags)
+{
+    int r = epoll_create1(flags);
+    return r < 0 ? -errno : r;
+}
+
+/* epoll_ctl with any 64-bit data (struct epoll_event is packed on x86_64 only). */
+int ucr_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data)
+{
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = events;
+    ev.data.u64 = data;
+    return epoll_ctl(epfd, op, fd, &ev) < 0 ? -errno : 0;
+}
+
+/* Takes what is ready off the epoll's ready list, without waiting: a
+ * one-shot registration that reports is disarmed by that. */
+int ucr_epoll_harvest(int epfd, int max)
+{
+    struct epoll_event evs[64];
+    int r = epoll_wait(epfd, evs, max < 64 ? max : 64, 0);
     return r < 0 ? -errno : r;
 }
 

@@ -46,5 +46,10 @@ int ucr_open_by_handle(int mount_fd, int type, const unsigned char *bytes, uint3
 int ucr_inotify_init(int flags);
 int ucr_inotify_add_watch(int fd, const char *path, uint32_t mask);
 int ucr_inotify_rm_watch(int fd, int wd);
+/* epoll (usercr/epoll.py) */
+long ucr_kcmp_epoll_tfd(int pid1, int fd1, int pid2, int efd, int tfd, int toff);
+int ucr_epoll_create(int flags);
+int ucr_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+int ucr_epoll_harvest(int epfd, int max);
 
 #endif
