@@ -61,6 +61,7 @@ CONST_PREFIXES = (
     "CSIGNAL", "MINSIGSTKSZ", "_NSIG", "ARM_VFPREGS_SIZE", "ELF_NGREG",
     "FUTEX_", "CLOSE_RANGE_", "TIOC", "SHM_", "F_",
     "SECCOMP_", "BPF_", "SECBIT_", "SECURE_", "_LINUX_CAPABILITY_", "CAP_",
+    "TFD_",
 )
 CONST_EXCLUDE = {"SIG_DFL", "SIG_IGN", "SIG_ERR"}
 
@@ -88,6 +89,7 @@ UAPI_INCLUDES = """\
 #include <linux/filter.h>
 #include <linux/securebits.h>
 #include <linux/capability.h>
+#include <linux/timerfd.h>
 """
 ARCH_INCLUDES = {
     "x86_64": "#include <asm/ucontext.h>\n#include <asm/prctl.h>\n",
@@ -148,6 +150,7 @@ _COMMON_EXTRA = {
     "UCR_KCMP_VM": "KCMP_VM",
     "UCR_WALL": "__WALL",  # waitpid's, which Python does not name
     "UCR_PR_TIMER_CREATE_RESTORE_IDS": "77",  # Linux 6.14 UAPI
+    "UCR_EFD_SEMAPHORE": "1",  # include/linux/eventfd.h: not in the toolchains' UAPI
 }
 EXTRA_CONSTANTS = {
     "x86_64": {},

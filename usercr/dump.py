@@ -4,6 +4,7 @@ import os
 import time
 
 from . import creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, signals, tasks, threads, timers, tty
+from . import eventfd, signalfd, timerfd
 from . import tree as tree_mod
 from . import records as R
 from .arch import current as current_arch
@@ -22,6 +23,7 @@ VANISH_SETTLE = 0.2
 PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
 # Objects the tree shares, written after every process's records.
 TREE_STATE = (pipes, tty)
+TREE_STATE += (eventfd, timerfd, signalfd)
 
 
 def _ancestors():

@@ -13,6 +13,7 @@ import os
 import stat
 
 from . import pipes
+from . import eventfd, signalfd, timerfd
 from . import proc
 from . import records as R
 from . import trust, tty
@@ -21,6 +22,7 @@ from .native import lib
 
 K = R.FD_KINDS
 OWNERS = (tty, pipes)
+OWNERS += (eventfd, timerfd, signalfd)
 STD_STREAMS = 3
 
 

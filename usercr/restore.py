@@ -11,6 +11,7 @@ import struct
 
 from . import cleanup, creds, files, fs, ipc, locks, memory, namespaces, pipes, proc, rlimits, safeio, signals, tasks
 from . import threads, timers, trust, tty
+from . import eventfd, signalfd, timerfd
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -26,6 +27,7 @@ POLL_INTERVAL = 0.5
 # after memory (mapped files are opened first) and tty before files (a
 # standard stream may need the terminal's part).
 PARTS = (tasks, tty, memory, pipes, files, locks, threads, signals, timers, rlimits, fs, creds)
+PARTS += (eventfd, timerfd, signalfd)
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",

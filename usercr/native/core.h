@@ -41,5 +41,9 @@ long ucr_sem_getall(int id, uint16_t *vals);
 long ucr_sem_restore(int key, int nsems, int mode, uint32_t uid, uint32_t gid, uint16_t *vals);
 int ucr_probe_vm_readv(void);
 long ucr_probe_mm_map_size(void);
+int ucr_timerfd_create(int clockid);
+int ucr_timerfd_get(int fd, int clockid, uint64_t *out);
+int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns);
+int ucr_signalfd(uint64_t mask);
 
 #endif
