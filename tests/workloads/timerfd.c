@@ -7,6 +7,8 @@
  *   total never exceeds what the time since it was set explains, and falls
  *   short by no more than the time the process was stopped (gaps seen by
  *   the loop): for a relative timer time stops while the tree is gone.
+ * - lazy: periodic, 10 ms, relative, read only every 500 ms, so a checkpoint
+ *   usually finds expirations not yet read; counted as rel is.
  * - once: a one-shot set with TFD_TIMER_ABSTIME 400 ms ahead ("armed N"),
  *   read ("fired N") once it expired, then set again. One that expires in
  *   the gap between checkpoint and restart is read after the restart:
@@ -18,6 +20,7 @@
 #define MS 1000000LL
 #define ABS_IV (50 * MS)
 #define REL_IV (30 * MS)
+#define LAZY_IV (10 * MS)
 #define ONCE_AHEAD (400 * MS)
 #define SLACK (2 * MS)
 #define GAP (100 * MS)
@@ -82,18 +85,20 @@ int main(void)
     int abs_fd = timerfd_create(CLOCK_MONOTONIC, 0);
     int rel_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     int once_fd = timerfd_create(CLOCK_MONOTONIC, 0);
-    if (abs_fd < 0 || rel_fd < 0 || once_fd < 0)
+    int lazy_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    if (abs_fd < 0 || rel_fd < 0 || once_fd < 0 || lazy_fd < 0)
         bad("timerfd_create: %s", strerror(errno));
     int64_t start = now_ns() + ABS_IV;
     set(abs_fd, TFD_TIMER_ABSTIME, start, ABS_IV);
     int64_t rel_start = now_ns();
     set(rel_fd, 0, REL_IV, REL_IV);
+    set(lazy_fd, 0, LAZY_IV, LAZY_IV);
     unsigned armed = 0;
     int64_t deadline = now_ns() + ONCE_AHEAD;
     set(once_fd, TFD_TIMER_ABSTIME, deadline, 0);
     say("ready");
     say("armed %u", armed);
-    int64_t abs_total = 0, rel_total = 0, gaps = 0, last = now_ns(), ticked = 0;
+    int64_t abs_total = 0, rel_total = 0, lazy_total = 0, gaps = 0, last = now_ns(), ticked = 0;
     for (;;) {
         struct pollfd p[3] = { { abs_fd, POLLIN, 0 }, { rel_fd, POLLIN, 0 }, { once_fd, POLLIN, 0 } };
         if (poll(p, 3, 10) < 0 && errno != EINTR)
@@ -109,11 +114,17 @@ int main(void)
                     (long long)expected(before - SLACK, start), (long long)expected(after + SLACK, start));
         }
         rel_total += take(rel_fd, "rel");
+        int lazy = (p[0].revents & POLLIN) && abs_total % 10 == 0;
+        if (lazy)
+            lazy_total += take(lazy_fd, "lazy");
         int64_t after = now_ns(), elapsed = after - rel_start;
         if (rel_total > elapsed / REL_IV + 1)
             bad("rel: %lld expirations in %lld ms", (long long)rel_total, (long long)(elapsed / MS));
         if (rel_total < (elapsed - gaps) / REL_IV - 1)
             bad("rel: only %lld expirations in %lld ms, %lld of them stopped", (long long)rel_total,
+                (long long)(elapsed / MS), (long long)(gaps / MS));
+        if (lazy && (lazy_total > elapsed / LAZY_IV + 1 || lazy_total < (elapsed - gaps) / LAZY_IV - 1))
+            bad("lazy: %lld expirations in %lld ms, %lld of them stopped", (long long)lazy_total,
                 (long long)(elapsed / MS), (long long)(gaps / MS));
         if (p[2].revents & POLLIN) {
             uint64_t v = take(once_fd, "once");
