@@ -3,6 +3,7 @@ default restart cycles each: self-checking workloads (protocol in
 workloads/wl.h) that count, time and signal themselves through them, and
 util-linux script, which waits on a signalfd and a pseudo-terminal."""
 import os
+import sys
 import re
 import signal
 import time
@@ -106,3 +107,27 @@ def test_script(procs, workloads, tmp_path):
     got = numbers(out)
     assert got == list(range(len(got))), "every number once, in order"
     assert image_records(tmp_path / "img2", "SIGNALFD")
+
+
+HOLDER = r"""
+import os, sys, time
+fds = [os.eventfd(count, os.EFD_SEMAPHORE if sem else 0) for sem in (0, 1) for count in (0, 1, 2, 5)]
+print(" ".join(map(str, fds)), flush=True)
+time.sleep(60)
+"""
+
+
+def test_eventfd_semaphore_probe(procs, tmp_path):
+    """On kernels whose fdinfo does not say eventfd-semaphore (before 6.5),
+    ckpt finds EFD_SEMAPHORE by a read and a write on a copy of the fd:
+    right for every counter value, which it leaves as it was."""
+    from usercr import eventfd
+    out = tmp_path / "out"
+    pid = procs.start([sys.executable, "-c", HOLDER], stdout=out).pid
+    fds = wait_until(lambda: lines(out) and [int(x) for x in lines(out)[0].split()], what="the eventfds")
+    for i, fd in enumerate(fds):
+        count, semaphore = (0, 1, 2, 5)[i % 4], i >= 4
+        assert eventfd._semaphore(pid, fd, count) == semaphore, (count, semaphore)
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            info = dict(line.split(":", 1) for line in f)
+        assert int(info["eventfd-count"], 16) == count
