@@ -63,6 +63,7 @@ CONST_PREFIXES = (
     "SECCOMP_", "BPF_", "SECBIT_", "SECURE_", "_LINUX_CAPABILITY_", "CAP_",
     "IN_", "FIONREAD",
     "EPOLL",
+    "TFD_",
 )
 CONST_EXCLUDE = {"SIG_DFL", "SIG_IGN", "SIG_ERR", "EPOLL_PACKED"}
 
@@ -92,6 +93,7 @@ UAPI_INCLUDES = """\
 #include <linux/capability.h>
 #include <linux/inotify.h>
 #include <linux/eventpoll.h>
+#include <linux/timerfd.h>
 """
 ARCH_INCLUDES = {
     "x86_64": "#include <asm/ucontext.h>\n#include <asm/prctl.h>\n",
@@ -153,6 +155,7 @@ _COMMON_EXTRA = {
     "UCR_KCMP_EPOLL_TFD": "KCMP_EPOLL_TFD",
     "UCR_WALL": "__WALL",  # waitpid's, which Python does not name
     "UCR_PR_TIMER_CREATE_RESTORE_IDS": "77",  # Linux 6.14 UAPI
+    "UCR_EFD_SEMAPHORE": "1",  # include/linux/eventfd.h: not in the toolchains' UAPI
 }
 EXTRA_CONSTANTS = {
     "x86_64": {},

@@ -3,8 +3,8 @@ write the image."""
 import os
 import time
 
-from . import creds, epoll, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc, rlimits, signals
-from . import tasks, threads, timers, tty, unix
+from . import creds, epoll, eventfd, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc, rlimits
+from . import signalfd, signals, tasks, threads, timerfd, timers, tty, unix
 from . import tree as tree_mod
 from . import records as R
 from .arch import current as current_arch
@@ -22,7 +22,7 @@ VANISH_SETTLE = 0.2
 # runs inside the frozen task; dump(ctx) yields its records afterwards.
 PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
 # Objects the tree shares, written after every process's records.
-TREE_STATE = (pipes, tty, inotify, unix, epoll)
+TREE_STATE = (pipes, tty, inotify, unix, eventfd, timerfd, signalfd, epoll)
 
 
 def _ancestors():

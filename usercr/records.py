@@ -245,7 +245,7 @@ FILE = _rec(301, "FILE", [
 ], tail="str", many=True, doc="open file descriptor; fds with the same file_id share one open file description "
                    "(offset, flags) across the tree; tail is the path")
 FD_KINDS = Kinds("FD", ["reg", "dir", "chr", "tty", "pipe", "socket", "fifo", "pty-master", "pty-slave",
-                        "inotify", "unix", "epoll"])
+                        "inotify", "unix", "epoll", "eventfd", "timerfd", "signalfd"])
 PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
             scope="tree", doc="a pipe or FIFO used in the tree (FILE records name it by ino); tail is the data "
                 "buffered in it")
@@ -265,6 +265,17 @@ FILE_LOCK = _rec(304, "FILE_LOCK", [("fd", "s32"), ("file_id", "u32"), ("kind", 
                      "process), 1 OFD, 2 flock (both of the open file description file_id, once per process "
                      "holding it); type F_RDLCK/F_WRLCK; len 0: to end of file; fd: the process's fd it is on")
 LOCK_KINDS = Kinds("LOCK", ["POSIX", "OFD", "flock"])
+
+# 310-312: eventfd, timerfd, signalfd (one record per open file description, named by the FILE records' file_id)
+EVENTFD = _rec(310, "EVENTFD", [("file_id", "u32"), ("semaphore", "u32"), ("count", "u64")],
+               scope="tree", doc="an eventfd: its counter and whether it counts as a semaphore (EFD_SEMAPHORE)")
+TIMERFD = _rec(311, "TIMERFD", [("file_id", "u32"), ("clockid", "s32"), ("settime_flags", "u32"), ("pad", "u32"),
+                                ("ticks", "u64"), ("value_ns", "u64"), ("interval_ns", "u64"), ("now_ns", "u64")],
+               scope="tree", doc="a timerfd: its clock, the flags it was last set with (TFD_TIMER_ABSTIME, "
+                   "TFD_TIMER_CANCEL_ON_SET), its expirations not yet read, the time left (0: disarmed) and "
+                   "interval, and the clock's reading when the time left was taken")
+SIGNALFD = _rec(312, "SIGNALFD", [("file_id", "u32"), ("pad", "u32"), ("sigmask", "u64")],
+                scope="tree", doc="a signalfd: the signals it reads (bit N-1 for signal N)")
 
 # 313-315: epoll (usercr/epoll.py)
 EPOLL_TFD = _rec(313, "EPOLL_TFD", [("epoll_id", "u32"), ("target_id", "u32"), ("tfd", "s32"), ("events", "u32"),

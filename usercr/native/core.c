@@ -593,3 +593,58 @@ int ucr_inotify_rm_watch(int fd, int wd)
 {
     return inotify_rm_watch(fd, wd) < 0 ? -errno : 0;
 }
+
+/* timerfd and signalfd (eventfd.py, timerfd.py, signalfd.py): Python has
+ * no wrapper for them. Times are in nanoseconds. */
+#include <time.h>
+#include <sys/timerfd.h>
+
+#define NS_PER_S 1000000000ULL
+
+static uint64_t ts_ns(const struct timespec *ts)
+{
+    return (uint64_t)ts->tv_sec * NS_PER_S + (uint64_t)ts->tv_nsec;
+}
+
+static void ns_ts(uint64_t ns, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ns / NS_PER_S);
+    ts->tv_nsec = (long)(ns % NS_PER_S);
+}
+
+int ucr_timerfd_create(int clockid)
+{
+    int fd = timerfd_create(clockid, 0);
+    return fd < 0 ? -errno : fd;
+}
+
+/* out: the time left, the interval, and the clock's reading when the kernel
+ * computed the time left (the middle of two readings around it). Like a
+ * read, timerfd_gettime counts a periodic timer's overruns into its ticks. */
+int ucr_timerfd_get(int fd, int clockid, uint64_t *out)
+{
+    struct itimerspec its;
+    struct timespec t0, t1;
+    if (clock_gettime(clockid, &t0) || timerfd_gettime(fd, &its) || clock_gettime(clockid, &t1))
+        return -errno;
+    out[0] = ts_ns(&its.it_value);
+    out[1] = ts_ns(&its.it_interval);
+    out[2] = ts_ns(&t0) + (ts_ns(&t1) - ts_ns(&t0)) / 2;
+    return 0;
+}
+
+int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns)
+{
+    struct itimerspec its;
+    ns_ts(value_ns, &its.it_value);
+    ns_ts(interval_ns, &its.it_interval);
+    return timerfd_settime(fd, flags, &its, NULL) ? -errno : 0;
+}
+
+/* The kernel's sigset is 64 bits on every arch usercr runs on; glibc's
+ * signalfd() would refuse its own signals (32, 33) in the mask. */
+int ucr_signalfd(uint64_t mask)
+{
+    int fd = (int)syscall(SYS_signalfd4, -1, &mask, sizeof(mask), 0);
+    return fd < 0 ? -errno : fd;
+}

@@ -51,5 +51,9 @@ long ucr_kcmp_epoll_tfd(int pid1, int fd1, int pid2, int efd, int tfd, int toff)
 int ucr_epoll_create(int flags);
 int ucr_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
 int ucr_epoll_harvest(int epfd, int max);
+int ucr_timerfd_create(int clockid);
+int ucr_timerfd_get(int fd, int clockid, uint64_t *out);
+int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns);
+int ucr_signalfd(uint64_t mask);
 
 #endif
