@@ -30,6 +30,18 @@ def subreaper():
     assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def default_signals():
+    """Workloads get SIGINT, SIGQUIT and SIGHUP as a terminal gives them,
+    however the suite was started: an ignored signal is inherited through
+    exec (nohup, a background job of a script), and a shell started with a
+    signal ignored cannot trap it."""
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGQUIT, signal.SIG_DFL),
+                         (signal.SIGHUP, signal.SIG_DFL)):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, handler)
+
+
 @pytest.fixture(scope="session")
 def workloads():
     os.makedirs(BIN, exist_ok=True)

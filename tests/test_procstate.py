@@ -4,6 +4,7 @@ filters come back exactly; what cannot come back is refused in one line."""
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -151,15 +152,27 @@ def test_user_notify_filter_refused(procs, workloads, tmp_path):
     assert_sane(out)
 
 
-def test_dumpable_flag_kept(procs, workloads, tmp_path):
-    """A plain uid 1000 counter is dumpable (its /proc files are its own, so
-    its user can checkpoint it); the restorer's setresuid would make it
-    non-dumpable, root-owned in /proc. It stays dumpable through cycles."""
+DROPPING_COUNTER = """
+import ctypes, os, sys, time
+os.setgroups([]); os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000)
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, as daemons that drop root do
+n = 0
+while True:
+    print(n, flush=True)
+    n += 1
+    time.sleep(0.02)
+"""
+
+
+def test_dumpable_flag_kept(procs, tmp_path):
+    """A program that dropped root to uid 1000 and made itself dumpable again
+    (its /proc files are then its user's, who may trace and checkpoint it)
+    stays dumpable: the restorer's setresuid would clear the flag."""
     out = tmp_path / "out"
-    p = procs.start(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", workloads["counter"]], stdout=out)
+    p = procs.start([sys.executable, "-c", DROPPING_COUNTER], stdout=out)
     wait_until(lambda: len(lines(out)) >= 3, what="counting")
     pid = p.pid
-    assert os.stat(f"/proc/{pid}").st_uid == 1000
+    assert os.stat(f"/proc/{pid}/status").st_uid == 1000
     for cycle in range(2):
         img = tmp_path / f"img{cycle}"
         ckpt(pid, img, "--kill")
@@ -167,4 +180,4 @@ def test_dumpable_flag_kept(procs, workloads, tmp_path):
         seen = len(lines(out))
         pid = rstr(procs, img)
         wait_until(lambda: len(lines(out)) >= seen + 3, what="counting on")
-        assert os.stat(f"/proc/{pid}").st_uid == 1000, "restored dumpable, as it was"
+        assert os.stat(f"/proc/{pid}/status").st_uid == 1000, "restored dumpable, as it was"

@@ -782,9 +782,9 @@ static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
     queue_signals(p, 0);
     restore_thread_state(p, &threads(p)[0]);
     sys2(__NR_prctl, PR_SET_PDEATHSIG, p->pdeathsig);
-    /* Every thread has its credentials by now (each changing them made the
-     * process non-dumpable); 2 (suid_dumpable) cannot be set, and stays 0. */
-    if (p->dumpable == 1 && (r = sys2(__NR_prctl, PR_SET_DUMPABLE, 1)))
+    /* Every thread has its credentials by now (each change set the flag to
+     * fs.suid_dumpable); 2 cannot be set, and stays what that gave. */
+    if (p->dumpable <= 1 && (r = sys2(__NR_prctl, PR_SET_DUMPABLE, p->dumpable)))
         fail(p, UCR_STEP_CREDS, r, 1);
     restore_seccomp(p, &threads(p)[0]);
 
