@@ -7,9 +7,7 @@ rstr's --pidns. Any other kind of its own (mount, user, cgroup, time), and
 any part of a network namespace that cannot be recreated yet, is refused at
 checkpoint, so a tree is never silently moved into rstr's namespaces."""
 import contextlib
-import ipaddress
 import os
-import socket
 import struct
 
 from . import proc
@@ -129,6 +127,7 @@ def _write_sysctl(name, value):
 
 
 def _netlink():
+    import socket  # only for a tree with a network namespace of its own
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
     sock.bind((0, 0))
     return sock
@@ -203,6 +202,7 @@ def _addrs(sock):
 
 
 def _text(address, prefixlen=None):
+    import ipaddress  # only for messages about addresses
     ip = ipaddress.ip_address(bytes(address))
     return str(ip) if prefixlen is None else f"{ip}/{prefixlen}"
 

@@ -11,7 +11,6 @@ no-clobber). A log is appended to, so it is opened O_NOFOLLOW and must be a
 regular file of the caller's own."""
 import errno
 import os
-import secrets
 import stat
 
 from .errors import UcrError
@@ -49,7 +48,7 @@ class AtomicFile:
                 raise UcrError(f"{path} is a {_kind(taken.st_mode)}; refusing to replace it with a file")
             base = self.name[:NAME_MAX - TMP_SUFFIX_LEN]
             while self.fd is None:
-                self.tmp = f".{base}.{secrets.token_hex(4)}.tmp"
+                self.tmp = f".{base}.{os.urandom(4).hex()}.tmp"
                 try:
                     self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                                       mode, dir_fd=self.dir_fd)
