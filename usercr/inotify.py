@@ -76,6 +76,19 @@ def mounts():
     return {dev: [m for _, m in sorted(ms)] for dev, ms in out.items()}
 
 
+def _same_fs(dev, pid):
+    """Directories on filesystem dev that mountinfo may not list: in a chroot
+    the mount of the root holding it is out of reach, but the root is not."""
+    out = []
+    for path in ("/", f"/proc/{pid}/root", f"/proc/{pid}/cwd"):
+        try:
+            if os.stat(path).st_dev == dev:
+                out.append(path)
+        except OSError:
+            pass
+    return out
+
+
 def _path_from_handle(w, mount_points):
     """The path of the watched object its file handle leads to, or None and why not."""
     if "handle" not in w:
@@ -132,7 +145,7 @@ def tree_records(tree):
     for fid, (pid, fd) in sorted(instances.items()):
         found = []
         for w in watches(pid, fd):
-            path, why = _path_from_handle(w, table.get(w["dev"], []))
+            path, why = _path_from_handle(w, table.get(w["dev"], []) + _same_fs(w["dev"], pid))
             if path is None:
                 raise UcrError(f"fd {fd} of process {pid} ({TARGET}): no path for the object of watch {w['wd']} "
                                f"(inode {w['ino']} on device {os.major(w['dev'])}:{os.minor(w['dev'])}): {why}")
