@@ -21,6 +21,7 @@ from .tree import Creation
 STACK_SIZE = 64 * 1024
 MIN_REGION_ADDR = 1 << 30
 STATUS = struct.Struct("<iiQii")
+PLACE_ATTEMPTS = 5
 POLL_INTERVAL = 0.5
 # The restore-side parts, in the order they prepare each plan. Files come
 # after memory (mapped files are opened first) and tty before files (a
@@ -75,21 +76,29 @@ class Region:
         self.start = None
         self.used = 0
 
-    def place(self, busy):
-        """Lowest free gap above MIN_REGION_ADDR among the busy ranges."""
-        cand = MIN_REGION_ADDR
-        for lo, hi in sorted(busy):
-            if hi <= cand:
-                continue
-            if lo >= cand + self.size:
+    def place(self, image_ranges):
+        """Maps the region in the lowest gap above MIN_REGION_ADDR that is free
+        in rstr and in the image. rstr's own layout is read again if it
+        changed meanwhile (Python maps memory when it likes), a few times."""
+        for attempt in range(PLACE_ATTEMPTS):
+            cand = MIN_REGION_ADDR
+            for lo, hi in sorted([(m.start, m.end) for m in proc.maps("self")] + image_ranges):
+                if hi <= cand:
+                    continue
+                if lo >= cand + self.size:
+                    break
+                cand = page_up(hi)
+            r = lib.ucr_map_region(cand, self.private_size, 0)
+            if r == 0:
+                r = lib.ucr_map_region(cand + self.private_size, self.size - self.private_size, 1)
+                if r < 0:
+                    lib.ucr_unmap(cand, self.private_size)
+            if r == 0:
+                self.start = cand
+                return
+            if r != -errno.EEXIST:
                 break
-            cand = page_up(hi)
-        r = lib.ucr_map_region(cand, self.private_size, 0)
-        if r == 0:
-            self.start = cand
-            r = lib.ucr_map_region(self.shared_start, self.size - self.private_size, 1)
-        if r < 0:
-            raise UcrError(f"cannot map the restorer region at 0x{cand:x}: {os.strerror(-r)}")
+        raise UcrError(f"cannot map the restorer region at 0x{cand:x}: {os.strerror(-r)}")
 
     @property
     def end(self):
@@ -196,7 +205,7 @@ class Restorer:
         region = Region(page_up(len(blob)) + data_size + park + max_threads * threads.THREAD_STACK + STACK_SIZE,
                         shared_size)
         self.region = region
-        region.place([(m.start, m.end) for m in self.mine] + mem.busy())
+        region.place(mem.busy())
         self.syscall_addr = region.start + syscall_at
         region.data_start = region.start + page_up(len(blob))
         region.park_start = region.data_start + data_size
