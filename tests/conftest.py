@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -167,3 +168,56 @@ def assert_one_line_error(r):
     assert "Traceback" not in r.stderr
     assert "internal error" not in err, err
     return err
+
+
+def rstr_said(procs, img, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None):
+    """rstr -W; returns the restored PID (tracked) and what rstr said. Its
+    stderr goes to a file: a restored stream that follows rstr's would hold a
+    pipe open."""
+    pidfile = procs.tmp / f"rstr-{len(procs.pids)}.pid"
+    errfile = procs.tmp / f"rstr-{len(procs.pids)}.err"
+    with open(errfile, "w") as err:
+        r = subprocess.run([tool("rstr"), "-i", str(img), "-W", "--pidfile", str(pidfile)], stdin=stdin,
+                           stdout=stdout, stderr=err if stderr is None else stderr, timeout=TIMEOUT, close_fds=True)
+    said = errfile.read_text()
+    assert r.returncode == 0, said
+    return procs.track(int(pidfile.read_text())), said
+
+
+class Appender:
+    """A thread outside the tree appending numbered lines to path every 20 ms
+    (`written` lists them); stops when the with block ends."""
+
+    def __init__(self, path):
+        self.path, self.written = path, []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        while not self.done.wait(0.02):
+            with open(self.path, "a") as f:
+                f.write(f"{len(self.written)}\n")
+            self.written.append(len(self.written))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(10)
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def files_image(procs, workloads, tmp_path):
+    """The files workload (reading a 100000-byte input, appending to a log),
+    checkpointed with --kill after 3 lines; returns (image, input)."""
+    out, img, src, log = tmp_path / "out", tmp_path / "img", tmp_path / "input", tmp_path / "log"
+    src.write_bytes(b"x" * 100000)
+    p = procs.start([workloads["files"], str(src), str(log)], stdout=out)
+    wait_until(lambda: len(lines(out)) >= 3, what="files workload")
+    ckpt(p.pid, img, "--kill")
+    procs.kill(p.pid)
+    return img, src

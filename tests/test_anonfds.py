@@ -2,7 +2,6 @@
 default restart cycles each: self-checking workloads (protocol in
 workloads/wl.h) that count, time and signal themselves through them, and
 util-linux script, which waits on a signalfd and a pseudo-terminal."""
-import os
 import sys
 import re
 import signal
@@ -11,7 +10,6 @@ import time
 from conftest import ckpt, lines, rstr, wait_until
 from test_tree import assert_sane, cycles, failures, family, start, ticked, ticks, tree
 
-import usercr.records as R
 from usercr.arch import current as current_arch
 from usercr.image import ImageReader
 from usercr.model import Image

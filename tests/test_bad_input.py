@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Procs, alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
+from conftest import Procs, alive, assert_one_line_error, ckpt, files_image, lines, rstr, run, tool, wait_until
 from test_tree import failures, family, start, ticked, ticks, tree
 from usercr import records as R
 from usercr.image import ImageReader
@@ -131,12 +131,7 @@ def test_existing_output_needs_force(procs, workloads, tmp_path, image):
 
 
 def test_file_changed_size(procs, workloads, tmp_path):
-    out, img, src, log = tmp_path / "out", tmp_path / "img", tmp_path / "input", tmp_path / "log"
-    src.write_bytes(b"x" * 100000)
-    p = procs.start([workloads["files"], str(src), str(log)], stdout=out)
-    wait_until(lambda: len(lines(out)) >= 3, what="files workload")
-    ckpt(p.pid, img, "--kill")
-    procs.kill(p.pid)
+    img, src = files_image(procs, workloads, tmp_path)
     os.truncate(src, 5000)
     err = assert_one_line_error(run([tool("rstr"), "-i", str(img), "--strict-files"]))
     assert str(src) in err and "changed size" in err

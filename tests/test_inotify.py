@@ -2,26 +2,11 @@
 inotify) of a file that keeps growing, a program whose watch descriptors
 have a gap, and a watched path that is gone at restart."""
 import os
-import subprocess
 import sys
-import threading
 
-from conftest import assert_one_line_error, ckpt, lines, run, tool, wait_until
+from conftest import Appender, assert_one_line_error, ckpt, lines, rstr_said, run, tool, wait_until
 
 INOTIFY = "anon_inode:inotify"
-
-
-def restore(procs, img):
-    """rstr -W; returns the restored PID and what rstr said on stderr."""
-    pidfile = procs.tmp / f"rstr-{len(procs.pids)}.pid"
-    errfile = procs.tmp / f"rstr-{len(procs.pids)}.err"
-    with open(errfile, "w") as err:
-        r = subprocess.run([tool("rstr"), "-i", str(img), "-W", "--pidfile", str(pidfile)],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=60,
-                           close_fds=True)
-    said = errfile.read_text()
-    assert r.returncode == 0, said
-    return procs.track(int(pidfile.read_text())), said
 
 
 def inotify_wds(pid):
@@ -44,19 +29,7 @@ def test_tail_follows_with_inotify(procs, tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     data.write_text("")
     st = os.stat(data)
-    stop = threading.Event()
-    written = []
-
-    def writer():
-        n = 0
-        while not stop.wait(0.02):
-            with open(data, "a") as f:
-                f.write(f"{n}\n")
-            written.append(n)
-            n += 1
-    t = threading.Thread(target=writer)
-    t.start()
-    try:
+    with Appender(data) as appender:
         pid = procs.start(["tail", "-n", "+1", "-f", str(data)], stdout=out).pid
         for cycle in range(3):
             wait_until(lambda: len(lines(out)) >= 5 * (cycle + 1), what="tail printing")
@@ -64,17 +37,13 @@ def test_tail_follows_with_inotify(procs, tmp_path):
             img = tmp_path / f"img{cycle}"
             ckpt(pid, img, "--kill")
             procs.kill(pid)
-            pid, _ = restore(procs, img)   # warns of the IN_MODIFY queued meanwhile: the writer keeps on
+            pid, _ = rstr_said(procs, img)   # warns of the IN_MODIFY queued meanwhile: the writer keeps on
             assert (st.st_dev, st.st_ino) in inotify_wds(pid).values(), "the restored tail has its watch"
         count = len(lines(out))
         wait_until(lambda: len(lines(out)) > count + 5, what="tail printing after the last restore")
-        stop.set()
-        t.join(10)
-        wait_until(lambda: len(lines(out)) >= len(written), what="tail to catch up")
-        assert [int(x) for x in lines(out)] == written
-    finally:
-        stop.set()
-        t.join(10)
+        appender.stop()
+        wait_until(lambda: len(lines(out)) >= len(appender.written), what="tail to catch up")
+        assert [int(x) for x in lines(out)] == appender.written
 
 
 def _events(out):
@@ -108,7 +77,7 @@ def test_watch_descriptors_with_a_gap(procs, workloads, tmp_path):
         img = tmp_path / f"img{cycle}"
         ckpt(pid, img, "--kill")
         procs.kill(pid)
-        pid, err = restore(procs, img)
+        pid, err = rstr_said(procs, img)
         assert inotify_wds(pid) == ids, "the same watch descriptors on the same objects"
     assert not [line for line in lines(out) if line.startswith("BAD")], lines(out)
 
@@ -142,7 +111,7 @@ def test_watched_path_gone_and_queued_events(procs, tmp_path):
     err = assert_one_line_error(r)
     assert str(watched) in err and "inotify" in err, err
     watched.write_text("")
-    pid, err = restore(procs, img)
+    pid, err = rstr_said(procs, img)
     assert "inotify events" in err and "lost" in err, err
     assert list(inotify_wds(pid)) == [1]
 

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from conftest import alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
-from test_tree import family, start, ticked, ticks, tree
+from conftest import alive, assert_one_line_error, ckpt, lines, run, tool, wait_until
+from test_tree import family, recycle, start, ticked, ticks, tree
 
 PTRACE_GET_SYSCALL_INFO = 0x420E
 EPERM, EIO = 1, 5
@@ -109,13 +109,7 @@ def image_size(img):
 def cycle(procs, tmp_path, root, k, how):
     """ckpt --kill, kill the tree, rstr; returns (restored root, image size)."""
     img = tmp_path / f"img{k}"
-    doomed = family(root)
-    ckpt(root, img, "--kill")
-    for pid in doomed:
-        procs.kill(pid)
-    root = rstr(procs, img, *how)
-    for pid in family(root):
-        procs.track(pid)
+    root = recycle(procs, root, img, *how)
     size = image_size(img)
     img.unlink()
     return root, size

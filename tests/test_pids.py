@@ -11,21 +11,13 @@ import time
 
 import pytest
 
-from conftest import alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
-from test_tree import failures, family, ticked, ticks, tree
+from conftest import alive, assert_one_line_error, ckpt, lines, run, tool, wait_until
+from test_tree import failures, family, recycle, restored, ticked, ticks, tree
 
 
 def kill_tree(procs, root):
     for pid in family(root):
         procs.kill(pid)
-
-
-def restore(procs, img, *extra):
-    """rstr -W with default options; returns the root, its tree tracked."""
-    root = rstr(procs, img, *extra)
-    for pid in family(root):
-        procs.track(pid)
-    return root
 
 
 def ppid(pid):
@@ -53,7 +45,7 @@ def test_shell_loop_sees_its_childrens_exit_status(procs, tmp_path):
         for pid in doomed:
             procs.kill(pid)
         seen = len(lines(log))
-        root = restore(procs, img)
+        root = restored(procs, img)
         wait_until(lambda: len(lines(log)) >= seen + 3, what="three more rounds")
     assert set(lines(log)) == {"rc=7"}, lines(log)
 
@@ -92,7 +84,7 @@ def test_make_j2_finishes(procs, tmp_path):
         for pid in doomed:
             procs.kill(pid)
         if cycle < 2:
-            root = restore(procs, img)
+            root = restored(procs, img)
     r = run([tool("rstr"), "-i", str(img), "--copy-status"], timeout=120)
     assert r.returncode == 0, (r.stderr, open(tmp_path / "make.out").read())
     assert built() == MAKEFILE_TARGETS and (src / "prog").exists()
@@ -115,7 +107,7 @@ def test_flock_keeps_its_child(procs, tmp_path):
             procs.kill(pid)
         if cycle == 2:
             break
-        root = restore(procs, img)
+        root = restored(procs, img)
         time.sleep(0.3)
         kid = tree(root)[1][0]
         assert alive(root) and ppid(kid) == root and nspid(kid) == child
@@ -123,13 +115,30 @@ def test_flock_keeps_its_child(procs, tmp_path):
     assert r.returncode == 5, r.stderr
 
 
-DAEMON = """
-import os, sys, time
+# What the Python workloads below share: a line-at-a-time writer to the
+# out file given as argv[1], and the root's tick loop, which also checks
+# that no child of the root exits.
+PROLOGUE = """
+import ctypes, os, sys, time
 out = sys.argv[1]
 def say(msg):
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.write(fd, (msg + "\\n").encode())
     os.close(fd)
+"""
+ROOT_TICKS = """
+say("ready")
+n = 0
+while True:
+    if os.waitpid(-1, os.WNOHANG) != (0, 0):
+        say("BAD a child of the root exited")
+    say(f"tick {n}")
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+DAEMON = PROLOGUE + """
 if os.fork():
     os._exit(0)
 os.setsid()
@@ -193,7 +202,7 @@ def test_double_forked_daemon(procs, tmp_path, reap):
                 procs.kill(pid)
         else:  # dead but not reaped: the zombies keep their PIDs
             wait_until(lambda: not any(alive(pid) for pid in doomed), what="the tree to die")
-        root = restore(procs, img)
+        root = restored(procs, img)
         assert len(tree(root)) == 2
         if reap:
             assert os.getsid(root) == sid and os.getpgid(root) == sid
@@ -201,13 +210,7 @@ def test_double_forked_daemon(procs, tmp_path, reap):
     assert not failures(out)
 
 
-SPLIT_GROUP = """
-import ctypes, os, sys, time
-out = sys.argv[1]
-def say(msg):
-    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, (msg + "\\n").encode())
-    os.close(fd)
+SPLIT_GROUP = PROLOGUE + """
 def member(group, parent):
     while True:
         if os.getpgrp() != group or os.getppid() != parent:
@@ -235,15 +238,7 @@ if p == 0:  # P, in the root's group, with B in L's group
         time.sleep(1)
 os.waitpid(leader, 0)
 os.write(w, b"go")
-say("ready")
-n = 0
-while True:
-    if os.waitpid(-1, os.WNOHANG) != (0, 0):
-        say("BAD a child of the root exited")
-    say(f"tick {n}")
-    n += 1
-    time.sleep(0.05)
-"""
+""" + ROOT_TICKS
 
 
 def test_group_of_gone_leader_with_members_of_different_parents(procs, tmp_path):
@@ -257,11 +252,7 @@ def test_group_of_gone_leader_with_members_of_different_parents(procs, tmp_path)
     assert len(before) == 4 and len(set(before.values())) == 2, before
     for cycle in range(3):
         img = tmp_path / f"img{cycle}"
-        doomed = family(root)
-        ckpt(root, img, "--kill")
-        for pid in doomed:
-            procs.kill(pid)
-        root = restore(procs, img)
+        root = recycle(procs, root, img)
         after = {nspid(pid): pid for pid, _ in tree(root)}
         assert after.keys() == before.keys()
         if all(k == v for k, v in after.items()):  # restored here: the group ids are the same too
@@ -270,13 +261,7 @@ def test_group_of_gone_leader_with_members_of_different_parents(procs, tmp_path)
     assert not failures(out)
 
 
-CHAIN = """
-import ctypes, os, sys, time
-out = sys.argv[1]
-def say(msg):
-    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, (msg + "\\n").encode())
-    os.close(fd)
+CHAIN = PROLOGUE + """
 root = os.getpid()
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 if os.fork() == 0:  # L: a session; G: a group in it; X: in both, once both are gone
@@ -298,15 +283,7 @@ reaped = 0
 while reaped < 2:
     os.waitpid(-1, 0)
     reaped += 1
-say("ready")
-n = 0
-while True:
-    if os.waitpid(-1, os.WNOHANG) != (0, 0):
-        say("BAD a child of the root exited")
-    say(f"tick {n}")
-    n += 1
-    time.sleep(0.05)
-"""
+""" + ROOT_TICKS
 
 
 def test_gone_session_and_gone_group_in_it(procs, tmp_path):
@@ -321,11 +298,7 @@ def test_gone_session_and_gone_group_in_it(procs, tmp_path):
     assert len(set(ids + (x, root))) == 4
     for cycle in range(3):
         img = tmp_path / f"img{cycle}"
-        doomed = family(root)
-        ckpt(root, img, "--kill")
-        for pid in doomed:
-            procs.kill(pid)
-        root = restore(procs, img)
+        root = recycle(procs, root, img)
         (x, _), = tree(root)[1:]
         if nspid(root) == root:
             assert (os.getsid(x), os.getpgid(x)) == ids
@@ -452,7 +425,7 @@ def test_lone_process_may_take_new_pids(procs, workloads, tmp_path):
         img = tmp_path / f"img{cycle}"
         ckpt(root, img, "--kill")
         procs.kill(root)
-        old, root = root, restore(procs, img, "--no-pids")
+        old, root = root, restored(procs, img, "--no-pids")
         assert nspid(root) == root and root != old
         n = len(lines(out))
         wait_until(lambda: len(lines(out)) >= n + 3, what="the counter to go on")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
-from test_tree import assert_sane, cycles, family, start, ticked, ticks, tree
+from test_tree import assert_sane, cycles, recycle, start, ticked, ticks, tree
 
 SECURITY_LINES = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
                   "Seccomp", "Seccomp_filters")
@@ -36,17 +36,6 @@ def still(out, seconds=0.3):
     return len(lines(out)) == n
 
 
-def restore_stopped(procs, tmp_path, root, img):
-    doomed = family(root)
-    ckpt(root, img, "--kill")
-    for pid in doomed:
-        procs.kill(pid)
-    root = rstr(procs, img, "--pids", "--pidns")
-    for pid in family(root):
-        procs.track(pid)
-    return root
-
-
 def test_stopped_comes_back_stopped(procs, workloads, tmp_path):
     """Three times: SIGSTOP, checkpoint, restore: state T, no tick, and
     after SIGCONT it counts on from where it was."""
@@ -55,7 +44,7 @@ def test_stopped_comes_back_stopped(procs, workloads, tmp_path):
     for cycle in range(3):
         os.kill(root, signal.SIGSTOP)
         wait_until(lambda: state(root) == "T", what="the stop")
-        root = restore_stopped(procs, tmp_path, root, tmp_path / f"img{cycle}")
+        root = recycle(procs, root, tmp_path / f"img{cycle}", "--pids", "--pidns")
         wait_until(lambda: state(root) == "T", what="the restored process to be stopped")
         assert still(out)
         os.kill(root, signal.SIGCONT)
@@ -73,7 +62,7 @@ def test_stopped_checkpointed_again_while_stopped(procs, workloads, tmp_path):
     ckpt(root, tmp_path / "plain")
     assert state(root) == "T" and still(out)
     for cycle in range(2):
-        root = restore_stopped(procs, tmp_path, root, tmp_path / f"img{cycle}")
+        root = recycle(procs, root, tmp_path / f"img{cycle}", "--pids", "--pidns")
         wait_until(lambda: state(root) == "T", what="the restored process to be stopped")
         assert still(out)
     os.kill(root, signal.SIGCONT)
@@ -88,7 +77,7 @@ def test_parent_waits_for_and_continues_stopped_child(procs, workloads, tmp_path
     child = next(pid for pid, parent in tree(root) if parent == root)
     os.kill(child, signal.SIGSTOP)
     wait_until(lambda: "stopped 19" in lines(out), what="the parent to see the stop")
-    root = restore_stopped(procs, tmp_path, root, tmp_path / "img")
+    root = recycle(procs, root, tmp_path / "img", "--pids", "--pidns")
     child = next(pid for pid, parent in tree(root) if parent == root)
     wait_until(lambda: state(child) == "T", what="the restored child to be stopped")
     wait_until(lambda: lines(out).count("stopped 19") == 2, what="the parent to see the stop again")

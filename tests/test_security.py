@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
+from conftest import alive, assert_one_line_error, ckpt, files_image, lines, rstr, run, tool, wait_until
 from test_bad_input import rewrite_image, running_copies
 from test_tree import failures, start, ticked, ticks
 from usercr import records as R
@@ -293,12 +293,7 @@ def test_fifo_record_naming_a_regular_file_is_refused(procs, workloads, fifo_ima
 
 
 def test_open_file_replaced_by_a_symlink_is_refused(procs, workloads, tmp_path):
-    out, img, src, log = tmp_path / "out", tmp_path / "img", tmp_path / "input", tmp_path / "log"
-    src.write_bytes(b"x" * 100000)
-    p = procs.start([workloads["files"], str(src), str(log)], stdout=out)
-    wait_until(lambda: len(lines(out)) >= 3, what="files workload")
-    ckpt(p.pid, img, "--kill")
-    procs.kill(p.pid)
+    img, src = files_image(procs, workloads, tmp_path)
     other = tmp_path / "other"
     shutil.move(src, other)
     src.symlink_to(other)  # same size, same content: only the link is new

@@ -74,20 +74,37 @@ def start(procs, exe, out, *args, ipcns=False):
     return root
 
 
+def checkpoint_killed(procs, root, img):
+    """Checkpoints the tree of root into img with --kill and kills every PID of it."""
+    doomed = family(root)
+    ckpt(root, img, "--kill")
+    for pid in doomed:
+        procs.kill(pid)
+
+
+def restored(procs, img, *how):
+    """Restores img; returns its root, the tree tracked."""
+    root = rstr(procs, img, *how)
+    for pid in family(root):
+        procs.track(pid)
+    return root
+
+
+def recycle(procs, root, img, *how):
+    """One checkpoint --kill and restore; returns the restored root."""
+    checkpoint_killed(procs, root, img)
+    return restored(procs, img, *how)
+
+
 def cycles(procs, tmp_path, root, out, how=(), n=3):
     """n times: checkpoint with --kill, kill every PID of the tree, restore
     (by default: with the original PIDs, here or in a new namespace), and
     wait for 5 more ticks. Returns the restored root's PID."""
     for cycle in range(n):
         img = tmp_path / f"img{cycle}"
-        doomed = family(root)
-        ckpt(root, img, "--kill")
-        for pid in doomed:
-            procs.kill(pid)
+        checkpoint_killed(procs, root, img)
         last = ticks(out)[-1]
-        root = rstr(procs, img, *how)
-        for pid in family(root):
-            procs.track(pid)
+        root = restored(procs, img, *how)
         ticked(out, last + 5)
     return root
 

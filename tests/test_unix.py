@@ -6,7 +6,6 @@ restart, and the refusals (a peer outside the tree, descriptors in
 flight), which leave the program running."""
 import os
 import socket
-import subprocess
 import sys
 import time
 

@@ -38,7 +38,7 @@ TFD_LINE = re.compile(r"tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]
 KDEV_MINOR_BITS = 20   # the kernel's internal dev_t, as fdinfo's sdev shows it
 
 
-def classify(st, target, info):
+def classify(ctx, st, target, info):
     return K.EPOLL if target == TARGET else None
 
 

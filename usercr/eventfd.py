@@ -15,7 +15,7 @@ TARGET = "anon_inode:[eventfd]"
 U64 = 8
 
 
-def classify(st, target, info):
+def classify(ctx, st, target, info):
     return K.EVENTFD if target == TARGET else None
 
 

@@ -2,7 +2,7 @@
 module: this one for regular files, directories, character devices and the
 standard-stream sockets; pipes.py for pipes and FIFOs; tty.py for terminals;
 epoll.py for epoll instances.
-An owner module gives `KINDS`, `classify(st, target, info)` (the kind, or
+An owner module gives `KINDS`, `classify(ctx, st, target, info)` (the kind, or
 None), `note(ctx, fd, st, info, fields)` at checkpoint, and a Restore part
 with `open(rec)`. A new kind of fd is one module and one entry in OWNERS.
 
@@ -26,9 +26,9 @@ OWNERS = (tty, pipes, inotify, unix, eventfd, timerfd, signalfd, epoll)
 STD_STREAMS = 3
 
 
-def _classify(st, target, info):
+def _classify(ctx, st, target, info):
     for owner in OWNERS:
-        kind = owner.classify(st, target, info)
+        kind = owner.classify(ctx, st, target, info)
         if kind is not None:
             return kind, owner
     if stat.S_ISREG(st.st_mode):
@@ -60,7 +60,7 @@ def _file_record(ctx, fd, target, info):
         st = os.stat(proc.path(pid, "fd", str(fd)))
     except FileNotFoundError:
         raise UcrError(f"fd {fd} of process {pid} vanished") from None
-    kind, owner = _classify(st, target, info)
+    kind, owner = _classify(ctx, st, target, info)
     if kind is None:
         raise UcrError(f"fd {fd} of process {pid} ({target}) is of a type that cannot be checkpointed yet")
     if kind in (K.REG, K.DIR, K.CHR, K.FIFO) and target.endswith(" (deleted)"):

@@ -30,7 +30,7 @@ DRAIN_EVERY = 1024                               # placeholder removals between 
 READ_SIZE = 65536
 
 
-def classify(st, target, info):
+def classify(ctx, st, target, info):
     return K.INOTIFY if target == TARGET else None
 
 

@@ -10,7 +10,7 @@ import contextlib
 import os
 import struct
 
-from . import proc
+from . import netlink, proc
 from . import records as R
 from .arch import current as current_arch
 from .errors import UcrError
@@ -24,11 +24,9 @@ WHY_NOT = {"mnt": "its mount table is not saved yet", "user": "its uid and gid m
 RECORDS = ("NAMESPACES", "UTS_NS", "NET_LINK", "NET_ADDR")
 FLAG = {"ipc": "CLONE_NEWIPC", "uts": "CLONE_NEWUTS", "net": "CLONE_NEWNET"}  # the kinds rstr recreates
 
-NLMSG = struct.Struct("=IHHII")      # struct nlmsghdr
 IFINFO = struct.Struct("=BxHiII")    # struct ifinfomsg
 IFADDR = struct.Struct("=BBBBi")     # struct ifaddrmsg
 RTMSG = struct.Struct("=BBBBBBBBI")  # struct rtmsg
-RTATTR = struct.Struct("=HH")        # struct rtattr
 U32 = struct.Struct("=I")
 FOREVER = 0xFFFFFFFF                 # INFINITY_LIFE_TIME: a lifetime that never ends
 SETTABLE_FLAGS = ("IFA_F_NODAD", "IFA_F_HOMEADDRESS", "IFA_F_MANAGETEMPADDR", "IFA_F_NOPREFIXROUTE",
@@ -123,66 +121,26 @@ def _write_sysctl(name, value):
         raise UcrError(f"cannot set the {name} of the new UTS namespace: {e.strerror}") from None
 
 
-# rtnetlink, spoken over a Python AF_NETLINK socket
+# rtnetlink
 
 
 def _netlink():
     import socket  # only for a tree with a network namespace of its own
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-    sock.bind((0, 0))
-    return sock
-
-
-def _attrs(data):
-    """{type: payload} of a run of rtattrs (nested flag masked off)."""
-    out, at = {}, 0
-    while at + RTATTR.size <= len(data):
-        length, type_ = RTATTR.unpack_from(data, at)
-        if length < RTATTR.size:
-            break
-        out[type_ & 0x3FFF] = data[at + RTATTR.size:at + length]
-        at += (length + 3) & ~3
-    return out
-
-
-def _attr(type_, payload):
-    n = RTATTR.size + len(payload)
-    return RTATTR.pack(n, type_) + payload + bytes(((n + 3) & ~3) - n)
+    return netlink.open_socket(socket.NETLINK_ROUTE)
 
 
 def _cstr(b):
     return b.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def _talk(sock, type_, flags, body, what):
-    """Sends one request; returns the messages of a dump as (type, payload),
-    or [] once an acknowledged change is done."""
-    sock.send(NLMSG.pack(NLMSG.size + len(body), type_, lib.NLM_F_REQUEST | flags, 1, 0) + body)
-    out = []
-    while True:
-        data, at = sock.recv(1 << 16), 0
-        while at + NLMSG.size <= len(data):
-            length, mtype, _, _, _ = NLMSG.unpack_from(data, at)
-            payload = data[at + NLMSG.size:at + length]
-            at += (length + 3) & ~3
-            if mtype == lib.NLMSG_DONE:
-                return out
-            if mtype == lib.NLMSG_ERROR:
-                err = -struct.unpack_from("=i", payload)[0]
-                if err:
-                    raise UcrError(f"{what}: {os.strerror(err)}")
-                return out
-            out.append((mtype, payload))
-
-
 def _links(sock):
     """[(index, flags, mtu, name, kind)] of a namespace's interfaces."""
     out = []
-    for _, msg in _talk(sock, lib.RTM_GETLINK, lib.NLM_F_DUMP, IFINFO.pack(0, 0, 0, 0, 0),
+    for _, msg in netlink.talk(sock, lib.RTM_GETLINK, lib.NLM_F_DUMP, IFINFO.pack(0, 0, 0, 0, 0),
                         "listing the network interfaces"):
         _, _, index, flags, _ = IFINFO.unpack_from(msg)
-        a = _attrs(msg[IFINFO.size:])
-        kind = _cstr(_attrs(a.get(lib.IFLA_LINKINFO, b"")).get(lib.IFLA_INFO_KIND, b""))
+        a = netlink.attrs(msg[IFINFO.size:])
+        kind = _cstr(netlink.attrs(a.get(lib.IFLA_LINKINFO, b"")).get(lib.IFLA_INFO_KIND, b""))
         out.append((index, flags, U32.unpack(a[lib.IFLA_MTU])[0], _cstr(a[lib.IFLA_IFNAME]), kind))
     return out
 
@@ -190,10 +148,10 @@ def _links(sock):
 def _addrs(sock):
     """[(index, family, prefixlen, scope, flags, address, attrs)] of a namespace."""
     out = []
-    for _, msg in _talk(sock, lib.RTM_GETADDR, lib.NLM_F_DUMP, IFADDR.pack(0, 0, 0, 0, 0),
+    for _, msg in netlink.talk(sock, lib.RTM_GETADDR, lib.NLM_F_DUMP, IFADDR.pack(0, 0, 0, 0, 0),
                         "listing the network addresses"):
         family, prefixlen, flags, scope, index = IFADDR.unpack_from(msg)
-        a = _attrs(msg[IFADDR.size:])
+        a = netlink.attrs(msg[IFADDR.size:])
         if lib.IFA_FLAGS in a:
             flags = U32.unpack(a[lib.IFA_FLAGS])[0]
         address = a.get(lib.IFA_LOCAL, a.get(lib.IFA_ADDRESS))
@@ -232,11 +190,11 @@ def _net_records(sock, root):
             raise UcrError(f"{where} has address {addr} with a limited lifetime; that cannot be checkpointed yet")
         out.append(R.NET_ADDR.pack(index=index, family=family, prefixlen=prefixlen, scope=scope, flags=flags,
                                    tail=address))
-    for _, msg in _talk(sock, lib.RTM_GETROUTE, lib.NLM_F_DUMP, RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0),
+    for _, msg in netlink.talk(sock, lib.RTM_GETROUTE, lib.NLM_F_DUMP, RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0),
                         "listing the routes"):
         family, dst_len, _, _, _, protocol, _, _, _ = RTMSG.unpack_from(msg)
         if protocol != lib.RTPROT_KERNEL:
-            dst = _attrs(msg[RTMSG.size:]).get(lib.RTA_DST)
+            dst = netlink.attrs(msg[RTMSG.size:]).get(lib.RTA_DST)
             route = _text(dst, dst_len) if dst else "default"
             raise UcrError(f"{where} has route {route}, which the kernel did not make from an address; "
                            "routes cannot be checkpointed yet")
@@ -254,9 +212,9 @@ def _restore_net(links, addrs):
             if rec["tail"] not in index:
                 raise UcrError(f"the new network namespace has no interface {rec['tail']}")
             up = rec["flags"] & lib.IFF_UP
-            _talk(sock, lib.RTM_NEWLINK, lib.NLM_F_ACK,
-                  IFINFO.pack(0, 0, index[rec["tail"]], up, lib.IFF_UP) + _attr(lib.IFLA_MTU, U32.pack(rec["mtu"])),
-                  f"setting up interface {rec['tail']}")
+            body = IFINFO.pack(0, 0, index[rec["tail"]], up, lib.IFF_UP) + \
+                netlink.attr(lib.IFLA_MTU, U32.pack(rec["mtu"]))
+            netlink.talk(sock, lib.RTM_NEWLINK, lib.NLM_F_ACK, body, f"setting up interface {rec['tail']}")
         saved = {rec["index"]: rec["tail"] for rec in links}
         for r in addrs:
             if r["index"] not in saved or len(r["tail"]) not in (4, 16):
@@ -267,15 +225,15 @@ def _restore_net(links, addrs):
             settable |= getattr(lib, name)
         for now, family, prefixlen, scope, flags, address, _ in _addrs(sock):
             if (now, family, prefixlen, bytes(address)) not in want:  # one the kernel added by itself
-                _talk(sock, lib.RTM_DELADDR, lib.NLM_F_ACK, IFADDR.pack(family, prefixlen, 0, scope, now) +
-                      _attr(lib.IFA_LOCAL, address), f"removing address {_text(address, prefixlen)}")
+                netlink.talk(sock, lib.RTM_DELADDR, lib.NLM_F_ACK, IFADDR.pack(family, prefixlen, 0, scope, now) +
+                             netlink.attr(lib.IFA_LOCAL, address), f"removing address {_text(address, prefixlen)}")
             else:
                 del want[(now, family, prefixlen, bytes(address))]
         for (now, family, prefixlen, address), r in want.items():
-            _talk(sock, lib.RTM_NEWADDR, lib.NLM_F_ACK | lib.NLM_F_CREATE | lib.NLM_F_EXCL,
-                  IFADDR.pack(family, prefixlen, 0, r["scope"], now) + _attr(lib.IFA_LOCAL, address) +
-                  _attr(lib.IFA_ADDRESS, address) + _attr(lib.IFA_FLAGS, U32.pack(r["flags"] & settable)),
-                  f"adding address {_text(address, prefixlen)}")
+            body = IFADDR.pack(family, prefixlen, 0, r["scope"], now) + netlink.attr(lib.IFA_LOCAL, address) + \
+                netlink.attr(lib.IFA_ADDRESS, address) + netlink.attr(lib.IFA_FLAGS, U32.pack(r["flags"] & settable))
+            netlink.talk(sock, lib.RTM_NEWADDR, lib.NLM_F_ACK | lib.NLM_F_CREATE | lib.NLM_F_EXCL, body,
+                         f"adding address {_text(address, prefixlen)}")
 
 
 def restore(records, sysv):

@@ -14,7 +14,7 @@ K = R.FD_KINDS
 KINDS = (K.PIPE, K.FIFO)
 
 
-def classify(st, target, info):
+def classify(ctx, st, target, info):
     if stat.S_ISFIFO(st.st_mode):
         return K.PIPE if target.startswith("pipe:") else K.FIFO
     return None

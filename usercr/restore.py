@@ -373,14 +373,6 @@ def _warn(msg):
     print(f"rstr: {msg}", file=sys.stderr)
 
 
-def _fd_open(fd):
-    try:
-        os.fstat(fd)
-        return True
-    except OSError:
-        return False
-
-
 def _reaper(rst, top_pid, orig_pid):
     """PID 1 of a new namespace: creates the root (or the placeholder above
     it) with its original PID, reaps whatever is orphaned there, and exits as

@@ -13,7 +13,7 @@ KINDS = (K.SIGNALFD,)
 TARGET = "anon_inode:[signalfd]"
 
 
-def classify(st, target, info):
+def classify(ctx, st, target, info):
     return K.SIGNALFD if target == TARGET else None
 
 

@@ -28,7 +28,7 @@ ATTEMPTS = 10
 NS = 10**9
 
 
-def classify(st, target, info):
+def classify(ctx, st, target, info):
     return K.TIMERFD if target == TARGET else None
 
 

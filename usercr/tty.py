@@ -27,7 +27,7 @@ def pts_index(rdev):
     return (os.major(rdev) - PTS_MAJORS[0]) * 256 + os.minor(rdev)
 
 
-def classify(st, target, info):
+def classify(ctx, st, target, info):
     if not stat.S_ISCHR(st.st_mode):
         return None
     if st.st_rdev == PTMX:

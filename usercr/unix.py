@@ -24,7 +24,7 @@ import socket
 import stat
 import struct
 
-from . import proc
+from . import netlink, proc
 from . import records as R
 from .errors import UcrError
 from .native import lib
@@ -35,17 +35,12 @@ TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOC
 FILE_GONE, PEER_GONE = 1, 2          # UNIX_SOCK flags
 SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}  # sk_shutdown bits = how + 1
 
-NLMSG = struct.Struct("=IHHII")      # struct nlmsghdr
 REQ = struct.Struct("=BBHIII8x")     # struct unix_diag_req (cookie left 0)
 MSG = struct.Struct("=BBBBI8x")      # struct unix_diag_msg
-RTATTR = struct.Struct("=HH")
 ALL_STATES = 0xFFFFFFFF              # udiag_states: every state
 PEEK_BUF = 1 << 20
 ANC_BUF = 4096
 UCRED = struct.Struct("=iII")        # struct ucred
-
-_tables = {}   # id of the checkpoint's tree dict -> its sock_diag table, for classify
-
 
 # -- checkpoint ------------------------------------------------------------
 
@@ -53,74 +48,56 @@ def _diag_dump(pid):
     """{ino: dict} of every Unix socket in pid's network namespace."""
     from .namespaces import entered
     with entered(pid, "net"):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, lib.NETLINK_SOCK_DIAG)
+        sock = netlink.open_socket(lib.NETLINK_SOCK_DIAG)
     show = (lib.UDIAG_SHOW_NAME | lib.UDIAG_SHOW_VFS | lib.UDIAG_SHOW_PEER | lib.UDIAG_SHOW_ICONS
             | lib.UDIAG_SHOW_RQLEN | lib.UDIAG_SHOW_UID)
-    body = REQ.pack(socket.AF_UNIX, 0, 0, ALL_STATES, 0, show)
-    out = {}
     with sock:
-        sock.send(NLMSG.pack(NLMSG.size + len(body), lib.SOCK_DIAG_BY_FAMILY,
-                             lib.NLM_F_REQUEST | lib.NLM_F_DUMP, 1, 0) + body)
-        while True:
-            data, at = sock.recv(1 << 16), 0
-            while at + NLMSG.size <= len(data):
-                length, mtype, _, _, _ = NLMSG.unpack_from(data, at)
-                payload = data[at + NLMSG.size:at + length]
-                at += (length + 3) & ~3
-                if mtype == lib.NLMSG_DONE:
-                    return out
-                if mtype == lib.NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", payload)[0]
-                    raise UcrError(f"listing the Unix sockets of process {pid} (sock_diag): {os.strerror(err)}")
-                _, type_, state, _, ino = MSG.unpack_from(payload)
-                out[ino] = _diag_attrs(type_, state, payload[MSG.size:])
+        msgs = netlink.talk(sock, lib.SOCK_DIAG_BY_FAMILY, lib.NLM_F_DUMP,
+                            REQ.pack(socket.AF_UNIX, 0, 0, ALL_STATES, 0, show),
+                            f"listing the Unix sockets of process {pid} (sock_diag)")
+    out = {}
+    for _, payload in msgs:
+        _, type_, state, _, ino = MSG.unpack_from(payload)
+        out[ino] = _diag_attrs(type_, state, netlink.attrs(payload[MSG.size:]))
+    return out
 
 
-def _diag_attrs(type_, state, data):
+def _diag_attrs(type_, state, a):
     d = dict(type=type_, state=state, name=b"", vfs=None, peer=0, icons=[], rqlen=(0, 0), shutdown=0, uid=0)
-    at = 0
-    while at + RTATTR.size <= len(data):
-        length, kind = RTATTR.unpack_from(data, at)
-        if length < RTATTR.size:
-            break
-        v = data[at + RTATTR.size:at + length]
-        at += (length + 3) & ~3
-        if kind == lib.UNIX_DIAG_NAME:
-            d["name"] = v if v[:1] == b"\0" else v.split(b"\0", 1)[0]
-        elif kind == lib.UNIX_DIAG_VFS:
-            ino, kdev = struct.unpack_from("=II", v)
-            d["vfs"] = (os.makedev(kdev >> 20, kdev & 0xFFFFF), ino)  # the kernel's own dev_t encoding
-        elif kind == lib.UNIX_DIAG_PEER:
-            d["peer"] = struct.unpack_from("=I", v)[0]
-        elif kind == lib.UNIX_DIAG_ICONS:
-            d["icons"] = list(struct.unpack(f"={len(v) // 4}I", v[:len(v) // 4 * 4]))
-        elif kind == lib.UNIX_DIAG_RQLEN:
-            d["rqlen"] = struct.unpack_from("=II", v)
-        elif kind == lib.UNIX_DIAG_SHUTDOWN:
-            d["shutdown"] = v[0]
-        elif kind == lib.UNIX_DIAG_UID:
-            d["uid"] = struct.unpack_from("=I", v)[0]
+    if lib.UNIX_DIAG_NAME in a:
+        v = a[lib.UNIX_DIAG_NAME]
+        d["name"] = v if v[:1] == b"\0" else v.split(b"\0", 1)[0]
+    if lib.UNIX_DIAG_VFS in a:
+        ino, kdev = struct.unpack_from("=II", a[lib.UNIX_DIAG_VFS])
+        d["vfs"] = (os.makedev(kdev >> 20, kdev & 0xFFFFF), ino)  # the kernel's own dev_t encoding
+    if lib.UNIX_DIAG_PEER in a:
+        d["peer"] = struct.unpack_from("=I", a[lib.UNIX_DIAG_PEER])[0]
+    if lib.UNIX_DIAG_ICONS in a:
+        v = a[lib.UNIX_DIAG_ICONS]
+        d["icons"] = list(struct.unpack(f"={len(v) // 4}I", v[:len(v) // 4 * 4]))
+    if lib.UNIX_DIAG_RQLEN in a:
+        d["rqlen"] = struct.unpack_from("=II", a[lib.UNIX_DIAG_RQLEN])
+    if lib.UNIX_DIAG_SHUTDOWN in a:
+        d["shutdown"] = a[lib.UNIX_DIAG_SHUTDOWN][0]
+    if lib.UNIX_DIAG_UID in a:
+        d["uid"] = struct.unpack_from("=I", a[lib.UNIX_DIAG_UID])[0]
     return d
 
 
 def scan(ctx):
     """Once per checkpoint: the sock_diag table of the tree's network
     namespace and the socket inodes the tree's processes hold."""
-    state = ctx.tree.get("unix")
-    if state is None:
+    if "unix" not in ctx.tree:
         held = {}
         for pid in ctx.ns.map:
             for fd, target, _ in proc.fds(pid) if proc.state(pid) not in ("Z", None) else ():
                 if target.startswith("socket:["):
                     held.setdefault(int(target[8:-1]), (pid, fd))
-        state = ctx.tree["unix"] = dict(diag=_diag_dump(ctx.pid) if held else {}, held=held, socks={},
-                                        ns=ctx.ns)
-    _tables.clear()
-    _tables[id(ctx.tree)] = state["diag"]
+        ctx.tree["unix"] = dict(diag=_diag_dump(ctx.pid) if held else {}, held=held, socks={}, ns=ctx.ns)
 
 
-def classify(st, target, info):
-    if stat.S_ISSOCK(st.st_mode) and any(st.st_ino in t for t in _tables.values()):
+def classify(ctx, st, target, info):
+    if stat.S_ISSOCK(st.st_mode) and st.st_ino in ctx.tree["unix"]["diag"]:
         return K.UNIX
     return None
 
