@@ -146,11 +146,12 @@ class FrozenTree:
             raise errors[0]
 
 
-def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
+def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, ext_unix_sk=False):
     """Writes an image of the process tree rooted at pid to out_fd. On any
     failure every task is released unharmed and UcrError is raised.
     complete() runs once the image is on disk, before kill kills the tree
-    (ckpt -o names the file there)."""
+    (ckpt -o names the file there). ext_unix_sk: Unix sockets connected
+    outside the tree are saved to be reattached (unix.py)."""
     validate_target(pid)
     arch = current_arch()
     tree = FrozenTree(pid, arch, log)
@@ -162,7 +163,7 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
         writer.add(header_record(arch.ARCH_ID, PAGE_SIZE))
         writer.add(arch.dump_header())
         try:
-            _write_tree(tree, arch, writer, log)
+            _write_tree(tree, arch, writer, log, ext_unix_sk)
         except (UcrError, OSError):  # /proc of a task that is going away fails in many ways
             gone = tree.vanished()
             if gone:
@@ -185,7 +186,7 @@ def _sync(fd):
         pass  # pipes and ttys cannot be synced; the reader has what was written
 
 
-def _write_tree(tree, arch, writer, log):
+def _write_tree(tree, arch, writer, log, ext_unix_sk=False):
     ns = tree_mod.Namespace(tree.root, tree.order)
     tree_records = list(tree_mod.dump(tree.root, tree.order, ns))
     tree_mod.check(tree_records)  # before anything is killed: a tree rstr would refuse is refused now
@@ -196,7 +197,7 @@ def _write_tree(tree, arch, writer, log):
     ipc_records = ipc.dump_records(tree.root)
     for rec in ipc_records:
         writer.add(rec)
-    shared = {"sysv": bool(ipc_records)}
+    shared = {"sysv": bool(ipc_records), "ext_unix_sk": ext_unix_sk}
     memory_ranges = []
     for pid in tree.order:
         if pid in tree.zombies:

@@ -353,7 +353,8 @@ UNIX_SOCK = _rec(701, "UNIX_SOCK", [
 ], tail="bytes", scope="tree", many=True,
     doc="a Unix socket the tree holds (FILE records of kind unix name it by ino): SOCK_* type, TCP_* state "
         "(listen, established, close), the socket it is connected to (peer ino, 0: none), listen backlog, "
-        "sk_shutdown bits, flags (1: its socket file was removed, 2: its peer was closed), SO_SNDBUF, "
+        "sk_shutdown bits, flags (1: its socket file was removed, 2: its peer was closed, 4: its peer is "
+        "outside the tree, see UNIX_EXTERNAL), SO_SNDBUF, "
         "SO_RCVBUF, SO_PEEK_OFF, SO_PASSCRED, SO_PEERCRED as the program saw it (PID in the tree's "
         "namespace), its socket file's mode and owner; tail is its address (name_len bytes: a path, or "
         "abstract with a leading NUL) then, for a relative path, the directory it was bound in")
@@ -362,6 +363,19 @@ UNIX_MSG = _rec(702, "UNIX_MSG", [("ino", "u64"), ("name_len", "u32"), ("pad", "
                 doc="data queued for a UNIX_SOCK (ino), in order: one record per datagram or seqpacket "
                     "message, one for a stream's bytes; tail is the sender's address (name_len bytes) "
                     "then the data")
+UNIX_WAITING = _rec(703, "UNIX_WAITING", [
+    ("listener", "u64"), ("embryo", "u64"), ("client", "u64"), ("pid", "s32"), ("uid", "u32"), ("gid", "u32"),
+    ("pad", "u32")], scope="tree", many=True,
+    doc="a connection waiting in the backlog of a listening UNIX_SOCK (listener ino), in backlog order: the "
+        "kernel's socket for it (embryo ino, the peer ino of its client), its client end (a UNIX_SOCK ino; "
+        "0: outside the tree or closed) and the credentials accept() will show (PID in the tree's namespace, "
+        "euid, egid)")
+UNIX_EXTERNAL = _rec(704, "UNIX_EXTERNAL", [
+    ("ino", "u64"), ("pid", "s32"), ("uid", "u32"), ("gid", "u32"), ("pad", "u32")], tail="bytes",
+    scope="tree", many=True,
+    doc="a UNIX_SOCK (ino) connected to a peer outside the tree, saved with ckpt --ext-unix-sk: restart "
+        "connects it again to the peer's address (tail: a path or abstract with a leading NUL) as the "
+        "process holding it (PID in the tree's namespace, euid, egid)")
 
 FS = _rec(451, "FS", [("umask", "u32"), ("pad", "u32")], tail="strs",
           doc="fs state; tail is [cwd, root]")

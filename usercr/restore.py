@@ -137,6 +137,7 @@ class Restorer:
         self.pids = pids
         self.log = log
         self.strict_files = strict_files
+        self.same_pidns = False  # the tree keeps its PIDs in rstr's own namespace (set by _restore_tree)
         self.opened = []      # fds rstr opened for the tasks, at fd_base or above
         self.region = None
         self.status_r = self.go_w = None
@@ -487,6 +488,7 @@ class Copy:
 def _restore_tree(image, creation, reader, arch, in_fd, pids, pidns, log, strict_files):
     """Creates one copy of the tree and waits until it is ready."""
     rst = Restorer(image, creation, arch, in_fd, pids, log, strict_files)
+    rst.same_pidns = bool(pids and not pidns)
     rst.reader_csum = (reader.csum[0], reader.csum[1])
     rst.reader_offset = reader.offset
     orig_pid = image.procs[0].pid

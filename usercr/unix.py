@@ -27,12 +27,12 @@ import struct
 from . import netlink, proc
 from . import records as R
 from .errors import UcrError
-from .native import lib
+from .native import ffi, lib
 
 K = R.FD_KINDS
 KINDS = (K.UNIX,)
 TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
-FILE_GONE, PEER_GONE = 1, 2          # UNIX_SOCK flags
+FILE_GONE, PEER_GONE, EXTERNAL = 1, 2, 4  # UNIX_SOCK flags
 SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}  # sk_shutdown bits = how + 1
 
 REQ = struct.Struct("=BBHIII8x")     # struct unix_diag_req (cookie left 0)
@@ -93,7 +93,8 @@ def scan(ctx):
             for fd, target, _ in proc.fds(pid) if proc.state(pid) not in ("Z", None) else ():
                 if target.startswith("socket:["):
                     held.setdefault(int(target[8:-1]), (pid, fd))
-        ctx.tree["unix"] = dict(diag=_diag_dump(ctx.pid) if held else {}, held=held, socks={}, ns=ctx.ns)
+        ctx.tree["unix"] = dict(diag=_diag_dump(ctx.pid) if held else {}, held=held, socks={}, ns=ctx.ns,
+                                external={}, waiting={})
 
 
 def classify(ctx, st, target, info):
@@ -112,21 +113,72 @@ def note(ctx, fd, st, info, fields):
     ino, pid = st.st_ino, ctx.pid
     d = diag[ino]
     where = f"fd {fd} of process {pid} is a {_what(d)} (socket:[{ino}])"
-    if d["peer"] and d["peer"] in diag and d["peer"] not in held:
-        if any(d["peer"] in o["icons"] for o in diag.values()):
-            listener = next(i for i, o in diag.items() if d["peer"] in o["icons"])
-            if listener in held:
-                raise UcrError(f"{where} whose connection waits to be accepted by a listener of the tree "
-                               f"(socket:[{listener}]); that cannot be checkpointed yet")
-        if fd < 3:  # a standard stream on a socket from outside: follows rstr's own, as any socket there
+    peer = d["peer"]
+    if peer and peer in diag and peer not in held:
+        listener = next((i for i, o in diag.items() if peer in o["icons"]), None)
+        if listener is not None and listener in held:  # waits to be accepted by a listener of the tree
+            _no_data_waiting(where, diag[peer], listener)
+        elif fd < 3:  # a standard stream on a socket from outside: follows rstr's own, as any socket there
             fields["kind"] = K.SOCKET
             return
-        raise UcrError(f"{where} connected to a peer outside the tree (socket:[{d['peer']}]); "
-                       "that cannot be checkpointed")
-    if d["icons"]:
-        raise UcrError(f"{where} listening with {len(d['icons'])} connection(s) waiting to be accepted; "
-                       "that cannot be checkpointed yet")
+        elif ctx.tree.get("ext_unix_sk"):
+            state["external"][ino] = _external(where, d, diag[peer], pid, ctx.ns)
+        else:
+            raise UcrError(f"{where} connected to {_peer_name(diag[peer])} outside the tree "
+                           f"(socket:[{peer}]); that cannot be checkpointed without --ext-unix-sk")
+    for embryo in d["icons"] if ino not in state["socks"] else ():
+        client = diag.get(embryo, {}).get("peer", 0)
+        _no_data_waiting(where, diag.get(embryo, {}), ino)
+        state["waiting"].setdefault(ino, []).append((embryo, client if client in held else 0,
+                                                     _connector(client, held, ctx.ns)))
     state["socks"].setdefault(ino, (pid, fd))
+
+
+def _peer_name(p):
+    name = p["name"]
+    if not name:
+        return "an unnamed socket"
+    return "abstract @" + os.fsdecode(name[1:]) if name[:1] == b"\0" else os.fsdecode(name)
+
+
+def _no_data_waiting(where, embryo, listener):
+    """Data a client sent on a connection not accepted yet sits in a socket
+    that has no descriptor: reading it needs accept(), which cannot be undone."""
+    if embryo.get("rqlen", (0, 0))[0]:
+        raise UcrError(f"{where}: {embryo['rqlen'][0]} bytes wait on a connection that listener "
+                       f"socket:[{listener}] has not accepted yet; they cannot be read without accepting "
+                       "it, so that cannot be checkpointed")
+
+
+def _proc_creds(pid, ns):
+    """(PID as the tree sees it, euid, egid) of a process."""
+    st = proc.status(pid)
+    return ns(pid) or (0 if ns.own else pid), int(st["Uid"].split()[1]), int(st["Gid"].split()[1])
+
+
+def _connector(client, held, ns):
+    """The credentials a waiting connection carries: its client end's holder's
+    (the kernel took them from whoever called connect(), most likely it)."""
+    if client in held:
+        return _proc_creds(held[client][0], ns)
+    target = f"socket:[{client}]"
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()) if client else ():
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{f}") == target for f in os.listdir(f"/proc/{pid}/fd")):
+                return _proc_creds(pid, ns)
+        except (OSError, UcrError):
+            continue
+    return 0, 0, 0
+
+
+def _external(where, d, p, pid, ns):
+    """(peer address, credentials to connect with) of a socket kept as an
+    external connection: reattached at restart to the same address."""
+    name = p["name"]
+    if not name or name[:1] not in (b"\0", b"/"):
+        raise UcrError(f"{where} connected to {_peer_name(p)} outside the tree; only a peer with an absolute "
+                       "or abstract name can be reattached")
+    return name, _proc_creds(pid, ns)
 
 
 def _file_info(d, name, pid):
@@ -219,29 +271,51 @@ def tree_records(tree):
     if not state:
         return []
     diag, held, ns = state["diag"], state["held"], state["ns"]
+    embryos = {e for waits in state["waiting"].values() for e, _, _ in waits}
     out = []
     for ino, (pid, fd) in state["socks"].items():
         d = diag[ino]
         name = d["name"]
+        what = f"fd {fd} of process {pid} ({_what(d)}, socket:[{ino}])"
         flags, mode, uid, gid, directory = _file_info(d, name, pid)
         opts, cred, msgs = _peek(pid, fd, d, ino)
         peer = d["peer"]
-        if d["state"] == lib.TCP_ESTABLISHED and peer not in held:  # closed since (note refused a live one)
-            flags |= PEER_GONE
+        if ino in state["external"]:
+            flags |= EXTERNAL
+            peer = 0
+            if msgs:
+                raise UcrError(f"{what} has data queued from its peer outside the tree; a reattached "
+                               "connection cannot be given it again, so that cannot be checkpointed")
+        elif d["state"] == lib.TCP_ESTABLISHED and peer not in held and peer not in embryos:
+            flags |= PEER_GONE  # closed since (note refused a live one)
             peer = 0
         backlog = d["rqlen"][1] if d["state"] == lib.TCP_LISTEN else 0
-        peer_pid = ns(cred[0]) if cred[0] > 0 else 0
         out.append(R.UNIX_SOCK.pack(
             ino=ino, peer=peer, type=d["type"], state=d["state"], backlog=backlog, shutdown=d["shutdown"],
             flags=flags, name_len=len(name), sndbuf=opts["sndbuf"], rcvbuf=opts["rcvbuf"],
-            peek_off=opts["peek_off"], passcred=opts["passcred"], peer_pid=peer_pid, peer_uid=cred[1],
-            peer_gid=cred[2], file_mode=mode, file_uid=uid, file_gid=gid, tail=name + directory))
+            peek_off=opts["peek_off"], passcred=opts["passcred"], peer_pid=_seen_pid(cred[0], ns),
+            peer_uid=cred[1], peer_gid=cred[2], file_mode=mode, file_uid=uid, file_gid=gid,
+            tail=name + directory))
         if msgs and opts["passcred"]:
-            raise UcrError(f"fd {fd} of process {pid} ({_what(d)}, socket:[{ino}]) has SO_PASSCRED and data "
-                           "queued, whose sender credentials cannot be restored; that cannot be checkpointed")
+            raise UcrError(f"{what} has SO_PASSCRED and data queued, whose sender credentials cannot be "
+                           "restored; that cannot be checkpointed")
         for sender, data in msgs:
             out.append(R.UNIX_MSG.pack(ino=ino, name_len=len(sender), tail=sender + data))
+    for ino, (address, (cpid, cuid, cgid)) in state["external"].items():
+        out.append(R.UNIX_EXTERNAL.pack(ino=ino, pid=cpid, uid=cuid, gid=cgid, tail=address))
+    for listener, waits in state["waiting"].items():
+        for embryo, client, (cpid, cuid, cgid) in waits:
+            out.append(R.UNIX_WAITING.pack(listener=listener, embryo=embryo, client=client, pid=cpid,
+                                           uid=cuid, gid=cgid))
     return out
+
+
+def _seen_pid(pid, ns):
+    """A peer's PID as the program saw it: the tree's number for a process
+    of the tree, the same number for one outside in the same namespace."""
+    if pid <= 0:
+        return 0
+    return ns(pid) or (0 if ns.own else pid)
 
 
 # -- restart ---------------------------------------------------------------
@@ -269,6 +343,18 @@ def _pair(type_):
     return pair
 
 
+LISTEN, CONNECT, SOCKETPAIR = 0, 1, 2  # ucr_sock_as operations
+
+
+def _sockaddr(address):
+    """struct sockaddr_un for a path (with its NUL) or an abstract name."""
+    return struct.pack("=H", socket.AF_UNIX) + address + (b"" if address[:1] == b"\0" else b"\0")
+
+
+def _creds(r, prefix="peer_"):
+    return r[prefix + "pid"], r[prefix + "uid"], r[prefix + "gid"]
+
+
 class Restore:
     def __init__(self, rst):
         self.rst = rst
@@ -276,6 +362,8 @@ class Restore:
         self.msgs = {}
         for rec in rst.img.tree_records("UNIX_MSG"):
             self.msgs.setdefault(rec["ino"], []).append(rec)
+        self.waiting = rst.img.tree_records("UNIX_WAITING")
+        self.external = {rec["ino"]: rec for rec in rst.img.tree_records("UNIX_EXTERNAL")}
         self.kept = None   # ino -> kept fd
         self.socks = {}    # ino -> socket object while they are made
         self.gone = set()  # paths bound whose file was removed before the checkpoint
@@ -291,19 +379,44 @@ class Restore:
         fcntl.fcntl(new, fcntl.F_SETFL, rec["flags"])
         return new
 
+    def _as(self, creds, op, sock, other=None, arg=0, address=b""):
+        """A listen/connect/socketpair made by a helper task with the PID,
+        euid and egid given: SO_PEERCRED then shows what the program saw.
+        The PID only where the tree keeps its PIDs in rstr's namespace and
+        that PID is free; otherwise a warning says so."""
+        pid, uid, gid = creds
+        want = pid if pid > 0 and self.rst.same_pidns else 0
+        addr = _sockaddr(address) if address else b""
+        args = (uid, gid, op, sock.fileno(), other.fileno() if other else -1, arg,
+                ffi.from_buffer(addr) if addr else ffi.NULL, len(addr))
+        r = lib.ucr_sock_as(want, *args)
+        if r in (-errno.EEXIST, -errno.EINVAL) and want:
+            self.rst.warn(f"warning: PID {pid} is taken: a unix socket's SO_PEERCRED shows another PID than "
+                          "the one the program saw")
+            want, r = 0, lib.ucr_sock_as(0, *args)
+        elif pid > 0 and not want:
+            self.rst.warn("warning: restored in a new PID namespace, unix sockets' SO_PEERCRED show other "
+                          "PIDs than the program saw")
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+
     def _build(self):
         """Every socket at once, in steps: sockets on their own (bound,
         listening), then connected pairs (through their listener, or
-        socketpair), the queued data, datagram connects, options."""
+        socketpair), the connections waiting in a backlog, external ones,
+        the queued data, datagram connects, options."""
         saved, socks = self.saved, self.socks
         self.listeners = {_key(r): ino for ino, r in saved.items() if r["state"] == lib.TCP_LISTEN}
+        embryos = {w["embryo"] for w in self.waiting}
+        waiting_clients = []
         try:
             pairs, orphans = [], []
             for ino, r in saved.items():
                 connected = r["state"] == lib.TCP_ESTABLISHED
                 if r["flags"] & PEER_GONE:
                     orphans.append(ino)
-                elif connected and r["peer"] and (r["type"] != socket.SOCK_DGRAM or self._dgram_pair(ino)):
+                elif connected and r["peer"] and r["peer"] not in embryos and \
+                        (r["type"] != socket.SOCK_DGRAM or self._dgram_pair(ino)):
                     if r["peer"] not in saved:
                         raise UcrError(f"image corrupt: the peer of socket:[{ino}] has no UNIX_SOCK record")
                     if ino < r["peer"]:
@@ -313,19 +426,25 @@ class Restore:
                     if r["name_len"]:
                         self._bind(socks[ino], r)
                     if r["state"] == lib.TCP_LISTEN:
-                        socks[ino].listen(r["backlog"])
+                        self._as(_creds(r), LISTEN, socks[ino], arg=r["backlog"])
             for a, b in pairs:
                 self._connect(a, b)
             for ino in orphans:
                 other = self._connect(ino, None)
                 self._fill(ino, other)
                 other.close()
+            for w in self.waiting:
+                waiting_clients.append(self._wait(w))
+            for ino, e in self.external.items():
+                self._as(_creds(e, ""), CONNECT, socks[ino], address=e["tail"])
+            for ino in self.listeners.values():  # back to the credentials of the program's own listen()
+                self._as(_creds(saved[ino]), LISTEN, socks[ino], arg=saved[ino]["backlog"])
             for ino, r in saved.items():
                 if not r["flags"] & PEER_GONE:
                     self._queue(ino)
             for ino, r in saved.items():
                 if r["type"] == socket.SOCK_DGRAM and r["state"] == lib.TCP_ESTABLISHED and ino in socks and \
-                        r["peer"] and not self._dgram_pair(ino):
+                        r["peer"] and not self._dgram_pair(ino) and not r["flags"] & EXTERNAL:
                     socks[ino].connect(self._addr(saved[r["peer"]]))
             for ino, r in saved.items():
                 self._options(socks[ino], r)
@@ -339,8 +458,24 @@ class Restore:
         except OSError as e:
             raise UcrError(f"recreating the unix sockets: {e.strerror or e}") from None
         finally:
-            for s in socks.values():
-                s.close()
+            for s in list(socks.values()) + waiting_clients:
+                if s is not None:
+                    s.close()
+
+    def _wait(self, w):
+        """A connection waiting in a listener's backlog, made again in order:
+        the client end of the tree (or, for a client outside the tree, one
+        closed at once: the program accepts it and reads end of file)
+        connects with the credentials accept() showed."""
+        listener = self.saved.get(w["listener"])
+        if listener is None or w["listener"] not in self.socks:
+            raise UcrError("image corrupt: a waiting connection's listener has no UNIX_SOCK record")
+        client = self.saved.get(w["client"]) if w["client"] else None
+        c = self.socks[w["client"]] if client else _new(listener["type"])
+        if client:
+            self._as(_creds(client), LISTEN, self.socks[w["listener"]], arg=listener["backlog"])
+        self._as(_creds(w, ""), CONNECT, c, address=self._addr(listener))
+        return None if client else c
 
     def _dgram_pair(self, ino):
         """A datagram socket and its peer connected to each other, both unnamed: a socketpair."""
@@ -351,7 +486,10 @@ class Restore:
     def _connect(self, a, b):
         """Makes the connection between a and b (None: b was closed; returned,
         to fill a's queue from it). An end with the name of a listener of the
-        tree was accepted from it: connect to the listener and accept."""
+        tree was accepted from it: connect to the listener and accept (the
+        listener listens again as the client saw it, the connect is made as
+        the accepted end saw it). Any other pair is a socketpair, made as the
+        first end saw it."""
         saved, socks = self.saved, self.socks
         ra = saved[a]
         server = next((i for i in (a, b) if i is not None and saved[i]["name_len"] and
@@ -361,9 +499,12 @@ class Restore:
             c = _new(ra["type"])
             if client is not None and saved[client]["name_len"]:
                 self._bind(c, saved[client])
-            listener = saved[self.listeners[_key(saved[server])]]
-            c.connect(self._addr(listener))
-            s, _ = socks[self.listeners[_key(saved[server])]].accept()
+            lino = self.listeners[_key(saved[server])]
+            listener = saved[lino]
+            if client is not None:
+                self._as(_creds(saved[client]), LISTEN, socks[lino], arg=listener["backlog"])
+            self._as(_creds(saved[server]), CONNECT, c, address=self._addr(listener))
+            s, _ = socks[lino].accept()
             s.setblocking(False)
             socks[server] = s
             if client is None:
@@ -371,6 +512,10 @@ class Restore:
             socks[client] = c
             return None
         x, y = _pair(ra["type"])
+        self._as(_creds(ra), SOCKETPAIR, x, y, arg=ra["type"])
+        if b is not None and _creds(saved[b]) != _creds(ra):
+            self.rst.warn(f"warning: the ends of a restored unix socket pair (socket:[{a}], socket:[{b}]) "
+                          "show the same SO_PEERCRED; one saw other credentials")
         socks[a] = x
         for i, s in ((a, x), (b, y)):
             if i is not None and saved[i]["name_len"]:

@@ -19,6 +19,8 @@
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <linux/kcmp.h>
 #include <sched.h>
 #include <linux/sched.h>
@@ -340,6 +342,61 @@ long ucr_fork_pidns(void)
     args.exit_signal = SIGCHLD;
     long pid = syscall(SYS_clone3, &args, sizeof(args));
     return pid < 0 ? -errno : pid;
+}
+
+/* One socket call made by a short-lived helper task that shares rstr's fd
+ * table, with PID pid (0: any) and effective uid/gid: the kernel records the
+ * caller of socketpair/listen/connect as the peer credentials (SO_PEERCRED),
+ * so the restored program sees those it saw. op 0: listen(fd, arg);
+ * 1: connect(fd, addr); 2: socketpair(AF_UNIX, arg) placed at fd and fd2.
+ * Returns 0 or -errno (-EEXIST: pid is taken). */
+long ucr_sock_as(int pid, uint32_t uid, uint32_t gid, int op, int fd, int fd2, int arg,
+                 const void *addr, uint32_t addrlen)
+{
+    struct clone_args args;
+    int32_t tid = pid;
+    sigset_t all, old;
+    int status;
+    memset(&args, 0, sizeof(args));
+    args.flags = CLONE_FILES;
+    args.exit_signal = SIGCHLD;
+    if (pid > 0) {
+        args.set_tid = (uint64_t)(uintptr_t)&tid;
+        args.set_tid_size = 1;
+    }
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    long child = syscall(SYS_clone3, &args, sizeof(args));
+    if (child == 0) {
+#ifdef SYS_setresuid32  /* armhf: the 32-bit ids; SYS_setresuid takes 16-bit ones there */
+        long r = syscall(SYS_setresgid32, gid, gid, gid);
+        if (r == 0)
+            r = syscall(SYS_setresuid32, uid, uid, uid);
+#else
+        long r = syscall(SYS_setresgid, gid, gid, gid);
+        if (r == 0)
+            r = syscall(SYS_setresuid, uid, uid, uid);
+#endif
+        if (r == 0 && op == 0)
+            r = syscall(SYS_listen, fd, arg);
+        else if (r == 0 && op == 1)
+            r = syscall(SYS_connect, fd, addr, addrlen);
+        else if (r == 0 && op == 2) {
+            int sv[2];
+            r = syscall(SYS_socketpair, AF_UNIX, arg | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
+            if (r == 0 && (syscall(SYS_dup3, sv[0], fd, O_CLOEXEC) < 0 || syscall(SYS_dup3, sv[1], fd2, O_CLOEXEC) < 0))
+                r = -1;
+        }
+        syscall(SYS_exit_group, r == 0 ? 0 : (errno & 0xff));
+    }
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (child < 0)
+        return -saved;
+    while (waitpid((pid_t)child, &status, __WALL) < 0)
+        if (errno != EINTR)
+            return -errno;
+    return WIFEXITED(status) ? -WEXITSTATUS(status) : -EINTR;
 }
 
 /* 0 if fd1 of pid1 and fd2 of pid2 are one open file description. */

@@ -25,6 +25,8 @@ void ucr_rseq_self(uint64_t *ptr, uint32_t *len, uint32_t *sig);
 long ucr_spawn_restorer(uint64_t flags, const int32_t *set_tid, uint32_t set_tid_size, int exit_signal,
                         uint64_t entry, uint64_t plan, uint64_t stack_top);
 long ucr_fork_pidns(void);
+long ucr_sock_as(int pid, uint32_t uid, uint32_t gid, int op, int fd, int fd2, int arg,
+                 const void *addr, uint32_t addrlen);
 long ucr_kcmp(int pid1, int pid2, int type, long idx1, long idx2);
 int ucr_pipe_capacity(int fd);
 long ucr_pipe_peek(int fd, char *buf, size_t cap);
