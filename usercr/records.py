@@ -364,12 +364,11 @@ UNIX_MSG = _rec(702, "UNIX_MSG", [("ino", "u64"), ("name_len", "u32"), ("pad", "
                     "message, one for a stream's bytes; tail is the sender's address (name_len bytes) "
                     "then the data")
 UNIX_WAITING = _rec(703, "UNIX_WAITING", [
-    ("listener", "u64"), ("embryo", "u64"), ("client", "u64"), ("pid", "s32"), ("uid", "u32"), ("gid", "u32"),
-    ("pad", "u32")], scope="tree", many=True,
-    doc="a connection waiting in the backlog of a listening UNIX_SOCK (listener ino), in backlog order: the "
-        "kernel's socket for it (embryo ino, the peer ino of its client), its client end (a UNIX_SOCK ino; "
-        "0: outside the tree or closed) and the credentials accept() will show (PID in the tree's namespace, "
-        "euid, egid)")
+    ("listener", "u64"), ("client", "u64"), ("pid", "s32"), ("uid", "u32"), ("gid", "u32"), ("pad", "u32")],
+    scope="tree", many=True,
+    doc="a connection waiting in the backlog of a listening UNIX_SOCK (listener ino), in backlog order: its "
+        "client end (a UNIX_SOCK ino; 0: outside the tree) and the credentials accept() will show (PID in "
+        "the tree's namespace, euid, egid)")
 UNIX_EXTERNAL = _rec(704, "UNIX_EXTERNAL", [
     ("ino", "u64"), ("pid", "s32"), ("uid", "u32"), ("gid", "u32"), ("pad", "u32")], tail="bytes",
     scope="tree", many=True,

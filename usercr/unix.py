@@ -114,23 +114,31 @@ def note(ctx, fd, st, info, fields):
     d = diag[ino]
     where = f"fd {fd} of process {pid} is a {_what(d)} (socket:[{ino}])"
     peer = d["peer"]
-    if peer and peer in diag and peer not in held:
-        listener = next((i for i, o in diag.items() if peer in o["icons"]), None)
-        if listener is not None and listener in held:  # waits to be accepted by a listener of the tree
-            _no_data_waiting(where, diag[peer], listener)
-        elif fd < 3:  # a standard stream on a socket from outside: follows rstr's own, as any socket there
+    # A connection not accepted yet: its peer (the kernel's socket in the
+    # backlog) has no inode, so sock_diag gives 0; the listener lists it.
+    listener = next((i for i, o in diag.items() if ino in o["icons"]), None) \
+        if d["state"] == lib.TCP_ESTABLISHED and not peer else None
+    outside = None
+    if listener is not None and listener not in held:
+        outside = diag[listener]
+    elif peer and peer not in held:
+        outside = diag.get(peer)  # None: closed since
+    if listener in held:
+        _nothing_sent(where, d, listener)
+    elif outside is not None:
+        if fd < 3:  # a standard stream on a socket from outside: follows rstr's own, as any socket there
             fields["kind"] = K.SOCKET
             return
-        elif ctx.tree.get("ext_unix_sk"):
-            state["external"][ino] = _external(where, d, diag[peer], pid, ctx.ns)
-        else:
-            raise UcrError(f"{where} connected to {_peer_name(diag[peer])} outside the tree "
-                           f"(socket:[{peer}]); that cannot be checkpointed without --ext-unix-sk")
-    for embryo in d["icons"] if ino not in state["socks"] else ():
-        client = diag.get(embryo, {}).get("peer", 0)
-        _no_data_waiting(where, diag.get(embryo, {}), ino)
-        state["waiting"].setdefault(ino, []).append((embryo, client if client in held else 0,
-                                                     _connector(client, held, ctx.ns)))
+        if not ctx.tree.get("ext_unix_sk"):
+            raise UcrError(f"{where} connected to {_peer_name(outside)} outside the tree "
+                           f"(socket:[{listener or peer}]); that cannot be checkpointed without --ext-unix-sk")
+        state["external"][ino] = _external(where, d, outside, pid, ctx.ns)
+    for client in d["icons"] if ino not in state["socks"] else ():
+        if not client:
+            raise UcrError(f"{where} has a connection waiting to be accepted whose client is closed; what it "
+                           "sent cannot be known without accepting it, so that cannot be checkpointed")
+        _nothing_sent(where, diag[client], ino)
+        state["waiting"].setdefault(ino, []).append((client if client in held else 0, _connector(client, held, ctx.ns)))
     state["socks"].setdefault(ino, (pid, fd))
 
 
@@ -141,13 +149,14 @@ def _peer_name(p):
     return "abstract @" + os.fsdecode(name[1:]) if name[:1] == b"\0" else os.fsdecode(name)
 
 
-def _no_data_waiting(where, embryo, listener):
+def _nothing_sent(where, client, listener):
     """Data a client sent on a connection not accepted yet sits in a socket
-    that has no descriptor: reading it needs accept(), which cannot be undone."""
-    if embryo.get("rqlen", (0, 0))[0]:
-        raise UcrError(f"{where}: {embryo['rqlen'][0]} bytes wait on a connection that listener "
-                       f"socket:[{listener}] has not accepted yet; they cannot be read without accepting "
-                       "it, so that cannot be checkpointed")
+    that has no descriptor: reading it needs accept(), which cannot be
+    undone. The client's send queue length (sock_diag) shows it."""
+    if client["rqlen"][1]:
+        raise UcrError(f"{where}: a client sent data on a connection that listener socket:[{listener}] has "
+                       "not accepted yet; it cannot be read without accepting it, so that cannot be "
+                       "checkpointed")
 
 
 def _proc_creds(pid, ns):
@@ -271,7 +280,7 @@ def tree_records(tree):
     if not state:
         return []
     diag, held, ns = state["diag"], state["held"], state["ns"]
-    embryos = {e for waits in state["waiting"].values() for e, _, _ in waits}
+    clients = {c for waits in state["waiting"].values() for c, _ in waits}
     out = []
     for ino, (pid, fd) in state["socks"].items():
         d = diag[ino]
@@ -286,7 +295,7 @@ def tree_records(tree):
             if msgs:
                 raise UcrError(f"{what} has data queued from its peer outside the tree; a reattached "
                                "connection cannot be given it again, so that cannot be checkpointed")
-        elif d["state"] == lib.TCP_ESTABLISHED and peer not in held and peer not in embryos:
+        elif d["state"] == lib.TCP_ESTABLISHED and peer not in held and ino not in clients:
             flags |= PEER_GONE  # closed since (note refused a live one)
             peer = 0
         backlog = d["rqlen"][1] if d["state"] == lib.TCP_LISTEN else 0
@@ -304,9 +313,8 @@ def tree_records(tree):
     for ino, (address, (cpid, cuid, cgid)) in state["external"].items():
         out.append(R.UNIX_EXTERNAL.pack(ino=ino, pid=cpid, uid=cuid, gid=cgid, tail=address))
     for listener, waits in state["waiting"].items():
-        for embryo, client, (cpid, cuid, cgid) in waits:
-            out.append(R.UNIX_WAITING.pack(listener=listener, embryo=embryo, client=client, pid=cpid,
-                                           uid=cuid, gid=cgid))
+        for client, (cpid, cuid, cgid) in waits:
+            out.append(R.UNIX_WAITING.pack(listener=listener, client=client, pid=cpid, uid=cuid, gid=cgid))
     return out
 
 
@@ -407,7 +415,6 @@ class Restore:
         the queued data, datagram connects, options."""
         saved, socks = self.saved, self.socks
         self.listeners = {_key(r): ino for ino, r in saved.items() if r["state"] == lib.TCP_LISTEN}
-        embryos = {w["embryo"] for w in self.waiting}
         waiting_clients = []
         try:
             pairs, orphans = [], []
@@ -415,8 +422,7 @@ class Restore:
                 connected = r["state"] == lib.TCP_ESTABLISHED
                 if r["flags"] & PEER_GONE:
                     orphans.append(ino)
-                elif connected and r["peer"] and r["peer"] not in embryos and \
-                        (r["type"] != socket.SOCK_DGRAM or self._dgram_pair(ino)):
+                elif connected and r["peer"] and (r["type"] != socket.SOCK_DGRAM or self._dgram_pair(ino)):
                     if r["peer"] not in saved:
                         raise UcrError(f"image corrupt: the peer of socket:[{ino}] has no UNIX_SOCK record")
                     if ino < r["peer"]:
