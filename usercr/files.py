@@ -11,6 +11,7 @@ fork) get one file_id, found with kcmp, and share one again after restart.
 Standard streams on something that is not the tree's own (a terminal, a
 socket, a pipe the tree holds only one end of) follow rstr's, fd by fd."""
 import os
+import socket
 import stat
 
 from . import epoll, eventfd, inotify, pipes, signalfd, timerfd
@@ -42,6 +43,19 @@ def _classify(ctx, st, target, info):
     return None, None
 
 
+def _socket_family(pid, fd):
+    """The address family of a socket of another process (netlink, packet...), for a refusal."""
+    copy = lib.ucr_pidfd_getfd(pid, fd)
+    if copy < 0:
+        return "?"
+    with socket.socket(fileno=copy) as s:
+        dom = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+    try:
+        return socket.AddressFamily(dom).name[3:].lower()
+    except ValueError:
+        return f"family {dom}"
+
+
 def file_id(ctx, fd, st):
     """The tree-wide id of the open file description fd of ctx's process is on."""
     descs = ctx.tree.setdefault("descs", [])   # (pid, fd, dev, ino, file_id)
@@ -63,10 +77,13 @@ def _file_record(ctx, fd, target, info):
     kind, owner = _classify(ctx, st, target, info)
     if kind is None:
         raise UcrError(f"fd {fd} of process {pid} ({target}) is of a type that cannot be checkpointed yet")
+    if kind == K.REG and target == "/secretmem (deleted)":  # memfd_secret: its pages cannot be read
+        raise UcrError(f"fd {fd} of process {pid} is a memfd_secret; that cannot be checkpointed")
     if kind in (K.REG, K.DIR, K.CHR, K.FIFO) and target.endswith(" (deleted)"):
         raise UcrError(f"fd {fd} of process {pid} refers to deleted file {target[:-10]}")
     if kind in (K.TTY, K.SOCKET) and fd >= STD_STREAMS:
-        raise UcrError(f"fd {fd} of process {pid} is a {K[kind]} ({target}); "
+        what = _socket_family(pid, fd) + " socket" if kind == K.SOCKET else K[kind]
+        raise UcrError(f"fd {fd} of process {pid} is a {what} ({target}); "
                        "only standard input/output/error may be one yet")
     flags = int(info.get("flags", "0"), 8)
     fields = dict(fd=fd, kind=kind, flags=flags & ~os.O_CLOEXEC, fd_flags=1 if flags & os.O_CLOEXEC else 0,
