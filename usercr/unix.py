@@ -10,13 +10,18 @@ made again by connecting to it and accepting, any other pair with
 socketpair(); the queued data is sent again from the peer (or, for a
 datagram, from the socket of the tree that had sent it).
 
+Connections waiting in a listener's backlog (UNIX_WAITING) are connected
+again in order; a socket connected outside the tree is kept as external
+(UNIX_EXTERNAL) with ckpt --ext-unix-sk and connected again to its peer's
+address. socketpair/listen/connect are made by helper tasks with the PID
+and ids the program saw in SO_PEERCRED (ucr_sock_as).
+
 Refused in one line, the tree left running: a socket connected to a peer
-outside the tree (except on fds 0-2: a standard stream follows rstr's
-own, as files.py does for any socket there), a listener with connections
-waiting to be accepted, descriptors in flight (SCM_RIGHTS in a queue),
-datagrams from a sender outside the tree, and a bound path whose file now
-is something else than a socket. Peer credentials (SO_PEERCRED) after a
-restart are rstr's: they are saved in the image and shown by ckptinfo."""
+outside the tree without --ext-unix-sk (except on fds 0-2: a standard
+stream follows rstr's own, as files.py does for any socket there), data a
+client sent on a connection not accepted yet, descriptors in flight
+(SCM_RIGHTS in a queue), datagrams from a sender outside the tree, and a
+bound path whose file now is something else than a socket."""
 import errno
 import fcntl
 import os
