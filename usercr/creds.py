@@ -7,6 +7,7 @@ import struct
 
 from . import proc
 from . import records as R
+from . import rootless
 from .errors import UcrError
 from .native import ffi, lib
 from .ptrace import PTRACE_O_TRACESYSGOOD
@@ -147,7 +148,9 @@ def prepare_restore(rst, plan, p):
     """The process's credentials, and each thread's capabilities,
     securebits, no_new_privs and filters into its plan (after its threads).
     Capabilities rstr does not have itself cannot be given: they are
-    dropped with a warning, as rlimits are lowered."""
+    dropped with a warning, as rlimits are lowered. A user other than root
+    keeps its credentials and drops only what rstr has beyond the image
+    (rootless.py)."""
     c = p["CREDS"]
     for key in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
         setattr(plan, key, c[key])
@@ -157,8 +160,8 @@ def prepare_restore(rst, plan, p):
         plan.restore_creds = 1
         plan.groups = rst.region.put(struct.pack(f"<{len(groups)}I", *groups)) if groups else 0
         plan.nr_groups = len(groups)
-    elif (os.getuid(), os.getgid()) != (c["uid"], c["gid"]):
-        raise UcrError(f"the image runs as uid {c['uid']}; restarting it needs root")
+    else:
+        rootless.check_creds(c, groups, p.pid)
     with open("/proc/sys/kernel/cap_last_cap") as f:
         plan.cap_last_cap = int(f.read())
     own_inh, own_prm, _, own_bnd, _ = _own_caps()
@@ -181,8 +184,12 @@ def prepare_restore(rst, plan, p):
             lowered = lowered or got != want
             t.cap_inh, t.cap_prm, t.cap_eff, t.cap_bset, t.cap_amb = got
             t.restore_caps = 1
-        elif want != _own_caps():
-            raise UcrError(f"process {p.pid} has other capabilities than rstr; restoring them needs root")
+        else:
+            why = rootless.caps_to_drop(want, _own_caps())
+            if why:
+                raise UcrError(f"process {p.pid} has {why}; restoring it needs root")
+            t.cap_inh, t.cap_prm, t.cap_eff, t.cap_bset, t.cap_amb = want
+            t.restore_caps = 1  # rstr's own extra capabilities are dropped
         t.securebits, t.no_new_privs = s["securebits"], s["no_new_privs"]
         mine = filters[k] if not tsync else filters[0] if k == 0 else []
         flag = rst.arch.C["SECCOMP_FILTER_FLAG_TSYNC"] if tsync else 0
