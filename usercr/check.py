@@ -4,7 +4,7 @@ import re
 import signal
 import time
 
-from . import proc
+from . import proc, rootless
 from .arch import current as current_arch
 from .engine import kernel_engine_available
 from .native import lib
@@ -53,7 +53,7 @@ def check_clone3_set_tid():
     if not _kernel_at_least(5, 5):
         return False, "needs Linux 5.5 or newer (falls back to ns_last_pid)"
     if not (_cap(CAP_SYS_ADMIN) or _cap(CAP_CHECKPOINT_RESTORE)):
-        return False, "needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE (run as root) for --pids"
+        return False, f"needs CAP_CHECKPOINT_RESTORE (or root) for the original PIDs; {rootless.GRANT}"
     return True, ""
 
 
@@ -104,6 +104,7 @@ def run_checks():
     of the restorer region are optional."""
     optional = ("kernel engine (linux-cr)", "restorer unmapped after restart")
     return [(name, *fn(), name not in optional) for name, fn in (
+        (f"this user (uid {os.geteuid()})", rootless.check_user),
         ("ptrace seize/interrupt", check_ptrace),
         ("clone3 with set_tid", check_clone3_set_tid),
         ("pid namespaces", lambda: check_namespace("pid")),

@@ -569,7 +569,7 @@ def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, for
     image = Image(reader, arch)
     creation = Creation(image.shape)
     pids, pidns = _pid_mode(image, creation, pids, pidns, copies, log)
-    rootless.check_restart(pids, pidns)
+    rootless.check_restart(image, pids, pidns)
     trees = []
     try:
         for k in range(copies):

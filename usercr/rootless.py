@@ -14,11 +14,12 @@ from .errors import UcrError
 
 GRANT = ("grant it with setcap cap_checkpoint_restore+ep on a copy of the Python that runs usercr, or as an "
          "ambient capability: setpriv --inh-caps +checkpoint_restore --ambient-caps +checkpoint_restore")
+CAP_FIELDS = ("cap_inheritable", "cap_permitted", "cap_effective", "cap_bounding", "cap_ambient")
 CREDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
 
 
 def _effective(name):
-    return bool(int(proc.status("self")["CapEff"], 16) >> current_arch().C[name] & 1)
+    return bool(proc.caps("self")[2] >> current_arch().C[name] & 1)
 
 
 def can_checkpoint_restore():
@@ -26,12 +27,20 @@ def can_checkpoint_restore():
     return _effective("CAP_CHECKPOINT_RESTORE") or _effective("CAP_SYS_ADMIN")
 
 
-def check_restart(pids, pidns):
-    """Before anything is created: a user other than root needs
-    CAP_CHECKPOINT_RESTORE to give back the original PIDs, CAP_SYS_ADMIN
-    for a new PID namespace."""
+def check_restart(image, pids, pidns):
+    """Before anything is opened or created: a user other than root restores
+    only processes that ran with its own ids, needs CAP_CHECKPOINT_RESTORE
+    to give back the original PIDs, CAP_SYS_ADMIN for a new PID namespace."""
     if os.geteuid() == 0:
         return
+    own = proc.caps("self")
+    for p in image.live:
+        check_creds(p["CREDS"], p.pid)
+        for t in p.threads:
+            s = t.get("SECURITY")
+            why = s and caps_to_drop([s[k] for k in CAP_FIELDS], own)
+            if why:
+                raise UcrError(f"process {p.pid} has {why}; restoring it needs root")
     if pidns and not _effective("CAP_SYS_ADMIN"):
         raise UcrError("a new PID namespace needs CAP_SYS_ADMIN (root); restart with the original PIDs in this "
                        "one (--no-pidns, once they are free) or, for a lone process, --no-pids")
@@ -40,7 +49,7 @@ def check_restart(pids, pidns):
                        "(or --no-pids for a lone process)")
 
 
-def check_creds(c, groups, pid):
+def check_creds(c, pid):
     """A user other than root restores only processes that had exactly its
     own uids, gids and groups: rstr does not set them, it keeps its own."""
     ruid, euid, suid = os.getresuid()
@@ -50,8 +59,8 @@ def check_creds(c, groups, pid):
     if other:
         k = other[0]
         raise UcrError(f"process {pid} ran with {k} {c[k]}, rstr runs with {mine[k]}; restarting it needs root")
-    if sorted(groups) != sorted(os.getgroups()):
-        raise UcrError(f"process {pid} ran with supplementary groups {sorted(groups) or 'none'}, rstr with "
+    if sorted(c["tail"]) != sorted(os.getgroups()):
+        raise UcrError(f"process {pid} ran with supplementary groups {sorted(c['tail']) or 'none'}, rstr with "
                        f"{sorted(os.getgroups()) or 'none'}; restarting it needs root")
 
 
