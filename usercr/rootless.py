@@ -12,8 +12,9 @@ from . import proc
 from .arch import current as current_arch
 from .errors import UcrError
 
-GRANT = ("grant it with setcap cap_checkpoint_restore+ep on a copy of the Python that runs usercr, or as an "
-         "ambient capability: setpriv --inh-caps +checkpoint_restore --ambient-caps +checkpoint_restore")
+GRANT = ("grant it with setcap cap_checkpoint_restore+ep on a copy of the Python that runs usercr (the venv's "
+         "python3 is a link), or as an ambient capability: setpriv --inh-caps +checkpoint_restore "
+         "--ambient-caps +checkpoint_restore (README, Rootless use)")
 CAP_FIELDS = ("cap_inheritable", "cap_permitted", "cap_effective", "cap_bounding", "cap_ambient")
 CREDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
 
