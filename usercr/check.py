@@ -1,10 +1,11 @@
 """usercr check: probes of what this system offers, each with its fix."""
+import contextlib
 import os
 import re
 import signal
 import time
 
-from . import proc
+from . import proc, rootless
 from .arch import current as current_arch
 from .engine import kernel_engine_available
 from .native import lib
@@ -23,12 +24,33 @@ def _kernel_at_least(major, minor):
     return (int(parts[0]), int(re.sub(r"\D.*", "", parts[1]))) >= (major, minor)
 
 
-def check_ptrace():
+@contextlib.contextmanager
+def _target():
+    """A child to probe as ckpt would a process. It runs sleep: a check
+    started from a Python with a file capability is not dumpable, nor are
+    its forks, and neither ptrace nor /proc/PID/pagemap would let it at them."""
+    r, w = os.pipe()  # close-on-exec: EOF once the child runs sleep
     child = os.fork()
     if child == 0:
-        time.sleep(5)
-        os._exit(0)
+        try:
+            os.execvp("sleep", ["sleep", "5"])
+        finally:
+            time.sleep(5)
+            os._exit(0)
+    os.close(w)
     try:
+        try:
+            os.read(r, 1)
+        finally:
+            os.close(r)
+        yield child
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+def check_ptrace():
+    with _target() as child:
         r = lib.ucr_ptrace(PTRACE_SEIZE, child, 0, 0)
         if r < 0:
             return False, f"PTRACE_SEIZE: {os.strerror(-r)}; set kernel.yama.ptrace_scope=0 or run as root"
@@ -36,9 +58,6 @@ def check_ptrace():
         wait_stop(child, 5)
         lib.ucr_ptrace(PTRACE_DETACH, child, 0, 0)
         return True, ""
-    finally:
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
 
 
 def check_restorer_cleanup():
@@ -53,7 +72,7 @@ def check_clone3_set_tid():
     if not _kernel_at_least(5, 5):
         return False, "needs Linux 5.5 or newer (falls back to ns_last_pid)"
     if not (_cap(CAP_SYS_ADMIN) or _cap(CAP_CHECKPOINT_RESTORE)):
-        return False, "needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE (run as root) for --pids"
+        return False, f"needs CAP_CHECKPOINT_RESTORE (or root) for the original PIDs; {rootless.GRANT}"
     return True, ""
 
 
@@ -80,12 +99,15 @@ def check_prctl_mm_map():
 
 
 def check_pagemap():
-    try:
-        with open("/proc/self/pagemap", "rb") as f:
-            f.read(8)
-        return True, ""
-    except OSError as e:
-        return False, f"/proc/self/pagemap: {e.strerror} (CONFIG_PROC_PAGE_MONITOR)"
+    with _target() as child:
+        try:
+            with open(f"/proc/{child}/pagemap", "rb") as f:
+                f.read(8)
+            return True, ""
+        except FileNotFoundError:
+            return False, "no /proc/PID/pagemap (CONFIG_PROC_PAGE_MONITOR)"
+        except OSError as e:
+            return False, f"/proc/PID/pagemap: {e.strerror}"
 
 
 def check_vdso():
@@ -104,6 +126,7 @@ def run_checks():
     of the restorer region are optional."""
     optional = ("kernel engine (linux-cr)", "restorer unmapped after restart")
     return [(name, *fn(), name not in optional) for name, fn in (
+        (f"this user (uid {os.geteuid()})", rootless.check_user),
         ("ptrace seize/interrupt", check_ptrace),
         ("clone3 with set_tid", check_clone3_set_tid),
         ("pid namespaces", lambda: check_namespace("pid")),

@@ -7,12 +7,12 @@ import struct
 
 from . import proc
 from . import records as R
+from . import rootless
 from .errors import UcrError
 from .native import ffi, lib
 from .ptrace import PTRACE_O_TRACESYSGOOD
 
 SOCK_FILTER = struct.Struct("<HBBI")   # struct sock_filter {u16 code; u8 jt, jf; u32 k}
-CAPS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 
 def before_inject(ctx):
@@ -104,7 +104,7 @@ def dump_threads(threads, arch):
                                f"but {len(filters)} could be read")
             t.call(C["PTRACE_SETOPTIONS"], 0, PTRACE_O_TRACESYSGOOD | C["PTRACE_O_SUSPEND_SECCOMP"],
                    what="suspending seccomp")
-        out.append(dict(caps=[int(st[k], 16) for k in CAPS], no_new_privs=int(st.get("NoNewPrivs", "0")),
+        out.append(dict(caps=[int(st[k], 16) for k in proc.CAP_SETS], no_new_privs=int(st.get("NoNewPrivs", "0")),
                         seccomp=mode, filters=filters))
     return out
 
@@ -128,11 +128,6 @@ def data_size(p):
                for t in p.threads for f in t.get("SECCOMP_FILTER", []))
 
 
-def _own_caps():
-    st = proc.status("self")
-    return [int(st[k], 16) for k in CAPS]
-
-
 class Restore:
     def __init__(self, rst):
         self.rst = rst
@@ -147,7 +142,9 @@ def prepare_restore(rst, plan, p):
     """The process's credentials, and each thread's capabilities,
     securebits, no_new_privs and filters into its plan (after its threads).
     Capabilities rstr does not have itself cannot be given: they are
-    dropped with a warning, as rlimits are lowered."""
+    dropped with a warning, as rlimits are lowered. A user other than root
+    keeps its credentials and drops only what rstr has beyond the image
+    (rootless.py)."""
     c = p["CREDS"]
     for key in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
         setattr(plan, key, c[key])
@@ -157,11 +154,10 @@ def prepare_restore(rst, plan, p):
         plan.restore_creds = 1
         plan.groups = rst.region.put(struct.pack(f"<{len(groups)}I", *groups)) if groups else 0
         plan.nr_groups = len(groups)
-    elif (os.getuid(), os.getgid()) != (c["uid"], c["gid"]):
-        raise UcrError(f"the image runs as uid {c['uid']}; restarting it needs root")
+    # Otherwise the ids are rstr's own, as rootless.check_restart made sure.
     with open("/proc/sys/kernel/cap_last_cap") as f:
         plan.cap_last_cap = int(f.read())
-    own_inh, own_prm, _, own_bnd, _ = _own_caps()
+    own_inh, own_prm, _, own_bnd, _ = proc.caps("self")
     sec = [t.get("SECURITY") for t in p.threads]
     filters = [[(f["flags"], f["tail"]) for f in t.get("SECCOMP_FILTER", [])] for t in p.threads]
     # Threads with the same filters share them (as after clone or TSYNC), so
@@ -174,15 +170,16 @@ def prepare_restore(rst, plan, p):
         if s is None:  # an image without this state: the thread keeps rstr's
             continue
         t = threads[k]
-        want = [s["cap_inheritable"], s["cap_permitted"], s["cap_effective"], s["cap_bounding"], s["cap_ambient"]]
+        want = [s[k] for k in rootless.CAP_FIELDS]
         if root:
             got = [want[0] & (own_inh | own_prm), want[1] & own_prm, want[2] & own_prm, want[3] & own_bnd,
                    want[4] & own_prm]
             lowered = lowered or got != want
             t.cap_inh, t.cap_prm, t.cap_eff, t.cap_bset, t.cap_amb = got
             t.restore_caps = 1
-        elif want != _own_caps():
-            raise UcrError(f"process {p.pid} has other capabilities than rstr; restoring them needs root")
+        else:  # rootless.check_restart made sure that want is rstr's own or less
+            t.cap_inh, t.cap_prm, t.cap_eff, t.cap_bset, t.cap_amb = want
+            t.restore_caps = 1  # rstr's own extra capabilities are dropped
         t.securebits, t.no_new_privs = s["securebits"], s["no_new_privs"]
         mine = filters[k] if not tsync else filters[0] if k == 0 else []
         flag = rst.arch.C["SECCOMP_FILTER_FLAG_TSYNC"] if tsync else 0

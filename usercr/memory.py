@@ -7,6 +7,7 @@ import stat
 from . import proc
 from . import records as R
 from . import trust
+from .rootless import GRANT
 from .errors import UcrError
 from .native import ffi, lib
 
@@ -24,9 +25,27 @@ def _mapped_size(pid, m, sizes):
     if key not in sizes:
         try:
             sizes[key] = os.stat(proc.path(pid, "map_files", f"{m.start:x}-{m.end:x}")).st_size
+        except PermissionError:
+            sizes[key] = _size_by_path(pid, m)
         except OSError as e:
             raise UcrError(f"cannot stat {m.name} mapped by process {pid}: {e.strerror}") from None
     return sizes[key]
+
+
+def _size_by_path(pid, m):
+    """Without CAP_CHECKPOINT_RESTORE /proc/PID/map_files is closed: the
+    mapped file's path (as this process resolves it, like maps) serves
+    if it still names the very inode mapped."""
+    try:
+        st = os.stat(m.name, follow_symlinks=False)
+    except OSError as e:
+        st, why = None, e.strerror
+    if st is not None and (st.st_dev, st.st_ino) == (m.dev, m.inode):
+        return st.st_size
+    if st is not None:
+        why = "that path now names another file"
+    raise UcrError(f"cannot stat {m.name} mapped by process {pid}: {why}, and /proc/{pid}/map_files needs "
+                   f"CAP_CHECKPOINT_RESTORE ({GRANT})")
 
 
 def _vmas(ctx, sysv):

@@ -29,6 +29,15 @@ def read_bytes(pid, name):
         raise UcrError(f"process {pid} does not exist") from None
 
 
+CAP_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+def caps(pid):
+    """The capability sets of pid (its main thread), in CAP_SETS order."""
+    st = status(pid)
+    return [int(st[k], 16) for k in CAP_SETS]
+
+
 def exists(pid):
     return os.path.exists(path(pid, "stat"))
 

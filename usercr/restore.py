@@ -10,7 +10,7 @@ import signal
 import struct
 
 from . import cleanup, creds, epoll, eventfd, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc
-from . import rlimits, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty, unix
+from . import rlimits, rootless, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty, unix
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -571,6 +571,7 @@ def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, for
     image = Image(reader, arch)
     creation = Creation(image.shape)
     pids, pidns = _pid_mode(image, creation, pids, pidns, copies, log)
+    rootless.check_restart(image, pids, pidns)
     trees = []
     try:
         for k in range(copies):

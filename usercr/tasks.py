@@ -6,6 +6,7 @@ import struct
 
 from . import proc
 from . import records as R
+from . import rootless
 from . import trust
 from .native import ffi
 
@@ -62,6 +63,8 @@ class Restore:
         """The executable for /proc/PID/exe, or -1 to keep rstr's. The kernel
         refuses a new one while the old is still mapped, which it is when both
         are the same file (a Python restoring a Python), and then keeping it is right."""
+        if rootless.keep_exe(self.rst):
+            return -1
         try:
             st, mine = os.stat(path), os.stat("/proc/self/exe")
         except OSError:

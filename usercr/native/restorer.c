@@ -534,11 +534,34 @@ static void final_caps(struct ucr_plan *p, struct ucr_thread *t)
  * bounding set is narrowed while CAP_SETPCAP is there; KEEPCAPS keeps the
  * permitted set across setresuid; an interim capset with CAP_SETPCAP allows
  * the ambient raises and the securebits; the last capset gives the exact sets. */
+/* A user other than root keeps its own credentials: the thread only drops
+ * what rstr has beyond the image (CAP_CHECKPOINT_RESTORE given to rstr).
+ * Python checked that the image's sets are within rstr's and its bounding
+ * set the same; securebits are set only if they differ (that needs
+ * CAP_SETPCAP, which such a user lacks). */
+static void drop_caps(struct ucr_plan *p, struct ucr_thread *t)
+{
+    long r = capset3(t->cap_eff, t->cap_prm, t->cap_inh);
+    if (!r)
+        r = sys5(__NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    if (r)
+        fail(p, UCR_STEP_CAPS, r, 5);
+    for (uint32_t c = 0; c <= p->cap_last_cap; c++)
+        if (cap_bit(t->cap_amb, c) && (r = sys5(__NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0)))
+            fail(p, UCR_STEP_CAPS, r, 200 + c);
+    if (sys2(__NR_prctl, PR_GET_SECUREBITS, 0) != (long)t->securebits &&
+        (r = sys2(__NR_prctl, PR_SET_SECUREBITS, t->securebits)))
+        fail(p, UCR_STEP_CAPS, r, 3);
+}
+
 static void restore_creds(struct ucr_plan *p, struct ucr_thread *t)
 {
     long r;
-    if (!p->restore_creds)
+    if (!p->restore_creds) {
+        if (t->restore_caps)
+            drop_caps(p, t);
         return;
+    }
     if (t->restore_caps) {
         r = sys2(__NR_prctl, PR_SET_KEEPCAPS, 1);
         if (r)
