@@ -67,7 +67,9 @@ class Restore:
             return -1
         try:
             st, mine = os.stat(path), os.stat("/proc/self/exe")
-        except OSError:
+        except OSError as e:
+            self.rst.warn(f"warning: executable {path} is gone ({e.strerror}): /proc/PID/exe of the "
+                          "restored process names rstr's interpreter")
             return -1
         if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
             return -1
