@@ -74,17 +74,17 @@ def _open_output(fd):
     return out
 
 
-def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose):
+def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose, parent=None, pre_copy=False):
     from .dump import checkpoint, validate_target
     from .safeio import AtomicFile
     validate_target(pid)
     log = Log(verbose, logfile)
     if not output:
-        checkpoint(pid, _open_output(output_fd), kill=kill, log=log)
+        checkpoint(pid, _open_output(output_fd), kill=kill, log=log, parent=parent, pre_copy=pre_copy)
         return
     # A temporary file, named output only once complete and before --kill kills anything.
     with AtomicFile(output, 0o600, replace=force) as out:
-        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit)
+        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit, parent=parent, pre_copy=pre_copy)
 
 
 def _signal_number(name):
@@ -155,6 +155,7 @@ CKPT_PLAIN = {
     "-o": ("output", PATH), "--output": ("output", PATH), "--output-fd": ("output_fd", int),
     "-f": ("force", True), "--force": ("force", True), "--kill": ("kill", True),
     "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
+    "--parent": ("parent", PATH), "--pre-copy": ("pre_copy", True),
 }
 CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False)
 RSTR_PLAIN = {
@@ -244,6 +245,9 @@ def _commands():
         click.option("--kill", is_flag=True, help="kill the process once the image is complete"),
         click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
         click.option("-v", "--verbose", is_flag=True, help="print progress"),
+        click.option("--parent", type=click.Path(dir_okay=False),
+                     help="write only the pages that changed since image PARENT (incremental)"),
+        click.option("--pre-copy", is_flag=True, help="copy memory while the tree runs; freeze it only briefly"),
     ]
     rstr_options = [
         click.option("-i", "--input", type=click.Path(dir_okay=False), help="read the image from FILE"),
