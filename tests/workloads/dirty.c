@@ -2,7 +2,7 @@
  * follow: every tick it writes some random pages of a region (each page holds
  * its index and a generation the program remembers elsewhere), zeroes one with
  * MADV_DONTNEED, replaces a small mapping (munmap + mmap), and writes a shared
- * anonymous mapping; then checks everything and prints "ok N" ("BAD ..." and
+ * anonymous mapping; then checks everything and prints "tick N" ("BAD ..." and
  * exit 1 on a mismatch). usage: dirty MIB PERCENT_PER_SECOND [nocheck] */
 #include <stdint.h>
 #include <stdio.h>
@@ -46,6 +46,7 @@ int main(int argc, char **argv)
     if (mem == MAP_FAILED || !gen || shared == MAP_FAILED || churn == MAP_FAILED) { perror("setup"); return 2; }
     for (size_t p = 0; p < npages; p++)
         fill(mem + p * PAGE, p << 32);
+    puts("ready");
     uint64_t churn_tag = 1;
     for (size_t off = 0; off < CHURN; off += PAGE)
         fill(churn + off, churn_tag + off);
@@ -80,7 +81,7 @@ int main(int argc, char **argv)
                 }
             if (!same(shared, tick)) { printf("BAD shared\n"); return 1; }
         }
-        printf("ok %llu\n", (unsigned long long)tick);
+        printf("tick %llu\n", (unsigned long long)tick);
         struct timespec ts = { 0, TICK_MS * 1000000L };
         nanosleep(&ts, NULL);
     }

@@ -858,3 +858,23 @@ long ucr_pagemap_written(int pagemap_fd, uint64_t start, uint64_t end, int rearm
     free(vec);
     return r;
 }
+
+/* usercr check: can this kernel track writes (a userfaultfd in asynchronous
+ * write-protect mode, Linux 6.7+, and PAGEMAP_SCAN)? 0 or -errno. */
+int ucr_probe_write_tracking(void)
+{
+    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (uffd < 0)
+        return -errno;
+    int r = ucr_uffd_wp_start(uffd, NULL, 0, NULL);
+    close(uffd);
+    if (r)
+        return r;
+    int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (pm < 0)
+        return -errno;
+    uint64_t out[2], walk;
+    long n = ucr_pagemap_written(pm, 0, 0, 0, out, 1, &walk);
+    close(pm);
+    return n < 0 ? (int)n : 0;
+}

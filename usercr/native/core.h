@@ -73,6 +73,7 @@ int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const s
                         uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written,
                         const struct ucr_base *base);
 int ucr_uffd_flags(void);
+int ucr_probe_write_tracking(void);
 int ucr_uffd_user_mode_only(void);
 int ucr_uffd_wp_start(int uffd, const struct ucr_dump_range *ranges, uint32_t n, uint32_t *ok);
 long ucr_pagemap_written(int pagemap_fd, uint64_t start, uint64_t end, int rearm, uint64_t *out, uint32_t cap,
