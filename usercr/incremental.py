@@ -28,6 +28,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PRECOPY_ROUNDS = 4      # copies while the tree runs, the first of everything
 PRECOPY_ENOUGH = 4 << 20  # a round that copied less ends the pre-copy
 SCAN_CAP = 4096
+RUN = struct.Struct("=QQQII")  # struct ucr_base_run
 
 
 def _tail_of(fd, size):
@@ -161,10 +162,10 @@ class Parent:
 def _base(runs, addrs, trusted=()):
     """The struct ucr_base for runs [(vaddr, npages, depth, offset)], kept
     alive with its arrays; runs in trusted (indexes) are not compared."""
-    arr = ffi.new("struct ucr_base_run[]", max(len(runs), 1))
-    for i, (vaddr, npages, depth, offset) in enumerate(runs):
-        arr[i].vaddr, arr[i].npages, arr[i].depth, arr[i].offset = vaddr, npages, depth, offset
-        arr[i].trusted = i in trusted
+    trusted = set(trusted) if not isinstance(trusted, range) else trusted
+    packed = b"".join(RUN.pack(vaddr, npages, offset, depth, i in trusted)
+                      for i, (vaddr, npages, depth, offset) in enumerate(runs)) or bytes(RUN.size)
+    arr = ffi.from_buffer("struct ucr_base_run[]", bytearray(packed))
     base = ffi.new("struct ucr_base *")
     base.runs, base.nruns, base.maps = arr, len(runs), addrs
     return base, arr
@@ -190,9 +191,13 @@ def _carve(runs, cuts):
     return out
 
 
+def _holds_uffd(pid):
+    return any(target == "anon_inode:[userfaultfd]" for _, target, _ in proc.fds(pid))
+
+
 def _uses_uffd(pid):
     """True if the process holds a userfaultfd or has memory registered with one."""
-    if any(target == "anon_inode:[userfaultfd]" for _, target, _ in proc.fds(pid)):
+    if _holds_uffd(pid):
         return True
     try:
         with open(proc.path(pid, "smaps"), "rb") as f:
@@ -318,7 +323,7 @@ class PreCopy:
         if t is None or not t.runs or proc.stat_fields(pid)[22] != t.starttime:
             return None
         runs, trusted = t.runs, False
-        if t.uffd >= 0 and not _uses_uffd(pid):
+        if t.uffd >= 0 and not _holds_uffd(pid):  # its memory is registered with ckpt's uffd
             with open(proc.path(pid, "pagemap"), "rb", buffering=0) as pm:
                 # Any mapping not registered (new, moved) reports every page as written.
                 written = sorted(w for m in proc.maps(pid) if not m.special and m.name not in self.arch.GATE_MAPPINGS
