@@ -74,7 +74,7 @@ def _open_output(fd):
     return out
 
 
-def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose, parent=None, pre_copy=False):
+def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose, parent, pre_copy):
     from .dump import checkpoint, validate_target
     from .safeio import AtomicFile
     validate_target(pid)
@@ -157,7 +157,8 @@ CKPT_PLAIN = {
     "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
     "--parent": ("parent", PATH), "--pre-copy": ("pre_copy", True),
 }
-CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False)
+CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False,
+                     parent=None, pre_copy=False)
 RSTR_PLAIN = {
     "-i": ("input", PATH), "--input": ("input", PATH), "--input-fd": ("input_fd", int),
     "--pids": ("pids", True), "--no-pids": ("pids", False), "--pidns": ("pidns", True), "--no-pidns": ("pidns", False),
