@@ -110,6 +110,15 @@ def check_pagemap():
             return False, f"/proc/PID/pagemap: {e.strerror}"
 
 
+def check_write_tracking():
+    """ckpt --pre-copy's way of finding written pages (usercr/incremental.py)."""
+    r = lib.ucr_probe_write_tracking()
+    if r == 0:
+        return True, "userfaultfd WP_ASYNC + PAGEMAP_SCAN: pre-copy tracks writes"
+    return False, (f"{os.strerror(-r)}: needs Linux 6.7+ with CONFIG_USERFAULTFD; pre-copy compares "
+                   "page contents instead (a longer freeze); --parent always compares")
+
+
 def check_vdso():
     names = [m.name for m in proc.maps("self") if m.special]
     return True, " ".join(names)
@@ -124,7 +133,7 @@ def check_kernel_engine():
 def run_checks():
     """(name, ok, detail, required) rows; the kernel engine and the unmapping
     of the restorer region are optional."""
-    optional = ("kernel engine (linux-cr)", "restorer unmapped after restart")
+    optional = ("kernel engine (linux-cr)", "restorer unmapped after restart", "write tracking")
     return [(name, *fn(), name not in optional) for name, fn in (
         (f"this user (uid {os.geteuid()})", rootless.check_user),
         ("ptrace seize/interrupt", check_ptrace),
@@ -135,6 +144,7 @@ def run_checks():
         ("prctl PR_SET_MM_MAP", check_prctl_mm_map),
         ("pagemap", check_pagemap),
         ("vDSO layout", check_vdso),
+        ("write tracking", check_write_tracking),
         ("restorer unmapped after restart", check_restorer_cleanup),
         ("kernel engine (linux-cr)", check_kernel_engine),
     )]

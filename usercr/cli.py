@@ -74,17 +74,19 @@ def _open_output(fd):
     return out
 
 
-def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose, ext_unix_sk=False):
+def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose, parent, pre_copy, ext_unix_sk):
     from .dump import checkpoint, validate_target
     from .safeio import AtomicFile
     validate_target(pid)
     log = Log(verbose, logfile)
     if not output:
-        checkpoint(pid, _open_output(output_fd), kill=kill, log=log, ext_unix_sk=ext_unix_sk)
+        checkpoint(pid, _open_output(output_fd), kill=kill, log=log, parent=parent, pre_copy=pre_copy,
+                   ext_unix_sk=ext_unix_sk)
         return
     # A temporary file, named output only once complete and before --kill kills anything.
     with AtomicFile(output, 0o600, replace=force) as out:
-        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit, ext_unix_sk=ext_unix_sk)
+        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit, parent=parent, pre_copy=pre_copy,
+                   ext_unix_sk=ext_unix_sk)
 
 
 def _signal_number(name):
@@ -155,10 +157,10 @@ CKPT_PLAIN = {
     "-o": ("output", PATH), "--output": ("output", PATH), "--output-fd": ("output_fd", int),
     "-f": ("force", True), "--force": ("force", True), "--kill": ("kill", True),
     "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
-    "--ext-unix-sk": ("ext_unix_sk", True),
+    "--parent": ("parent", PATH), "--pre-copy": ("pre_copy", True), "--ext-unix-sk": ("ext_unix_sk", True),
 }
 CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False,
-                     ext_unix_sk=False)
+                     parent=None, pre_copy=False, ext_unix_sk=False)
 RSTR_PLAIN = {
     "-i": ("input", PATH), "--input": ("input", PATH), "--input-fd": ("input_fd", int),
     "--pids": ("pids", True), "--no-pids": ("pids", False), "--pidns": ("pidns", True), "--no-pidns": ("pidns", False),
@@ -248,6 +250,9 @@ def _commands():
         click.option("-v", "--verbose", is_flag=True, help="print progress"),
         click.option("--ext-unix-sk", is_flag=True,
                      help="save Unix sockets connected outside the tree, to reconnect them at restart"),
+        click.option("--parent", type=click.Path(dir_okay=False),
+                     help="write only the pages that changed since image PARENT (incremental)"),
+        click.option("--pre-copy", is_flag=True, help="copy memory while the tree runs; freeze it only briefly"),
     ]
     rstr_options = [
         click.option("-i", "--input", type=click.Path(dir_okay=False), help="read the image from FILE"),

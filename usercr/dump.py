@@ -3,7 +3,7 @@ write the image."""
 import os
 import time
 
-from . import creds, epoll, eventfd, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc, rlimits
+from . import creds, epoll, eventfd, files, fs, incremental, inotify, ipc, locks, memory, namespaces, pipes, proc, rlimits
 from . import signalfd, signals, tasks, threads, timerfd, timers, tty, unix
 from . import tree as tree_mod
 from . import records as R
@@ -146,29 +146,55 @@ class FrozenTree:
             raise errors[0]
 
 
-def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, ext_unix_sk=False):
+def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, parent=None, pre_copy=False,
+               ext_unix_sk=False):
     """Writes an image of the process tree rooted at pid to out_fd. On any
     failure every task is released unharmed and UcrError is raised.
     complete() runs once the image is on disk, before kill kills the tree
-    (ckpt -o names the file there). ext_unix_sk: Unix sockets connected
-    outside the tree are saved to be reattached (unix.py)."""
+    (ckpt -o names the file there). parent: the path of an image this one is
+    incremental to; pre_copy: copy memory first while the tree runs
+    (usercr/incremental.py); ext_unix_sk: Unix sockets connected outside the
+    tree are saved to be reattached (unix.py)."""
     validate_target(pid)
     arch = current_arch()
+    if parent and pre_copy:
+        raise UcrError("--parent and --pre-copy cannot be combined yet")
+    inc = incremental.Parent(parent, log) if parent else None
+    try:
+        if pre_copy:
+            inc = incremental.PreCopy(FrozenTree, pid, arch, log, out_fd)
+            inc.rounds()
+        _checkpoint(pid, arch, out_fd, kill, log, complete, inc, ext_unix_sk)
+    finally:
+        if inc:
+            inc.close()
+
+
+def _checkpoint(pid, arch, out_fd, kill, log, complete, inc, ext_unix_sk):
     tree = FrozenTree(pid, arch, log)
-    done = False
+    done = released = False
+    frozen = time.monotonic()
     try:
         tree.freeze()
         log(f"froze {len(tree.order)} processes, {len(tree.tracees)} threads")
         writer = ImageWriter(out_fd)
         writer.add(header_record(arch.ARCH_ID, PAGE_SIZE))
         writer.add(arch.dump_header())
+        if isinstance(inc, incremental.Parent):
+            writer.add(inc.record)
         try:
-            _write_tree(tree, arch, writer, log, ext_unix_sk)
+            _write_tree(tree, arch, writer, log, inc, ext_unix_sk)
         except (UcrError, OSError):  # /proc of a task that is going away fails in many ways
             gone = tree.vanished()
             if gone:
                 raise UcrError(f"process {gone} exited during the checkpoint") from None
             raise
+        if isinstance(inc, incremental.PreCopy):
+            if not kill:  # every page is captured: the tree runs on while the image is completed
+                tree.release()
+                released = True
+                log(f"frozen for {time.monotonic() - frozen:.3f} s")
+            inc.materialize(writer)
         writer.finish()
         _sync(out_fd)
         if complete:
@@ -176,7 +202,9 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, ext_unix
         done = True
         log(f"image complete: {writer.offset} bytes")
     finally:
-        tree.release(kill=kill and done)
+        if not released:
+            tree.release(kill=kill and done)
+            log(f"frozen for {time.monotonic() - frozen:.3f} s")
 
 
 def _sync(fd):
@@ -186,7 +214,7 @@ def _sync(fd):
         pass  # pipes and ttys cannot be synced; the reader has what was written
 
 
-def _write_tree(tree, arch, writer, log, ext_unix_sk=False):
+def _write_tree(tree, arch, writer, log, inc, ext_unix_sk):
     ns = tree_mod.Namespace(tree.root, tree.order)
     tree_records = list(tree_mod.dump(tree.root, tree.order, ns))
     tree_mod.check(tree_records)  # before anything is killed: a tree rstr would refuse is refused now
@@ -211,6 +239,9 @@ def _write_tree(tree, arch, writer, log, ext_unix_sk=False):
             writer.add(rec)
     writer.flush()
     writer.add(R.PAGES_BEGIN.pack(nr_sections=len(memory_ranges), csum_a=writer.csum[0], csum_b=writer.csum[1]))
+    if isinstance(inc, incremental.PreCopy):  # the sections are staged, completed from the copy after the freeze
+        writer.flush()
+        writer = ImageWriter(inc.stage)
     for pid, ranges in memory_ranges:
         log(f"copying memory of process {pid}: {len(ranges)} mappings")
         try:
@@ -218,10 +249,12 @@ def _write_tree(tree, arch, writer, log, ext_unix_sk=False):
         except OSError as e:
             raise UcrError(f"cannot read the page map of process {pid}: {e.strerror}") from None
         try:
-            writer.pages(pid, pagemap_fd, tree.tracees[pid].mem_fd, ranges, PAGE_SIZE)
+            base = inc.base(pid, ns(pid)) if inc else None
+            writer.pages(pid, pagemap_fd, tree.tracees[pid].mem_fd, ranges, PAGE_SIZE, base)
         finally:
             os.close(pagemap_fd)
         writer.add(R.PAGES_END.pack(pid=ns(pid)))
+    writer.flush()
 
 
 def _write_process(ctx, writer):

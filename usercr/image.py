@@ -38,14 +38,16 @@ class ImageWriter:
             view = view[n:]
             self.offset += n
 
-    def pages(self, pid, pagemap_fd, mem_fd, ranges, page_size):
-        """Hands the page copy to the C core, which writes PAGES records."""
+    def pages(self, pid, pagemap_fd, mem_fd, ranges, page_size, base=None):
+        """Hands the page copy to the C core, which writes PAGES records (and,
+        with a base, PAGES_PARENT records: usercr/incremental.py)."""
         self.flush()
         arr = ffi.new("struct ucr_dump_range[]", len(ranges))
         for i, (start, end, mode) in enumerate(ranges):
             arr[i].start, arr[i].end, arr[i].mode = start, end, mode
         written = ffi.new("uint64_t *")
-        r = lib.ucr_dump_pages(pid, pagemap_fd, mem_fd, self.fd, arr, len(ranges), self.csum, page_size, written)
+        r = lib.ucr_dump_pages_base(pid, pagemap_fd, mem_fd, self.fd, arr, len(ranges), self.csum, page_size, written,
+                                    base[0] if base else ffi.NULL)
         self.offset += written[0]
         if r < 0:
             raise UcrError(f"copying memory of process {pid}: {os.strerror(-r)}")

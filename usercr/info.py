@@ -2,6 +2,7 @@
 import datetime
 import ipaddress
 import json
+import os
 
 from . import records as R
 from .errors import UcrError
@@ -73,6 +74,8 @@ def summary(recs):
                   for r in recs if r.type == R.FILE.type],
         "errors": [r["tail"] for r in recs if r.type == R.ERROR.type],
         "namespaces": _namespaces(recs),
+        "parent": next((r["tail"] for r in recs if r.type == R.PARENT.type), None),
+        "inherited_pages": sum(r["nr_pages"] for r in recs if r.type == R.PAGES_PARENT.type),
     }
 
 
@@ -86,6 +89,19 @@ def _namespace_line(ns):
         parts.append(f"{link['name']} {'up' if link['up'] else 'down'} mtu {link['mtu']}" +
                      "".join(f" {a}" for a in link["addresses"]))
     return "namespaces of its own: " + "; ".join(parts)
+
+
+def chain_state(recs):
+    """Whether the chain of parent images is there and unchanged, as rstr checks it."""
+    from .incremental import chain
+    first = next(r for r in recs if r.type == R.PARENT.type)
+    try:
+        links = chain(first.fields, "this image")
+    except UcrError as e:
+        return f"broken: {e}"
+    for _, fd, _ in links:
+        os.close(fd)
+    return f"{len(links)} image(s), present and unchanged (size and checksum)"
 
 
 def _jsonable(fields):
@@ -108,6 +124,9 @@ def render(recs, verbose=False, tree=False, regs=False, as_json=False, errors=Fa
            f"memory: {s['vmas']} mappings, {s['pages']} pages saved ({s['memory_bytes'] / 2**20:.1f} MiB)",
            f"files: {len(s['files'])} open descriptors",
            _namespace_line(s["namespaces"])]
+    if s["parent"]:
+        out.append(f"parent: {s['parent']} ({s['inherited_pages']} pages unchanged, read from the chain: "
+                   f"{chain_state(recs)})")
     if tree:
         out.append("task tree:")
         depth = {0: -1}

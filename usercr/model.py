@@ -76,7 +76,7 @@ class Image:
                     raise UcrError("image corrupt: checksum mismatch in the metadata (a byte of the image changed)")
                 self.nr_sections = rec["nr_sections"]
                 break
-            if rec.type in (R.TAIL.type, R.PAGES.type, R.PAGES_END.type):
+            if rec.type in (R.TAIL.type, R.PAGES.type, R.PAGES_END.type, R.PAGES_PARENT.type):
                 raise UcrError(f"image corrupt at offset {rec.offset}: {rec.name} before the page data marker")
             if rec.name == "PIDS":
                 self.pids.append(rec)

@@ -318,6 +318,16 @@ PAGES = _rec(403, "PAGES", [("vaddr", "u64"), ("nr_pages", "u64")], tail="bytes"
              doc="a run of page contents at vaddr; the restorer reads the data in place", c=True)
 PAGES_END = _rec(406, "PAGES_END", [("pid", "s32"), ("pad", "u32")],
                  doc="ends one process's page data; the next process's (or the TAIL) follows", c=True)
+# 407-409: incremental images (usercr/incremental.py)
+PARENT = _rec(407, "PARENT", [("size", "u64"), ("csum_a", "u64"), ("csum_b", "u64"), ("depth", "u32"),
+                              ("pad", "u32")], tail="str", scope="tree",
+              doc="the image this one is incremental to: its size and TAIL checksum (its identity) and the "
+                  "number of images in the chain above this one; tail is its absolute path")
+PAGES_PARENT = _rec(408, "PAGES_PARENT", [("vaddr", "u64"), ("nr_pages", "u64"), ("offset", "u64"),
+                                          ("depth", "u32"), ("pad", "u32"), ("csum_a", "u64"), ("csum_b", "u64")],
+                    doc="in a PAGES section: a run of pages unchanged since an ancestor image, which holds them "
+                        "at offset (depth 1: the parent, 2: its parent...); csum is their checksum alone",
+                    c=True)
 SPECIAL_DATA = _rec(405, "SPECIAL_DATA", [("vaddr", "u64")], tail="bytes",
                     many=True, doc="contents of a kernel special mapping ([vdso]), for comparison at restart")
 

@@ -10,7 +10,8 @@ import signal
 import struct
 
 from . import cleanup, creds, epoll, eventfd, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc
-from . import rlimits, rootless, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty, unix
+from . import incremental, rlimits, rootless, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty
+from . import unix
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -28,7 +29,7 @@ POLL_INTERVAL = 0.5
 # standard stream may need the terminal's part). epoll comes after every
 # other kind of fd: files opens each instance when a FILE record names it,
 # and the instance opens its targets (through files) before it adds them.
-PARTS = (tasks, tty, memory, pipes, inotify, unix, eventfd, timerfd, signalfd, files, epoll, locks, threads, signals,
+PARTS = (incremental, tasks, tty, memory, pipes, inotify, unix, eventfd, timerfd, signalfd, files, epoll, locks, threads, signals,
          timers, rlimits, fs, creds)
 
 STEP_TEXT = {
@@ -58,6 +59,7 @@ STEP_TEXT = {
     lib.UCR_STEP_CAPS: "restoring capabilities, securebits or no_new_privs (stage {detail})",
     lib.UCR_STEP_SECCOMP: "installing seccomp filter {detail}",
     lib.UCR_STEP_LOCK: "taking file lock {detail} again",
+    lib.UCR_STEP_PARENT: "page data from ancestor image {detail} (1: the parent) does not match: it changed",
 }
 ERRNO_TEXT = {errno.ENODATA: "image truncated"}  # the restorer's reader
 

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
@@ -79,6 +80,9 @@ struct out {
     int finished, err;
     pthread_mutex_t lock;
     pthread_cond_t work, space;
+    const struct ucr_base *base;  /* incremental.py: pages an ancestor holds */
+    const char *src;              /* copy from here instead of the target (base compare) */
+    uint64_t src_vaddr;
 };
 
 static int write_full(int fd, const char *b, size_t n)
@@ -156,8 +160,13 @@ static int copy_remote(int pid, int mem_fd, char *dst, uint64_t addr, size_t len
     return 0;
 }
 
+static int emit_run_base(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t npages, uint64_t ps);
+static int emit_run_plain(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t npages, uint64_t ps);
+
 static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t npages, uint64_t ps)
 {
+    if (o->base && !o->src)
+        return emit_run_base(o, pid, mem_fd, vaddr, npages, ps);
     struct ucr_rec_pages rec = { { UCR_REC_PAGES, (uint32_t)(sizeof(rec) + npages * ps) }, vaddr, npages };
     int r;
     if (o->used + sizeof(rec) > OUT_BUF && (r = flush(o)))
@@ -176,7 +185,9 @@ static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t
         size_t n = len < room ? len : room;
         if (n > COPY_CHUNK)
             n = COPY_CHUNK;
-        if ((r = copy_remote(pid, mem_fd, o->buf + o->used, vaddr, n)))
+        if (o->src)
+            memcpy(o->buf + o->used, o->src + (vaddr - o->src_vaddr), n);
+        else if ((r = copy_remote(pid, mem_fd, o->buf + o->used, vaddr, n)))
             return r;
         ucr_csum_words(o->csum, o->buf + o->used, n);
         o->used += n;
@@ -197,6 +208,14 @@ static int wanted(uint64_t pm, uint32_t mode)
 int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
                    uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written)
 {
+    return ucr_dump_pages_base(pid, pagemap_fd, mem_fd, out_fd, ranges, nranges, csum, page_size, bytes_written,
+                               NULL);
+}
+
+int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
+                        uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written,
+                        const struct ucr_base *base)
+{
     struct out o;
     uint64_t *pm;
     pthread_t writer;
@@ -205,6 +224,12 @@ int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct
     memset(&o, 0, sizeof(o));
     o.fd = out_fd;
     o.csum = csum;
+    o.base = base;
+    char *scratch = MAP_FAILED;
+    if (base && (scratch = mmap(NULL, MAX_RUN_PAGES * page_size, PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) == MAP_FAILED)
+        return -ENOMEM;
+    o.src_vaddr = (uint64_t)(uintptr_t)scratch;  /* emit_run_base's scratch buffer, until it sets src */
     /* Buffers in transparent huge pages where the system allows them: a
      * handful of faults instead of thousands. */
     char *mem = mmap(NULL, NBUF * OUT_BUF + HUGE_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -266,6 +291,8 @@ unmap:
         munmap(mem, NBUF * OUT_BUF + HUGE_ALIGN);
     if (pm != MAP_FAILED)
         munmap(pm, PM_BATCH * 8);
+    if (scratch != MAP_FAILED)
+        munmap(scratch, MAX_RUN_PAGES * page_size);
     return r;
 }
 
@@ -704,4 +731,207 @@ int ucr_signalfd(uint64_t mask)
 {
     int fd = (int)syscall(SYS_signalfd4, -1, &mask, sizeof(mask), 0);
     return fd < 0 ? -errno : fd;
+}
+
+/* Incremental dumps and pre-copy (usercr/incremental.py). A run of wanted
+ * pages is split against the base: pages an ancestor image holds (runs sorted
+ * by vaddr) become PAGES_PARENT records naming it, if they are trusted
+ * (write tracking saw no write) or equal to the target's pages; the rest are
+ * PAGES as usual. */
+static const struct ucr_base_run *base_at(const struct ucr_base *b, uint64_t addr, uint64_t ps)
+{
+    uint32_t lo = 0, hi = b->nruns;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        const struct ucr_base_run *r = &b->runs[mid];
+        if (addr < r->vaddr)
+            hi = mid;
+        else if (addr >= r->vaddr + r->npages * ps)
+            lo = mid + 1;
+        else
+            return r;
+    }
+    return NULL;
+}
+
+static const char *base_ptr(const struct ucr_base *b, const struct ucr_base_run *br, uint64_t vaddr)
+{
+    return (const char *)(uintptr_t)b->maps[br->depth - 1] + br->offset + (vaddr - br->vaddr);
+}
+
+static int emit_parent(struct out *o, const struct ucr_base_run *br, uint64_t vaddr, uint64_t npages,
+                       uint64_t ps)
+{
+    struct ucr_rec_pages_parent rec;
+    int r;
+    memset(&rec, 0, sizeof(rec));
+    rec.h.type = UCR_REC_PAGES_PARENT;
+    rec.h.len = sizeof(rec);
+    rec.vaddr = vaddr;
+    rec.nr_pages = npages;
+    rec.depth = br->depth;
+    rec.offset = br->offset + (vaddr - br->vaddr);
+    if (!br->trusted) {  /* the restorer checks what it reads from the ancestor */
+        uint64_t sum[2] = { 0, 0 };
+        ucr_csum_words(sum, base_ptr(o->base, br, vaddr), npages * ps);
+        rec.csum_a = sum[0];
+        rec.csum_b = sum[1];
+    }
+    if (o->used + sizeof(rec) > OUT_BUF && (r = flush(o)))
+        return r;
+    memcpy(o->buf + o->used, &rec, sizeof(rec));
+    ucr_csum_words(o->csum, &rec, sizeof(rec));
+    o->used += sizeof(rec);
+    return 0;
+}
+
+/* The longest piece from vaddr that is all in one base run (or all in none). */
+static int emit_run_plain(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t npages, uint64_t ps)
+{
+    const struct ucr_base *b = o->base;
+    o->base = NULL;
+    int r = emit_run(o, pid, mem_fd, vaddr, npages, ps);
+    o->base = b;
+    return r;
+}
+
+static uint64_t piece(const struct ucr_base *b, const struct ucr_base_run **br, uint64_t vaddr, uint64_t npages,
+                      uint64_t ps)
+{
+    *br = base_at(b, vaddr, ps);
+    uint64_t n = 1;
+    if (*br) {
+        uint64_t left = ((*br)->vaddr + (*br)->npages * ps - vaddr) / ps;
+        return left < npages ? left : npages;
+    }
+    while (n < npages && !base_at(b, vaddr + n * ps, ps))
+        n++;
+    return n;
+}
+
+static int emit_run_base(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t npages, uint64_t ps)
+{
+    char *scratch = (char *)(uintptr_t)o->src_vaddr;
+    int r = 0;
+    while (npages && !r) {
+        const struct ucr_base_run *br;
+        uint64_t n = piece(o->base, &br, vaddr, npages, ps);
+        if (!br || br->trusted) {
+            r = br ? emit_parent(o, br, vaddr, n, ps) : emit_run_plain(o, pid, mem_fd, vaddr, n, ps);
+        } else if (!(r = copy_remote(pid, mem_fd, scratch, vaddr, n * ps))) {
+            const char *old = base_ptr(o->base, br, vaddr);
+            for (uint64_t i = 0; i < n && !r;) {
+                int same = !memcmp(scratch + i * ps, old + i * ps, ps);
+                uint64_t j = i + 1;
+                while (j < n && !memcmp(scratch + j * ps, old + j * ps, ps) == same)
+                    j++;
+                if (same) {
+                    r = emit_parent(o, br, vaddr + i * ps, j - i, ps);
+                } else {
+                    o->src = scratch + i * ps;
+                    o->src_vaddr = vaddr + i * ps;
+                    r = emit_run(o, pid, mem_fd, vaddr + i * ps, j - i, ps);
+                    o->src = NULL;
+                    o->src_vaddr = (uint64_t)(uintptr_t)scratch;
+                }
+                i = j;
+            }
+        }
+        vaddr += n * ps;
+        npages -= n;
+    }
+    return r;
+}
+
+/* Write tracking: a userfaultfd (created in the target, whose mm it
+ * tracks) in asynchronous write-protect mode: the kernel resolves the
+ * target's write faults itself, only clearing the page's protection, which
+ * PAGEMAP_SCAN then reports as written. Debian 12's UAPI headers (6.1) lack
+ * these names. */
+#include <sys/ioctl.h>
+#include <linux/userfaultfd.h>
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef PAGEMAP_SCAN
+struct pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+struct page_region { uint64_t start, end, categories; };
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#define PM_SCAN_WP_MATCHING (1 << 0)
+#define PAGE_IS_WRITTEN (1 << 1)
+#define PAGE_IS_PFNZERO (1 << 5)
+#endif
+
+int ucr_uffd_flags(void) { return O_CLOEXEC | O_NONBLOCK; }
+int ucr_uffd_user_mode_only(void) { return UFFD_USER_MODE_ONLY; }
+
+/* Enables asynchronous write-protect on uffd; then registers and
+ * write-protects each range, setting ok[i] for those that took it. */
+int ucr_uffd_wp_start(int uffd, const struct ucr_dump_range *ranges, uint32_t n, uint32_t *ok)
+{
+    struct uffdio_api api = { .api = UFFD_API,
+                              .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED };
+    if (ioctl(uffd, UFFDIO_API, &api))
+        return -errno;
+    for (uint32_t i = 0; i < n; i++) {
+        struct uffdio_register reg = { .range = { ranges[i].start, ranges[i].end - ranges[i].start },
+                                       .mode = UFFDIO_REGISTER_MODE_WP };
+        struct uffdio_writeprotect wp = { .range = reg.range, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+        ok[i] = !ioctl(uffd, UFFDIO_REGISTER, &reg) && !ioctl(uffd, UFFDIO_WRITEPROTECT, &wp);
+    }
+    return 0;
+}
+
+/* The pages of [start, end) written (or replaced by the zero page) since
+ * they were last protected, as (start, end) pairs in out (cap pairs); with
+ * rearm, protected again in the same walk. Returns the number of pairs and
+ * where the walk stopped (*walk_end < end: call again from there). */
+long ucr_pagemap_written(int pagemap_fd, uint64_t start, uint64_t end, int rearm, uint64_t *out, uint32_t cap,
+                         uint64_t *walk_end)
+{
+    struct page_region *vec = calloc(cap, sizeof(*vec));
+    if (!vec)
+        return -ENOMEM;
+    struct pm_scan_arg arg = { .size = sizeof(arg), .flags = rearm ? PM_SCAN_WP_MATCHING : 0,
+                               .start = start, .end = end, .vec = (uint64_t)(uintptr_t)vec, .vec_len = cap,
+                               .category_anyof_mask = PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
+                               .return_mask = PAGE_IS_WRITTEN | PAGE_IS_PFNZERO };
+    long r = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
+    if (r < 0) {
+        r = -errno;
+    } else {
+        for (long i = 0; i < r; i++) {
+            out[2 * i] = vec[i].start;
+            out[2 * i + 1] = vec[i].end;
+        }
+        *walk_end = arg.walk_end;
+    }
+    free(vec);
+    return r;
+}
+
+/* usercr check: can this kernel track writes (a userfaultfd in asynchronous
+ * write-protect mode, Linux 6.7+, and PAGEMAP_SCAN)? 0 or -errno. */
+int ucr_probe_write_tracking(void)
+{
+    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (uffd < 0)
+        return -errno;
+    int r = ucr_uffd_wp_start(uffd, NULL, 0, NULL);
+    close(uffd);
+    if (r)
+        return r;
+    int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (pm < 0)
+        return -errno;
+    uint64_t out[2], walk;
+    long n = ucr_pagemap_written(pm, 0, 0, 0, out, 1, &walk);
+    close(pm);
+    return n < 0 ? (int)n : 0;
 }

@@ -10,6 +10,19 @@ struct ucr_dump_range {
     uint32_t mode, pad;
 };
 
+/* incremental.py: pages an ancestor image (depth 1: the parent) holds at
+ * offset, whose copy is mapped at maps[depth - 1]; trusted: not compared. */
+struct ucr_base_run {
+    uint64_t vaddr, npages, offset;
+    uint32_t depth, trusted;
+};
+
+struct ucr_base {
+    const struct ucr_base_run *runs;
+    const uint64_t *maps;
+    uint32_t nruns, pad;
+};
+
 void ucr_csum_update(uint64_t *state, const void *buf, size_t len);
 long ucr_ptrace(long request, long pid, uintptr_t addr, uintptr_t data);
 const unsigned char *ucr_restorer_blob(void);
@@ -57,5 +70,15 @@ int ucr_timerfd_create(int clockid);
 int ucr_timerfd_get(int fd, int clockid, uint64_t *out);
 int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns);
 int ucr_signalfd(uint64_t mask);
+/* incremental.py */
+int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
+                        uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written,
+                        const struct ucr_base *base);
+int ucr_uffd_flags(void);
+int ucr_probe_write_tracking(void);
+int ucr_uffd_user_mode_only(void);
+int ucr_uffd_wp_start(int uffd, const struct ucr_dump_range *ranges, uint32_t n, uint32_t *ok);
+long ucr_pagemap_written(int pagemap_fd, uint64_t start, uint64_t end, int rearm, uint64_t *out, uint32_t cap,
+                         uint64_t *walk_end);
 
 #endif

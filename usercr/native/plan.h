@@ -15,7 +15,7 @@ enum ucr_step {
     UCR_STEP_CREDS = 16, UCR_STEP_RSEQ = 17, UCR_STEP_TLS = 18, UCR_STEP_GO = 19,
     UCR_STEP_SIGRETURN = 20, UCR_STEP_CLONE = 21, UCR_STEP_IDS = 22, UCR_STEP_THREAD = 23,
     UCR_STEP_TIMER = 24, UCR_STEP_ZOMBIE = 25, UCR_STEP_CAPS = 26, UCR_STEP_SECCOMP = 27,
-    UCR_STEP_LOCK = 28
+    UCR_STEP_LOCK = 28, UCR_STEP_PARENT = 29
 };
 
 struct ucr_vma {
@@ -175,6 +175,11 @@ struct ucr_plan {
     uint64_t locks;       /* struct ucr_lock[], POSIX locks only */
     uint32_t dumpable;    /* PR_SET_DUMPABLE once the credentials are back (which reset it) */
     uint32_t pad6;
+
+    /* incremental.py: the images this one is incremental to (chain_fds[0]:
+     * its parent), read by PAGES_PARENT records; at most 32 */
+    uint32_t nr_chain, pad7;
+    int32_t chain_fds[32];
 };
 
 #endif

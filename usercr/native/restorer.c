@@ -12,6 +12,7 @@
 #include <linux/mman.h>
 #include <linux/prctl.h>
 #include <linux/fcntl.h>
+#include <linux/fs.h>
 #include <linux/futex.h>
 #include <linux/rseq.h>
 #include <linux/sched.h>
@@ -173,6 +174,44 @@ static int pages_target_ok(struct ucr_plan *p, uint64_t addr, uint64_t len)
     return 0;
 }
 
+/* Incremental images (usercr/incremental.py): a run of pages held by an
+ * ancestor image, read from it at the recorded offset and checked against
+ * the run's own checksum (the record itself is part of this image's). */
+static long seek_to(int fd, uint64_t off)
+{
+#ifdef __NR__llseek
+    uint64_t res;
+    return sys5(__NR__llseek, fd, (long)(uint32_t)(off >> 32), (long)(uint32_t)off, A(&res), SEEK_SET);
+#else
+    return sys3(__NR_lseek, fd, (long)off, SEEK_SET);
+#endif
+}
+
+static void read_parent_pages(struct ucr_plan *p, const struct ucr_rec_hdr *h, uint64_t at)
+{
+    struct ucr_rec_pages_parent rec;
+    rec.h = *h;
+    if (rec.h.len != sizeof(rec))
+        fail(p, UCR_STEP_RECORD, -EINVAL, at);
+    long r = read_full(p->image_fd, (char *)&rec + sizeof(rec.h), sizeof(rec) - sizeof(rec.h));
+    if (r)
+        fail(p, UCR_STEP_READ, r, at);
+    uint64_t len = rec.nr_pages * p->page_size;
+    if (!rec.depth || rec.depth > p->nr_chain || !pages_target_ok(p, rec.vaddr, len))
+        fail(p, UCR_STEP_RECORD, -EINVAL, at);
+    ucr_csum_words(p->csum, &rec, sizeof(rec));
+    int fd = p->chain_fds[rec.depth - 1];
+    char *dst = (char *)(uintptr_t)rec.vaddr;
+    uint64_t sum[2] = { 0, 0 };
+    sys3(__NR_madvise, A(rec.vaddr), A(len), MADV_POPULATE_WRITE);
+    if ((r = seek_to(fd, rec.offset)) < 0 || (r = read_full(fd, dst, len)))
+        fail(p, UCR_STEP_PARENT, r, rec.depth);
+    ucr_csum_words(sum, dst, len);
+    if (sum[0] != rec.csum_a || sum[1] != rec.csum_b)
+        fail(p, UCR_STEP_PARENT, 0, rec.depth);
+    p->image_offset += sizeof(rec);
+}
+
 /* Reads this process's section of PAGES records, up to its PAGES_END; the
  * last section is followed by the TAIL, whose checksum covers the stream. */
 static void read_pages(struct ucr_plan *p)
@@ -207,6 +246,10 @@ static void read_pages(struct ucr_plan *p)
             if (tail.magic != UCR_TAIL_MAGIC || tail.csum_a != p->csum[0] || tail.csum_b != p->csum[1])
                 fail(p, UCR_STEP_CHECKSUM, 0, at);
             return;
+        }
+        if (rec.h.type == UCR_REC_PAGES_PARENT) {
+            read_parent_pages(p, &rec.h, at);
+            continue;
         }
         if (rec.h.type != UCR_REC_PAGES || rec.h.len < sizeof(rec))
             fail(p, UCR_STEP_RECORD, -EINVAL, at);
