@@ -146,17 +146,20 @@ class FrozenTree:
             raise errors[0]
 
 
-def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
+def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, frozen=None):
     """Writes an image of the process tree rooted at pid to out_fd. On any
     failure every task is released unharmed and UcrError is raised.
     complete() runs once the image is on disk, before kill kills the tree
-    (ckpt -o names the file there)."""
+    (ckpt -o names the file there); frozen() once every task is stopped,
+    before anything is read (self-checkpoint marks its image there)."""
     validate_target(pid)
     arch = current_arch()
     tree = FrozenTree(pid, arch, log)
     done = False
     try:
         tree.freeze()
+        if frozen:
+            frozen()
         log(f"froze {len(tree.order)} processes, {len(tree.tracees)} threads")
         writer = ImageWriter(out_fd)
         writer.add(header_record(arch.ARCH_ID, PAGE_SIZE))
