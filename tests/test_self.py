@@ -50,7 +50,7 @@ def _cycles(procs, argv, img, log, no, yes, cycles=3):
     pid = procs.start(argv, env=_env()).pid
     pos = 0
     for cycle in range(cycles):
-        at, _ = wait_until(lambda: _find(log, pos, rf"ckpt \d+ {no}"), what="a self-checkpoint")
+        at, _ = wait_until(lambda: _find(log, pos, rf"ckpt \d+ {no}"), 60, "a self-checkpoint")
         procs.kill(pid)
         assert not _find(log, 0, r"error .*"), lines(log)
         pid = rstr(procs, img)
@@ -108,3 +108,15 @@ def test_python_failure_raises(tmp_path):
     assert r.returncode == 0, r.stderr
     first, second = r.stdout.splitlines()
     assert first.startswith("UcrError self-checkpoint: cannot create") and second == "alive", r.stdout
+
+
+def test_check_names_the_self_checkpoint_path():
+    r = subprocess.run([os.path.join(BIN_DIR, "usercr"), "check"], capture_output=True, text=True, timeout=60)
+    row = [ln for ln in r.stdout.splitlines() if "self-checkpoint" in ln]
+    assert row and row[0].startswith("ok") and "ptrace engine run by a helper" in row[0], r.stdout
+
+
+@pytest.mark.parametrize("tool", ["ckpt", "rstr", "ckptinfo", "usercr"])
+def test_version(tool):
+    r = subprocess.run([os.path.join(BIN_DIR, tool), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == f"{tool} (usercr) 0.1.0\n", r.stdout + r.stderr

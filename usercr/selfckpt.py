@@ -52,6 +52,16 @@ def _prctl_ptracer(pid):
                ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
+def _require_ptrace():
+    """The helper traces the caller: where ptrace is missing (qemu-user: ENOSYS)
+    say so now, rather than as a helper that died. Asking about ourselves as a
+    tracee is harmless: a kernel with ptrace answers ESRCH."""
+    from .arch import current
+    from .native import lib
+    if lib.ucr_ptrace(current().C["PTRACE_GETEVENTMSG"], os.getpid(), 0, 0) == -errno.ENOSYS:
+        raise UcrError("self-checkpoint needs ptrace, which this system does not offer (ENOSYS: qemu-user?)")
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)
@@ -67,6 +77,7 @@ def checkpoint_self(dest):
     children) to dest, replaced atomically if it exists. Returns False here,
     True in a process restored from dest. Raises UcrError if the checkpoint
     failed (the program is then unharmed and goes on)."""
+    _require_ptrace()
     block = _Block()
     began = start_time()
     top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

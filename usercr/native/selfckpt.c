@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -135,6 +137,10 @@ static int checkpoint_self(const char *path)
         if (snprintf(dest + len, sizeof(dest) - len, "/%s", path) >= (int)(sizeof(dest) - len))
             return fail(ENAMETOOLONG, "self-checkpoint: image path too long");
     }
+    /* The helper traces us: where ptrace is missing (qemu-user) say so now. A
+     * kernel with ptrace answers ESRCH: we are nobody's tracee. */
+    if (syscall(SYS_ptrace, PTRACE_GETEVENTMSG, getpid(), 0, 0) < 0 && errno == ENOSYS)
+        return fail(ENOSYS, "self-checkpoint needs ptrace, which this system does not offer (ENOSYS: qemu-user?)");
     if (start_time(&began) < 0)
         return fail(errno ? errno : EIO, "self-checkpoint: cannot read /proc/self/stat");
     const char *helper_cmd = getenv("USERCR_SELFCKPT");
