@@ -50,9 +50,9 @@ def _cycles(procs, argv, img, log, no, yes, cycles=3):
     pid = procs.start(argv, env=_env()).pid
     pos = 0
     for cycle in range(cycles):
-        at, _ = wait_until(lambda: _find(log, pos, rf"ckpt \d+ {no}"), 60, "a self-checkpoint")
+        at, m = wait_until(lambda: _find(log, pos, rf"ckpt \d+ {no}|error .*"), 60, "a self-checkpoint")
         procs.kill(pid)
-        assert not _find(log, 0, r"error .*"), lines(log)
+        assert not m.group(0).startswith("error"), m.group(0)
         pid = rstr(procs, img)
         at, m = wait_until(lambda: _find(log, at, rf"ckpt (\d+) {yes}"), what="the restored copy's answer")
         n = int(m.group(1))
