@@ -5,6 +5,8 @@ setup(
     version="0.1.0",
     description="Checkpoint/restart of Linux processes on stock kernels",
     packages=["usercr", "usercr.arch", "usercr.headers"],
+    # the C API of self-checkpoint, built with the cffi module (build_native.py)
+    package_data={"usercr": ["native/libusercr.a", "native/include/usercr.h"]},
     python_requires=">=3.9",
     setup_requires=["cffi>=1.15"],
     install_requires=["cffi>=1.15", "pyelftools", "click"],
@@ -16,6 +18,7 @@ setup(
             "rstr=usercr.cli:rstr_main",
             "ckptinfo=usercr.cli:ckptinfo_main",
             "usercr=usercr.cli:usercr_main",
+            "usercr-selfckpt=usercr.selfckpt:helper_main",
         ]
     },
     zip_safe=False,

@@ -42,9 +42,11 @@ N=$OUT/usercr/native
 "$HERE/build.sh" "$ARCH" --pyext -o "$OUT/usercr/_native.cpython-311-$TRIPLET.so" \
     "$OUT/build/_native.c" "$N/core.c" -- -I"$N/gen" -I"$N" -I"$N/arch/$AD" "${EXTRA[@]}"
 
-for tool in ckpt:ckpt_main rstr:rstr_main ckptinfo:ckptinfo_main usercr:usercr_main; do
-    name=${tool%%:*} fn=${tool#*:}
-    printf '#!/usr/bin/python3\nimport sys\nfrom usercr.cli import %s\nsys.exit(%s())\n' "$fn" "$fn" > "$OUT/bin/$name"
+for tool in ckpt:cli:ckpt_main rstr:cli:rstr_main ckptinfo:cli:ckptinfo_main usercr:cli:usercr_main \
+            usercr-selfckpt:selfckpt:helper_main; do
+    name=${tool%%:*} mod=${tool#*:} fn=${tool##*:}
+    mod=${mod%%:*}
+    printf '#!/usr/bin/python3\nimport sys\nfrom usercr.%s import %s\nsys.exit(%s())\n' "$mod" "$fn" "$fn" > "$OUT/bin/$name"
     chmod +x "$OUT/bin/$name"
 done
 

@@ -33,7 +33,8 @@ def main(tree, dist, tag):
                              "Requires-Dist: pyelftools\nRequires-Dist: click\n"),
         f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: usercr cross/make_wheel.py\nRoot-Is-Purelib: false\nTag: {tag}\n",
         f"{info}/entry_points.txt": ("[console_scripts]\nckpt = usercr.cli:ckpt_main\nrstr = usercr.cli:rstr_main\n"
-                                     "ckptinfo = usercr.cli:ckptinfo_main\nusercr = usercr.cli:usercr_main\n"),
+                                     "ckptinfo = usercr.cli:ckptinfo_main\nusercr = usercr.cli:usercr_main\n"
+                                     "usercr-selfckpt = usercr.selfckpt:helper_main\n"),
         f"{info}/top_level.txt": "usercr\n",
     }
     files += [(k, v.encode()) for k, v in meta.items()]

@@ -1,5 +1,7 @@
 """usercr check: probes of what this system offers, each with its fix."""
 import contextlib
+import ctypes
+import errno
 import os
 import re
 import signal
@@ -124,6 +126,26 @@ def check_vdso():
     return True, " ".join(names)
 
 
+def check_clone3():
+    """rstr creates every task with clone3. Asked with no arguments, a kernel
+    that has it answers EINVAL; qemu-user 7.2 answers ENOSYS."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall(ctypes.c_long(current_arch().SYSCALLS["clone3"]), None, ctypes.c_long(0))
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:
+        return False, "clone3: ENOSYS (qemu-user?): rstr cannot create the tasks here"
+    return True, ""
+
+
+def check_self_checkpoint():
+    """The path usercr.checkpoint_self / usercr_checkpoint_self take here."""
+    ok, why = check_ptrace()
+    if ok:
+        return True, "ptrace engine run by a helper outside the program's tree (usercr-selfckpt)"
+    return False, (f"no ptrace ({why.split(';')[0]}): checkpoint_self fails with that error; "
+                   "a ptrace-free in-process dump (qemu-user) is not written yet")
+
+
 def check_kernel_engine():
     if kernel_engine_available():
         return True, "linux-cr sys_checkpoint/sys_restart present"
@@ -133,10 +155,11 @@ def check_kernel_engine():
 def run_checks():
     """(name, ok, detail, required) rows; the kernel engine and the unmapping
     of the restorer region are optional."""
-    optional = ("kernel engine (linux-cr)", "restorer unmapped after restart", "write tracking")
+    optional = ("kernel engine (linux-cr)", "restorer unmapped after restart", "write tracking", "self-checkpoint")
     return [(name, *fn(), name not in optional) for name, fn in (
         (f"this user (uid {os.geteuid()})", rootless.check_user),
         ("ptrace seize/interrupt", check_ptrace),
+        ("clone3", check_clone3),
         ("clone3 with set_tid", check_clone3_set_tid),
         ("pid namespaces", lambda: check_namespace("pid")),
         ("user namespaces", lambda: check_namespace("user")),
@@ -146,5 +169,6 @@ def run_checks():
         ("vDSO layout", check_vdso),
         ("write tracking", check_write_tracking),
         ("restorer unmapped after restart", check_restorer_cleanup),
+        ("self-checkpoint", check_self_checkpoint),
         ("kernel engine (linux-cr)", check_kernel_engine),
     )]

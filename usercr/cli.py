@@ -10,6 +10,7 @@ import os
 import stat
 import sys
 
+from . import __version__
 from .errors import UcrError
 
 
@@ -289,6 +290,8 @@ def _commands():
         click.option("-e", "--errors", is_flag=True, help="show error records"),
     ]
 
+    version = click.version_option(__version__, message="%(prog)s (usercr) %(version)s")
+
     def apply(options):
         def deco(fn):
             for opt in reversed(options):
@@ -298,23 +301,27 @@ def _commands():
 
     @click.command(help="Checkpoint process PID to an image (stdout, -o FILE or --output-fd).")
     @apply(ckpt_options)
+    @version
     @one_line_errors("ckpt")
     def ckpt(**kw):
         do_checkpoint(**kw)
 
     @click.command(help="Restart a process from an image (stdin, -i FILE or --input-fd).")
     @apply(rstr_options)
+    @version
     @one_line_errors("rstr")
     def rstr(**kw):
         do_restart(**kw)
 
     @click.command(help="Show what an image holds.")
     @apply(info_options)
+    @version
     @one_line_errors("ckptinfo")
     def ckptinfo(**kw):
         do_info(**kw)
 
     @click.group(help="usercr: checkpoint/restart of Linux processes.")
+    @version
     def usercr():
         pass
 

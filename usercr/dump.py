@@ -146,15 +146,17 @@ class FrozenTree:
             raise errors[0]
 
 
-def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, parent=None, pre_copy=False,
-               ext_unix_sk=False):
+def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, on_frozen=None, parent=None,
+               pre_copy=False, ext_unix_sk=False):
     """Writes an image of the process tree rooted at pid to out_fd. On any
     failure every task is released unharmed and UcrError is raised.
     complete() runs once the image is on disk, before kill kills the tree
-    (ckpt -o names the file there). parent: the path of an image this one is
-    incremental to; pre_copy: copy memory first while the tree runs
-    (usercr/incremental.py); ext_unix_sk: Unix sockets connected outside the
-    tree are saved to be reattached (unix.py)."""
+    (ckpt -o names the file there); on_frozen() once every task is stopped,
+    before anything is read (self-checkpoint marks its image there).
+    parent: the path of an image this one is incremental to; pre_copy: copy
+    memory first while the tree runs (usercr/incremental.py); ext_unix_sk:
+    Unix sockets connected outside the tree are saved to be reattached
+    (unix.py)."""
     validate_target(pid)
     arch = current_arch()
     if parent and pre_copy:
@@ -164,18 +166,20 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, parent=N
         if pre_copy:
             inc = incremental.PreCopy(FrozenTree, pid, arch, log, out_fd)
             inc.rounds()
-        _checkpoint(pid, arch, out_fd, kill, log, complete, inc, ext_unix_sk)
+        _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix_sk)
     finally:
         if inc:
             inc.close()
 
 
-def _checkpoint(pid, arch, out_fd, kill, log, complete, inc, ext_unix_sk):
+def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix_sk):
     tree = FrozenTree(pid, arch, log)
     done = released = False
     frozen = time.monotonic()
     try:
         tree.freeze()
+        if on_frozen:
+            on_frozen()
         log(f"froze {len(tree.order)} processes, {len(tree.tracees)} threads")
         writer = ImageWriter(out_fd)
         writer.add(header_record(arch.ARCH_ID, PAGE_SIZE))

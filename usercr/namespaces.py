@@ -42,9 +42,18 @@ def ns_id(pid, kind, tid=None):
         return None
 
 
+# Namespaces ckpt judges the tree against instead of its own: the
+# self-checkpoint helper takes a mount namespace of its own (selfckpt.py).
+BASE = {}
+
+
+def base_id(kind):
+    return BASE[kind] if kind in BASE else ns_id("self", kind)
+
+
 def own(pid, kind):
     """Whether pid is in a namespace of that kind other than ckpt's."""
-    return ns_id(pid, kind) != ns_id("self", kind)
+    return ns_id(pid, kind) != base_id(kind)
 
 
 @contextlib.contextmanager
@@ -82,7 +91,7 @@ def _check_tree(root, pids):
                 if k in want and ns_id(pid, f"{k}_for_children", tid) not in (None, want[k]):
                     raise UcrError(f"{who} made a new {NAMES[k]} namespace for its future children; "
                                    "that cannot be checkpointed yet")
-    ours = {k for k in kinds if want[k] != ns_id("self", k)}
+    ours = {k for k in kinds if want[k] != base_id(k)}
     for k in kinds:
         if k in ours and k in WHY_NOT:
             raise UcrError(f"process {root} is in a {NAMES[k]} namespace of its own; that cannot be "

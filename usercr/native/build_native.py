@@ -84,6 +84,17 @@ def build_restorer(cc, arch):
     write_if_changed(os.path.join(GEN, "restorer_blob.h"), "\n".join(lines) + "\n")
 
 
+def build_libusercr(cc):
+    """libusercr.a, the C API of self-checkpoint (selfckpt.c, include/usercr.h), for the same target."""
+    obj = os.path.join(GEN, "selfckpt.o")
+    lib = os.path.join(HERE, "libusercr.a")
+    subprocess.run(cc + ["-O2", "-g", "-Wall", "-fPIC", "-I" + os.path.join(HERE, "include"),
+                         "-c", os.path.join(HERE, "selfckpt.c"), "-o", obj], check=True)
+    if os.path.exists(lib):
+        os.unlink(lib)
+    subprocess.run([tool(cc, "ar"), "rcs", lib, obj], check=True)
+
+
 def cdef_text(name):
     """A header as cffi's cdef takes it: without the preprocessor lines."""
     text = open(os.path.join(HERE, name)).read()
@@ -117,6 +128,7 @@ def make_ffibuilder():
     arch = target_arch(cc)
     generate_records_header()
     build_restorer(cc, arch)
+    build_libusercr(cc)
     ffi = FFI()
     ffi.cdef(cdef_text("plan.h") + cdef_text("core.h") + "".join(f"static const int {n};\n" for n in NET_CONSTANTS + UNIX_CONSTANTS))
     ffi.set_source(

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/prctl.h>
@@ -526,6 +527,16 @@ int ucr_setns(int fd, int nstype)
 int ucr_unshare(int flags)
 {
     return unshare(flags) ? -errno : 0;
+}
+
+/* A /proc of the caller's own PID namespace, in a private mount namespace:
+ * the PIDs ptrace takes and those /proc shows must agree. */
+int ucr_own_proc(void)
+{
+    if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+        return -errno;
+    return 0;
 }
 
 /* SysV IPC contents, read without changing them and written back. */

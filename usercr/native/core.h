@@ -46,6 +46,7 @@ long ucr_pipe_peek(int fd, char *buf, size_t cap);
 int ucr_pidfd_getfd(int pid, int fd);
 int ucr_setns(int fd, int nstype);
 int ucr_unshare(int flags);
+int ucr_own_proc(void);
 long ucr_shm_dump(int id, char *buf, size_t size);
 long ucr_shm_restore(int key, size_t size, int mode, uint32_t uid, uint32_t gid, const char *data);
 long ucr_msg_copy(int id, long index, char *buf, size_t size, long *mtype);
