@@ -1,7 +1,7 @@
 """Runs inside the ARM VM (cross/test_arm.py puts it there): for every
 workload, start it, checkpoint it with ckpt --kill, restart it with rstr, let
-it finish and check its own verdict. Cases named tree-NAME run a process-tree
-workload of tests/workloads (tick protocol in wl.h) through three cycles of
+it finish and check its own verdict. Cases named tree-NAME or kind-NAME (fd kinds:
+epoll, eventfd, ...) run a process-tree workload of tests/workloads (tick protocol in wl.h) through three cycles of
 ckpt --kill / kill the tree / rstr --pids --pidns, as tests/test_tree.py does.
 One line per case:
     RESULT <case> PASS|FAIL <s> ckpt=<s> rstr=<s> rc=<status> | <detail>
@@ -204,7 +204,7 @@ def run_tree(label, prog, name):
 
 
 def run_case(label, prog, kind):
-    if label.startswith("tree-"):
+    if label.startswith(("tree-", "kind-")):
         return run_tree(label, prog, kind)
     if kind == "compat":
         return run_compat(label, prog)

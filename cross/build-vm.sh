@@ -5,7 +5,8 @@
 #   $CACHE/ARCH/vmlinuz        Debian kernel, zImage/Image as shipped
 #   $CACHE/ARCH/initrd.cpio.gz busybox-static + modules to mount root.img
 #   $CACHE/ARCH/COMPLETE       written last; its presence means "reuse"
-# Each step has its own stamp so an interrupted build resumes.
+# Each step has its own stamp so an interrupted build resumes; the initramfs
+# stamp holds its module list, so a changed MODULES rebuilds only that.
 # Needs cross/install-deps.sh (binfmt with F flag for the chroot steps).
 set -euo pipefail
 
@@ -26,11 +27,13 @@ RECIPE=3
 # python3-ply must be listed or debootstrap leaves a broken rootfs;
 # libpython3.11-dev gives the target headers for cross-built cffi modules.
 INCLUDE=python3,python3-cffi,python3-ply,python3-pycparser,python3-pyelftools,python3-click,python3-pytest,python3-pip,libpython3.11-dev,busybox-static
-MODULES="virtio_mmio virtio_blk crc32c_generic ext4"
+# unix_diag, inet_diag, tcp_diag: sock_diag for ckpt's Unix and TCP sockets.
+MODULES="virtio_mmio virtio_blk crc32c_generic ext4 unix_diag inet_diag tcp_diag"
 
 log() { echo "build-vm.sh[$ARCH]: $*" >&2; }
 
-if [ "$(cat "$D/COMPLETE" 2>/dev/null)" = "$RECIPE" ]; then
+cached() { [ "$(cat "$D/COMPLETE" 2>/dev/null)" = "$RECIPE" ] && [ "$(cat "$D/initrd.ok" 2>/dev/null)" = "$MODULES" ]; }
+if cached; then
     log "cached in $D"
     exit 0
 fi
@@ -39,7 +42,7 @@ mkdir -p "$D"
 # Serialise concurrent builders of the same ARCH (bounded wait).
 exec 9>"$D/.lock"
 flock -w 1800 9 || { log "timed out waiting for lock $D/.lock"; exit 1; }
-if [ "$(cat "$D/COMPLETE" 2>/dev/null)" = "$RECIPE" ]; then
+if cached; then
     log "cached in $D"
     exit 0
 fi
@@ -101,8 +104,8 @@ fi
 KVER=$(ls "$D/kpkg/lib/modules" | head -n1)
 
 # 3. initramfs: busybox + the modules (with dependencies, in load order).
-if [ ! -e "$D/initrd.ok" ]; then
-    cp "$D"/kpkg/boot/vmlinuz-"$KVER" "$D/vmlinuz"
+if [ "$(cat "$D/initrd.ok" 2>/dev/null)" != "$MODULES" ]; then
+    cmp -s "$D"/kpkg/boot/vmlinuz-"$KVER" "$D/vmlinuz" || cp "$D"/kpkg/boot/vmlinuz-"$KVER" "$D/vmlinuz"
     depmod -b "$D/kpkg" "$KVER"
     I=$D/initrd
     rm -rf "$I"; mkdir -p "$I"/{bin,dev,proc,sys,newroot,mods}
@@ -141,8 +144,10 @@ if [ ! -e "$D/initrd.ok" ]; then
     cp "$(dirname "$0")/vm-init.sh" "$I/init"
     cp "$(dirname "$0")/vm-stage2.sh" "$I/stage2.sh"
     chmod 755 "$I/init" "$I/stage2.sh"
-    (cd "$I" && find . | cpio -o -H newc --quiet | gzip -1) > "$D/initrd.cpio.gz"
-    touch "$D/initrd.ok"
+    # renamed into place: a VM booting meanwhile reads the old one or the new one whole
+    (cd "$I" && find . | cpio -o -H newc --quiet | gzip -1) > "$D/initrd.cpio.gz.tmp"
+    mv "$D/initrd.cpio.gz.tmp" "$D/initrd.cpio.gz"
+    echo "$MODULES" > "$D/initrd.ok"
     step_done initramfs
     log "modules: $(tr '\n' ' ' < "$I/mods/order")"
 fi

@@ -24,11 +24,17 @@ WORKLOADS = ("counter", "memsum", "fp", "signal", "sleep")
 # takes 20-65 s per cycle under TCG (95-180 s a case) and it adds nothing arch-specific to multitask.
 TREE = ("multitask", "pipes", "pipes2", "shmem", "zombie", "pgrp", "orphans", "threads", "threadstate",
         "sigpending", "pty", "ipcshm", "ipcmsq", "ipcsem")
+# Workloads of tests/workloads for the fd kinds with layouts of their own per arch (epoll_event,
+# signalfd_siginfo, itimerspec, sockaddr_un...), run as the tree ones are: `-k kind` selects them.
+# A new kind is one more name here (its workload in tests/workloads, tick protocol of wl.h).
+KINDS = ("epollmix", "epoll", "eventfd", "timerfd", "signalfd")
 # armhf: the ARM-state and the Thumb-state build of every workload
 CASES = {
     "armhf": [f"{mode}-{w}" for w in WORKLOADS for mode in ("arm", "thumb")] + [f"tree-{w}" for w in TREE],
     "aarch64": [f"a64-{w}" for w in WORKLOADS] + ["armhf-compat"] + [f"tree-{w}" for w in TREE],
 }
+for _arch in ARCHES:
+    CASES[_arch] += [f"kind-{w}" for w in KINDS]
 PLAT = {"armhf": "linux_armv7l", "aarch64": "linux_aarch64"}
 
 
@@ -36,7 +42,7 @@ def _run(cmd, timeout):
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
-def _build(arch, tmp):
+def _build(arch, tmp, cases):
     r = _run([os.path.join(CROSS, "build-vm.sh"), arch], 1500)
     assert r.returncode == 0, f"build-vm.sh {arch} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
     tree, dist = os.path.join(tmp, f"{arch}-tree"), os.path.join(tmp, "dist")
@@ -48,8 +54,10 @@ def _build(arch, tmp):
     flavours = {"armhf": {"arm": ("armhf", ["-marm"]), "thumb": ("armhf", ["-mthumb"])},
                 "aarch64": {"a64": ("aarch64", []), "armhf": ("armhf", ["-mthumb"])}}[arch]
     # (path in the VM, target, source, gcc flags)
+    progs_needed = {_vm_prog(c) for c in cases}
     builds = [(f"/opt/wl/{name}", target, src, flags) for name, (target, flags) in flavours.items()]
-    builds += [(f"/opt/tree/{w}", arch, os.path.join(TREE_SRC, f"{w}.c"), ["-pthread"]) for w in TREE]
+    builds += [(f"/opt/tree/{w}", arch, os.path.join(TREE_SRC, f"{w}.c"), ["-pthread"]) for w in TREE + KINDS]
+    builds = [b for b in builds if b[0] in progs_needed]
     for dest, target, source, flags in builds:
         out = os.path.join(tmp, arch + dest.replace("/", "-"))
         r = _run([os.path.join(CROSS, "build.sh"), target, "-o", out, source, "--"] + flags, 120)
@@ -59,19 +67,25 @@ def _build(arch, tmp):
 
 
 def _vm_prog(case):
-    """Where the case's program is in the VM: tree-NAME -> /opt/tree/NAME, FLAVOUR-KIND -> /opt/wl/FLAVOUR."""
+    """Where the case's program is in the VM: tree-NAME and kind-NAME -> /opt/tree/NAME,
+    FLAVOUR-KIND -> /opt/wl/FLAVOUR."""
     group, name = case.split("-", 1)
-    return f"/opt/tree/{name}" if group == "tree" else f"/opt/wl/{group}"
+    return f"/opt/tree/{name}" if group in ("tree", "kind") else f"/opt/wl/{group}"
 
 
-def _vm(arch, tmp):
-    tree, wheel, progs = _build(arch, tmp)
+def _image(case):
+    """An image the case leaves in the VM (the first cycle's of a tree case)."""
+    return f"/tmp/{case}.0.img" if case.split("-", 1)[0] in ("tree", "kind") else f"/tmp/{case}.img"
+
+
+def _vm(arch, tmp, cases):
+    tree, wheel, progs = _build(arch, tmp, cases)
     puts = ["--put", f"{tree}:/opt/usercr", "--put", f"{wheel}:/root/wheels/",
             "--put", f"{os.path.join(CROSS, 'arm_vm_driver.py')}:/opt/drv.py"]
     for dest, path in progs.items():
         puts += ["--put", f"{path}:{dest}"]
-    cases = [f"{c}={_vm_prog(c)}" for c in CASES[arch]]
-    first_img = f"/tmp/{CASES[arch][0]}.img"
+    first_img = _image(cases[0])
+    cases = [f"{c}={_vm_prog(c)}" for c in cases]
     # Bytecode compiled once: the VM's PYTHONDONTWRITEBYTECODE would have each ckpt/rstr compile usercr again.
     script = ("python3 -m compileall -q /opt/usercr >&2; python3 /opt/drv.py /opt/usercr/bin " + " ".join(cases) +
               "; rc=$?; "
@@ -83,11 +97,24 @@ def _vm(arch, tmp):
     return r.returncode, r.stdout, r.stderr, wheel
 
 
+def _selected(session):
+    """{arch: cases} that this session's tests need (so `-k` runs only those in the VMs): the cases
+    selected, and the first case of an arch whose wheel test needs an image but has no case selected."""
+    want = {a: set() for a in ARCHES}
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.originalname == "test_checkpoint_restart_in_vm":
+            want[params["arch"]].add(params["case"])
+        elif item.originalname == "test_wheel_installs_and_reads_image" and not want[params["arch"]]:
+            want[params["arch"]].add(CASES[params["arch"]][0])
+    return {a: [c for c in CASES[a] if c in want[a]] for a in ARCHES if want[a]}
+
+
 @pytest.fixture(scope="session")
-def arm_runs(tmp_path_factory):
+def arm_runs(request, tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("arm"))
     with ThreadPoolExecutor(2) as ex:
-        futs = {a: ex.submit(_vm, a, tmp) for a in ARCHES}
+        futs = {a: ex.submit(_vm, a, tmp, cases) for a, cases in _selected(request.session).items()}
         return {a: f.result() for a, f in futs.items()}
 
 

@@ -130,3 +130,49 @@ def test_eventfd_semaphore_probe(procs, tmp_path):
         with open(f"/proc/{pid}/fdinfo/{fd}") as f:
             info = dict(line.split(":", 1) for line in f)
         assert int(info["eventfd-count"], 16) == count
+
+
+EXPIRED = r"""
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+class Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+def set_abs(fd, ns, interval_ns=0):
+    its = (Timespec * 2)(Timespec(*divmod(interval_ns, 10**9)), Timespec(*divmod(ns, 10**9)))
+    assert libc.timerfd_settime(fd, 1, its, None) == 0   # TFD_TIMER_ABSTIME
+read = [libc.timerfd_create(time.CLOCK_MONOTONIC, 0) for _ in range(2)]
+now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+set_abs(read[0], now + 1000000)
+set_abs(read[1], 0, 10**9)   # disarmed, with an interval
+gap = libc.timerfd_create(time.CLOCK_MONOTONIC, 0)
+set_abs(gap, now + 500 * 10**6)   # expires between checkpoint and restart
+time.sleep(0.01)
+os.read(read[0], 8)   # expired and read: disarmed
+print(*read, gap, flush=True)
+time.sleep(60)
+"""
+
+
+def test_expired_timerfd_keeps_its_flags(procs, tmp_path):
+    """A one-shot timerfd that expired and was read, one disarmed with an
+    interval, and one that expires between checkpoint and restart come back
+    with the flags they were set with (fdinfo), and their interval; the last
+    one with its expiration to read."""
+    out = tmp_path / "out"
+    pid = procs.start([sys.executable, "-c", EXPIRED], stdout=out).pid
+    fds = wait_until(lambda: lines(out) and [int(x) for x in lines(out)[0].split()], what="the timerfds")
+
+    def fdinfo(pid):
+        return [{k: v.strip() for k, _, v in (ln.partition(":") for ln in open(f"/proc/{pid}/fdinfo/{fd}"))}
+                for fd in fds]
+    before = fdinfo(pid)
+    assert [i["settime flags"] for i in before] == ["01", "01", "01"], before
+    img = tmp_path / "img"
+    ckpt(pid, img, "--kill")
+    procs.kill(pid)
+    time.sleep(0.6)
+    pid = rstr(procs, img)
+    after = fdinfo(pid)
+    assert [i["settime flags"] for i in after] == ["01", "01", "01"], after
+    assert [i["it_interval"] for i in after] == [i["it_interval"] for i in before], after
+    assert [int(i["ticks"]) for i in after] == [0, 0, 1], after

@@ -88,6 +88,7 @@ class Restore:
             raise UcrError(f"cannot recreate {where} (clock {clockid}): {os.strerror(-new)}")
         try:
             ticks, value, interval = saved["ticks"], saved["value_ns"], saved["interval_ns"]
+            left = 0
             if value:
                 now = time.clock_gettime_ns(clockid)
                 absolute = flags & C["TFD_TIMER_ABSTIME"]
@@ -97,9 +98,13 @@ class Restore:
                     ticks += missed
                     deadline += missed * interval
                 if deadline > now + MARGIN_NS:
-                    err = lib.ucr_timerfd_set(new, flags, deadline if absolute else deadline - now, interval)
-                    if err < 0:
-                        raise UcrError(f"cannot set {where}: {os.strerror(-err)}")
+                    left = deadline if absolute else deadline - now
+            # Set also when it stays disarmed (expired, or due now): an expired timer keeps the flags
+            # it was set with (fdinfo, TFD_TIMER_CANCEL_ON_SET) and its interval (timerfd_gettime).
+            if left or flags or interval:
+                err = lib.ucr_timerfd_set(new, flags, left, interval)
+                if err < 0:
+                    raise UcrError(f"cannot set {where}: {os.strerror(-err)}")
             if ticks:
                 try:
                     fcntl.ioctl(new, C["TFD_IOC_SET_TICKS"], struct.pack("=Q", ticks))
