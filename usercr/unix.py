@@ -59,7 +59,7 @@ def _diag_dump(pid):
     with sock:
         msgs = netlink.talk(sock, lib.SOCK_DIAG_BY_FAMILY, lib.NLM_F_DUMP,
                             REQ.pack(socket.AF_UNIX, 0, 0, ALL_STATES, 0, show),
-                            f"listing the Unix sockets of process {pid} (sock_diag)")
+                            f"listing the Unix sockets of process {pid} through sock_diag (kernel module unix_diag)")
     out = {}
     for _, payload in msgs:
         _, type_, state, _, ino = MSG.unpack_from(payload)
