@@ -146,16 +146,19 @@ class FrozenTree:
             raise errors[0]
 
 
-def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
+def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, stats=None):
     """Writes an image of the process tree rooted at pid to out_fd. On any
     failure every task is released unharmed and UcrError is raised.
     complete() runs once the image is on disk, before kill kills the tree
-    (ckpt -o names the file there)."""
+    (ckpt -o names the file there). stats: a usercr.stats.Stats to fill in."""
     validate_target(pid)
     arch = current_arch()
     tree = FrozenTree(pid, arch, log)
     done = False
+    writer = None
     try:
+        if stats:
+            stats.frozen_at = time.monotonic()
         tree.freeze()
         log(f"froze {len(tree.order)} processes, {len(tree.tracees)} threads")
         writer = ImageWriter(out_fd)
@@ -175,7 +178,14 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
         done = True
         log(f"image complete: {writer.offset} bytes")
     finally:
-        tree.release(kill=kill and done)
+        try:
+            tree.release(kill=kill and done)
+        finally:
+            if stats:
+                stats.thawed_at = time.monotonic()
+                if writer:
+                    stats.pages_scanned, stats.pages_written = writer.pages_scanned, writer.pages_written
+                    stats.bytes_written = writer.offset
 
 
 def _sync(fd):
