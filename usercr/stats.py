@@ -3,10 +3,8 @@ return values), and the progress line shown on a terminal while it runs.
 
 dump.checkpoint and restore.restart take `stats=`, an object of these classes,
 and fill it in at a few clearly marked places; they work without one."""
-import json
 import os
 import sys
-import threading
 import time
 
 
@@ -39,6 +37,7 @@ class Stats:
         return {k: round(v, 6) if isinstance(v, float) else v for k in self.FIELDS for v in [getattr(self, k)]}
 
     def write(self, path):
+        import json
         from .safeio import write_file
         write_file(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -65,11 +64,14 @@ class Progress:
     thread of its own, so the work itself (a C call) needs no hook."""
     INTERVAL = 0.25
 
-    def __init__(self, label, done, total=None, after=1.0, stream=None):
+    def __init__(self, label, done, total=None, after=None, stream=None):
+        if after is None:  # tests shorten it
+            after = float(os.environ.get("USERCR_PROGRESS_AFTER", "1"))
         self.label, self.done, self.total, self.after = label, done, total, after
         self.stream = stream or sys.stderr
         self.start = time.monotonic()
         self.shown = False
+        import threading
         self.quit = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
