@@ -6,8 +6,7 @@ setup(
     description="Checkpoint/restart of Linux processes on stock kernels",
     packages=["usercr", "usercr.arch", "usercr.headers"],
     python_requires=">=3.9",
-    setup_requires=["cffi>=1.15"],
-    install_requires=["cffi>=1.15", "pyelftools", "click"],
+    install_requires=["cffi>=1.15", "pyelftools"],
     extras_require={"test": ["pytest", "pytest-cov"]},
     cffi_modules=["usercr/native/build_native.py:ffibuilder"],
     entry_points={
@@ -19,4 +18,6 @@ setup(
         ]
     },
     zip_safe=False,
+    # The extension uses only the stable ABI: the wheel is tagged cp39-abi3 and serves every Python from 3.9.
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )
