@@ -171,6 +171,8 @@ class Command:
     def _positional(self, kw, pos):
         for metavar, dest, how in self.args:
             if how == "rest":
+                if not pos:
+                    raise UsageError(f"missing argument {metavar}")
                 kw[dest], pos = pos, []
             elif not pos:
                 if how != "optional":
@@ -375,8 +377,6 @@ def do_check():
 
 def do_run(pidns, ipcns, pidfile, cmd):
     from .run import run
-    if not cmd:
-        raise UsageError("missing argument CMD")
     return run(list(cmd), pidns=pidns, ipcns=ipcns, pidfile=pidfile)
 
 

@@ -589,6 +589,7 @@ def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, for
         if stats:
             stats.processes, stats.tops = copies * len(image.procs), [copy.top for copy in trees]
             stats.bytes_read = reader.offset + sum(copy.image_end - reader.offset for copy in trees)
+            stats.finish()  # the trees are ready: what follows is theirs (the terminal, the wait)
     except BaseException:
         for copy in trees:
             _kill(copy.top)

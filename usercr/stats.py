@@ -28,9 +28,12 @@ class Stats:
         return (self.thawed_at or time.monotonic()) - self.frozen_at
 
     def finish(self):
-        self.total_s = time.monotonic() - self.started
+        """The end of the work: total_s is set (once) and the progress line goes."""
+        if not self.total_s:
+            self.total_s = time.monotonic() - self.started
         if self.progress:
             self.progress.stop()
+            self.progress = None
         return self
 
     def to_dict(self):
