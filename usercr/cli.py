@@ -3,7 +3,9 @@ check, run, completion), thin layers over the Python API (usercr.api).
 
 Each command's options are declared once, one line each, in its table
 (CKPT_OPTIONS, RSTR_OPTIONS, ...): the parser, --help and the shell completion
-all come from there. The parser is this module's own and imports nothing, so
+all come from there. A ckpt or rstr option that do_checkpoint / do_restart do
+not name goes on, under its dest, as a keyword argument to
+usercr.dump.checkpoint / usercr.restore.restart: adding one is one line. The parser is this module's own and imports nothing, so
 ckpt and rstr start as fast as Python does; it accepts the usual forms
 (-oFILE, --output=FILE, -fv, --) and refuses, in one line and with exit status
 2, an unknown, repeated or conflicting option."""
@@ -308,11 +310,11 @@ def _progress():
     return Progress.wanted()
 
 
-def do_checkpoint(pid, output, output_fd, force, kill, stats, log, debug):
+def do_checkpoint(pid, output, output_fd, force, kill, stats, log, debug, **options):
     from .api import checkpoint
     _debug(debug)
     dest = output if output else 1 if output_fd is None else output_fd
-    result = checkpoint(pid, dest, kill=kill, force=force, log=log, progress=_progress())
+    result = checkpoint(pid, dest, kill=kill, force=force, log=log, progress=_progress(), **options)
     if stats:
         result.write(stats)
     getattr(log, "debug", log_nothing)(f"statistics: {result.to_dict()}")
@@ -332,16 +334,13 @@ def _signal_number(name):
     return sig
 
 
-def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, show_status, copy_status, stats,
-               log, debug, strict_files, trust_image):
+def do_restart(input, input_fd, forward, show_status, copy_status, stats, log, debug, **options):
     from .api import restart
     _debug(debug)
     src = input if input else 0 if input_fd is None else input_fd
     if not input and os.isatty(src):
         raise Error("standard input is a terminal; give the image with -i FILE or redirect it")
-    restored = restart(src, pids=pids, pidns=pidns, wait=wait, pidfile=pidfile, copies=copies,
-                       forward=_signal_number(forward), log=log, strict_files=strict_files, trust_image=trust_image,
-                       progress=_progress())
+    restored = restart(src, forward=_signal_number(forward), log=log, progress=_progress(), **options)
     if stats:
         restored.stats.write(stats)
     getattr(log, "debug", log_nothing)(f"statistics: {restored.stats.to_dict()}")
