@@ -202,11 +202,13 @@ class Command:
         for opt in self.options + [HELP, VERSION]:
             names = ", ".join(opt.names + opt.neg)
             rows.append(("  " + names + (f" {opt.value}" if opt.takes_value else ""), opt.help))
+        import textwrap
         width = max(len(r[0]) for r in rows) + 2
         lines = [self.usage(), "", self.summary, ""]
         if self.details:
             lines += [self.details, ""]
-        lines += ["options:"] + [f"{a:{width}}{b}" if len(a) < width else f"{a}\n{'':{width}}{b}" for a, b in rows]
+        lines += ["options:"] + [textwrap.fill(b, 79, initial_indent=f"{a:{width}}", subsequent_indent=" " * width)
+                                 for a, b in rows]
         return "\n".join(lines + ["", EXIT_STATUSES, ""])
 
     def main(self, argv=None):
