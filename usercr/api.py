@@ -174,6 +174,9 @@ def restart(src, *, pids=None, wait=False, log=None, progress=False, trust_image
     if options.get("forward") and not wait:
         raise UsageError("--signal needs --wait: rstr forwards it while it waits")
     stats = RestartStats()
+    if options.get("forward"):  # restore.restart forwards Ctrl-C while it waits; the caller's handler after
+        import signal
+        handler = signal.getsignal(signal.SIGINT)
     fd, name, close, trusted = _open_source(src, "an image")
     try:
         check_image(fd, name, trust_image or trusted)
@@ -183,6 +186,8 @@ def restart(src, *, pids=None, wait=False, log=None, progress=False, trust_image
         roots, status = restore_restart(fd, pids=pids, wait=wait, log=log or _default_log, stats=stats, **options)
         return Restored(roots, status, stats)
     finally:
+        if options.get("forward"):
+            signal.signal(signal.SIGINT, handler)
         stats.finish()
         if close:
             os.close(fd)
