@@ -8,8 +8,7 @@ setup(
     # the C API of self-checkpoint, built with the cffi module (build_native.py)
     package_data={"usercr": ["native/libusercr.a", "native/include/usercr.h"]},
     python_requires=">=3.9",
-    setup_requires=["cffi>=1.15"],
-    install_requires=["cffi>=1.15", "pyelftools", "click"],
+    install_requires=["cffi>=1.15", "pyelftools"],
     extras_require={"test": ["pytest", "pytest-cov"]},
     cffi_modules=["usercr/native/build_native.py:ffibuilder"],
     entry_points={
@@ -22,4 +21,6 @@ setup(
         ]
     },
     zip_safe=False,
+    # The extension uses only the stable ABI: the wheel is tagged cp39-abi3 and serves every Python from 3.9.
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -6,7 +6,7 @@
 # compiles it against the target's Python 3.11 headers from the VM rootfs),
 # OUTDIR/bin holds ckpt/rstr/ckptinfo/usercr scripts. Put OUTDIR on
 # PYTHONPATH (or install the wheel) on the target; it needs python3-cffi,
-# python3-pyelftools and python3-click there. See docs/arm.md.
+# python3-pyelftools there. See docs/arm.md.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(dirname "$HERE")
@@ -14,8 +14,8 @@ TOP=$(dirname "$HERE")
 ARCH=$1 OUT=$2 WHEEL=
 [ "${3:-}" = --wheel ] && WHEEL=${4:?--wheel needs a directory}
 case "$ARCH" in
-    armhf)   TRIPLET=arm-linux-gnueabihf  PLAT=linux_armv7l  AD=arm     EXTRA=(-D_FILE_OFFSET_BITS=64) ;;
-    aarch64) TRIPLET=aarch64-linux-gnu    PLAT=linux_aarch64 AD=aarch64 EXTRA=() ;;
+    armhf)   PLAT=linux_armv7l  AD=arm     EXTRA=(-D_FILE_OFFSET_BITS=64) ;;
+    aarch64) PLAT=linux_aarch64 AD=aarch64 EXTRA=() ;;
     *) echo "build-usercr.sh: unknown arch $ARCH" >&2; exit 2 ;;
 esac
 CC=$("$HERE/build.sh" "$ARCH" --print-cc)
@@ -39,7 +39,7 @@ import build_native
 build_native.ffibuilder.emit_c_code(sys.argv[1])' "$OUT/build/_native.c")
 
 N=$OUT/usercr/native
-"$HERE/build.sh" "$ARCH" --pyext -o "$OUT/usercr/_native.cpython-311-$TRIPLET.so" \
+"$HERE/build.sh" "$ARCH" --pyext -o "$OUT/usercr/_native.abi3.so" \
     "$OUT/build/_native.c" "$N/core.c" -- -I"$N/gen" -I"$N" -I"$N/arch/$AD" "${EXTRA[@]}"
 
 for tool in ckpt:cli:ckpt_main rstr:cli:rstr_main ckptinfo:cli:ckptinfo_main usercr:cli:usercr_main \
@@ -52,5 +52,5 @@ done
 
 if [ -n "$WHEEL" ]; then
     mkdir -p "$WHEEL"
-    "$PY" "$HERE/make_wheel.py" "$OUT" "$WHEEL" "cp311-cp311-$PLAT"
+    "$PY" "$HERE/make_wheel.py" "$OUT" "$WHEEL" "cp39-abi3-$PLAT"
 fi

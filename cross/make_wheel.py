@@ -1,5 +1,6 @@
 """Packs a cross-built usercr tree (cross/build-usercr.sh) into a wheel for
-the target: python make_wheel.py TREE DISTDIR TAG (e.g. cp311-cp311-linux_armv7l)."""
+the target: python make_wheel.py TREE DISTDIR TAG (e.g. cp39-abi3-linux_armv7l: the
+module uses only the stable ABI, so one wheel serves every Python from 3.9)."""
 import base64
 import hashlib
 import os
@@ -30,7 +31,7 @@ def main(tree, dist, tag):
         f"{info}/METADATA": (f"Metadata-Version: 2.1\nName: usercr\nVersion: {ver}\n"
                              "Summary: Checkpoint/restart of Linux processes on stock kernels\n"
                              "Requires-Python: >=3.9\nRequires-Dist: cffi>=1.15\n"
-                             "Requires-Dist: pyelftools\nRequires-Dist: click\n"),
+                             "Requires-Dist: pyelftools\n"),
         f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: usercr cross/make_wheel.py\nRoot-Is-Purelib: false\nTag: {tag}\n",
         f"{info}/entry_points.txt": ("[console_scripts]\nckpt = usercr.cli:ckpt_main\nrstr = usercr.cli:rstr_main\n"
                                      "ckptinfo = usercr.cli:ckptinfo_main\nusercr = usercr.cli:usercr_main\n"

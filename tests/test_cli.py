@@ -1,71 +1,188 @@
-"""ckpt and rstr parse plain command lines themselves (no click import); what
-they accept must mean exactly what click makes of it, and the rest is click's."""
+"""Command line conventions: one option table per command, from which the
+parser, --help and the completion come; --version and -h everywhere; usage
+errors (unknown, repeated, conflicting options) in one line with status 2;
+logging with -v/-vv and -l FILE; bash completion."""
+import os
+import subprocess
+import sys
 
 import pytest
 
+from conftest import assert_one_line_error, ckpt, lines, run, tool, wait_until
 from usercr import cli
+from usercr.errors import UsageError
 
-CKPT_LINES = [
-    ["123"], ["123", "-o", "img"], ["-o", "img", "123"], ["123", "--output", "img", "-f", "--kill"],
-    ["123", "--output-fd", "5", "-v", "-l", "log"], ["123", "--force", "--verbose", "--logfile", "log"],
-    ["123", "-o", "a", "-o", "b"], ["123", "-o", ""], ["+7"], ["0"],
-    # click's: help, joined forms, mistakes
-    ["--help"], ["123", "--output=img"], ["123", "-oimg"], ["123", "-fv"], ["123", "-o"], ["123", "-o", "-x"],
-    ["123", "456"], [], ["abc"], ["-5"], ["123", "--", "x"], ["123", "--output-fd", "x"], ["123", "--bogus"],
-    ["123", "-o", "/"],
-]
-RSTR_LINES = [
-    [], ["-i", "img"], ["-i", "img", "-W", "--pidfile", "p", "--trust-image"], ["--input-fd", "3", "--pids", "--pidns"],
-    ["--pids", "--no-pids", "-w", "--no-wait", "--wait"], ["--show-status", "--copy-status", "-d", "-v", "-l", "x"],
-    ["--no-pidns", "--debug", "--verbose", "--logfile", "x", "--input", "y"],
-    ["--copies", "3", "-i", "img"], ["--signal", "TERM", "-w", "--copies", "1024"],
-    ["--help"], ["--copies", "0"], ["--copies", "1025"], ["--signal"], ["--copies=2"], ["img"], ["-i"], ["-iimg"], ["-Wv"], ["--input=img"], ["--input-fd", "three"], ["-i", "/"],
-]
+CKPT = cli._commands()["checkpoint"]
+RSTR = cli._commands()["restart"]
+DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, stats=None, logfile=None, verbose=0,
+                debug=False, parent=None, pre_copy=False, ext_unix_sk=False)
 
 
-def click_params(cmd, args):
+@pytest.mark.parametrize("args, want", [
+    (["123"], {}),
+    (["123", "-o", "img"], dict(output="img")),
+    (["-o", "img", "123"], dict(output="img")),
+    (["123", "-oimg"], dict(output="img")),
+    (["123", "--output=img"], dict(output="img")),
+    (["123", "-fv", "--kill"], dict(force=True, verbose=1, kill=True)),
+    (["123", "-vv", "-l", "log"], dict(verbose=2, logfile="log")),
+    (["123", "-v", "--verbose", "-v"], dict(verbose=3)),
+    (["--output-fd", "5", "--", "123"], dict(output_fd=5)),
+    (["123", "-o", "-x"], dict(output="-x")),  # an option's value is the next argument, whatever it is
+    (["+7", "--stats", "s.json"], dict(pid=7, stats="s.json")),
+])
+def test_ckpt_forms(args, want):
+    assert CKPT.parse(args) == {**DEFAULTS, "pid": 123, **want}
+
+
+@pytest.mark.parametrize("args, said", [
+    (["123", "-o", "a", "-o", "b"], "-o given twice"),
+    (["123", "-o", "a", "--output", "b"], "-o and --output conflict"),
+    (["123", "-o", "x", "--output-fd", "5"], "-o and --output-fd conflict"),
+    (["123", "--kill", "--kill"], "--kill given twice"),
+    (["123", "--bogus"], "no such option: --bogus"),
+    (["123", "-fx"], "no such option: -x"),
+    (["123", "-o"], "-o needs a value"),
+    (["123", "-o", ""], "-o needs a file name"),
+    (["123", "--kill=yes"], "--kill takes no value"),
+    (["123", "--output-fd", "x"], "--output-fd wants a number"),
+    ([], "missing argument PID"),
+    (["abc"], "PID must be a number"),
+    (["-5"], "no such option: -5"),
+    (["123", "456"], "unexpected argument '456'"),
+])
+def test_ckpt_refusals(args, said):
+    with pytest.raises(UsageError) as e:
+        CKPT.parse(args)
+    assert said in str(e.value)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--wait", "--no-wait"], "--wait and --no-wait conflict"),
+    (["-w", "-W"], "-w and -W conflict"),
+    (["--pids", "--no-pids"], "--pids and --no-pids conflict"),
+    (["-i", "a", "--input-fd", "3"], "-i and --input-fd conflict"),
+    (["--copies", "0"], "--copies must be 1 to 1024"),
+    (["--copies", "1025"], "--copies must be 1 to 1024"),
+    (["img"], "unexpected argument 'img'"),
+])
+def test_rstr_refusals(args, said):
+    with pytest.raises(UsageError) as e:
+        RSTR.parse(args)
+    assert said in str(e.value)
+
+
+def test_rstr_forms():
+    kw = RSTR.parse(["-Wi", "img", "--no-pids", "--copies=3", "--signal", "-3", "--no-pidns"])
+    assert (kw["wait"], kw["input"], kw["pids"], kw["copies"], kw["forward"], kw["pidns"]) == \
+        (False, "img", False, 3, "-3", False)
+    assert (RSTR.parse([])["wait"], RSTR.parse([])["pids"], RSTR.parse([])["copies"]) == (True, None, 1)
+
+
+def test_one_declaration_per_spelling():
+    """Every spelling belongs to one option; --help lists each."""
+    for cmd in cli._commands().values():
+        text = cmd.help()
+        for opt in cmd.options:
+            assert all(name in text for name in opt.names + opt.neg)
+            assert opt.help
+
+
+COMMANDS = [["ckpt"], ["rstr"], ["ckptinfo"], ["usercr"]] + \
+    [["usercr", c] for c in ("checkpoint", "restart", "info", "check", "run", "completion")]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+def test_help_and_version_everywhere(cmd):
+    argv = [tool(cmd[0])] + cmd[1:]
+    for flag in ("-h", "--help"):
+        r = run(argv + [flag])
+        assert r.returncode == 0 and r.stderr == "" and "usage:" in r.stdout, r
+        assert "exit status: 0 done, 1 failed" in r.stdout
+    r = run(argv + ["--version"])
+    assert r.returncode == 0 and r.stdout.strip().endswith("0.1.0") and "\n" not in r.stdout.strip(), r
+
+
+@pytest.mark.parametrize("argv", [
+    ["ckpt"], ["ckpt", "1", "-o", "a", "-o", "b"], ["ckpt", "1", "-o", "x", "--output-fd", "5"], ["ckpt", "x"],
+    ["ckpt", "1", "--bogus"], ["rstr", "--no-wait", "-w"], ["rstr", "img"], ["rstr", "--copies", "0"],
+    ["ckptinfo", "a", "b"], ["ckptinfo", "-x"], ["usercr"], ["usercr", "nope"], ["usercr", "run"],
+    ["usercr", "run", "--bogus", "--", "true"], ["usercr", "checkpoint", "1", "--kill", "--kill"],
+    ["usercr", "completion", "fish"],
+], ids=" ".join)
+def test_usage_errors_are_one_line_and_status_2(argv):
+    r = run([tool(argv[0])] + argv[1:], stdin=subprocess.DEVNULL)
+    err = assert_one_line_error(r)
+    assert r.returncode == 2 and "usage error" in err and "--help" in err, (r.returncode, err)
+    assert r.stdout == ""
+
+
+def test_failures_are_status_1(tmp_path):
+    r = run([tool("rstr"), "-i", str(tmp_path / "none")])
+    assert "cannot open" in assert_one_line_error(r) and r.returncode == 1
+    r = run([tool("ckpt"), "999999999", "-o", str(tmp_path / "img")])
+    assert "does not exist" in assert_one_line_error(r) and r.returncode == 1
+    assert not (tmp_path / "img").exists()
+
+
+def test_ckptinfo_without_image_on_a_terminal():
+    """No argument and a terminal on stdin: a usage error, not a wait for input."""
+    master, slave = os.openpty()
     try:
-        ctx = cmd.make_context(cmd.name, list(args))
-    except BaseException:  # click's usage errors and --help (SystemExit/Exit)
-        return None
-    return ctx.params
+        r = run([tool("ckptinfo")], stdin=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    err = assert_one_line_error(r)
+    assert r.returncode == 2 and "give an image" in err, err
 
 
-@pytest.mark.parametrize("args", CKPT_LINES)
-def test_ckpt_plain_matches_click(args):
-    got = cli._plain_options(args, cli.CKPT_PLAIN, cli.CKPT_DEFAULTS, positional="pid")
-    if got is not None:
-        assert got == click_params(cli._commands()["ckpt"], args)
+def test_verbose_levels_and_logfile(procs, workloads, tmp_path):
+    """-v logs progress to stderr, -vv details too; -l FILE gets the log and any error."""
+    out = tmp_path / "out"
+    p = procs.start([workloads["counter"], "20"], stdout=out)
+    wait_until(lambda: len(lines(out)) >= 3, what="counter")
+    quiet = ckpt(p.pid, tmp_path / "a")
+    assert quiet.stderr == ""
+    one = ckpt(p.pid, tmp_path / "b", "-v")
+    assert "image complete" in one.stderr and "statistics" not in one.stderr, one.stderr
+    two = ckpt(p.pid, tmp_path / "c", "-vv")
+    assert "image complete" in two.stderr and "statistics: {'frozen_s'" in two.stderr, two.stderr
+    log = tmp_path / "log"
+    ckpt(p.pid, tmp_path / "d", "-l", str(log))
+    assert "INFO image complete" in log.read_text()
+    r = run([tool("ckpt"), str(p.pid), "-o", str(tmp_path / "d"), "-l", str(log)])
+    err = assert_one_line_error(r)
+    assert "exists" in err and r.returncode == 1
+    assert log.read_text().splitlines()[-1].endswith("ERROR " + err), log.read_text()
+    r = run([tool("rstr"), "-i", str(tmp_path / "none"), "-l", str(log)])
+    assert log.read_text().splitlines()[-1].endswith("ERROR " + assert_one_line_error(r))
 
 
-@pytest.mark.parametrize("args", RSTR_LINES)
-def test_rstr_plain_matches_click(args):
-    got = cli._plain_options(args, cli.RSTR_PLAIN, cli.RSTR_DEFAULTS)
-    if got is not None:
-        assert got == click_params(cli._commands()["rstr"], args)
+def test_bash_completion(tmp_path):
+    """`usercr completion bash` completes every command's options from the table, and files after -o/-i."""
+    r = run([tool("usercr"), "completion", "bash"])
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "c.bash"
+    script.write_text(r.stdout)
+    (tmp_path / "img1").write_text("")
+
+    def complete(*words):
+        """COMPREPLY for the command line words, the last being completed."""
+        code = (f"source {script}; COMP_WORDS=({' '.join(map(repr, words))}); COMP_CWORD={len(words) - 1}; "
+                "_usercr_complete; printf '%s\\n' \"${COMPREPLY[@]}\"")
+        return subprocess.run(["bash", "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=30).stdout.split()
+    assert {"--output", "--output-fd", "--kill", "--stats", "--version", "-h"} <= set(complete("ckpt", "1", "-"))
+    assert str(os.getpid()) in complete("ckpt", "")
+    assert {"--no-pids", "-W", "--copies", "--trust-image"} <= set(complete("rstr", "-"))
+    assert {"--json", "--show-arch-regs"} <= set(complete("usercr", "info", "-v", "-"))
+    assert complete("rstr", "-i", "i") == ["img1"]
+    assert {"checkpoint", "restart", "info", "run"} <= set(complete("usercr", ""))
 
 
-def test_plain_lines_are_taken_and_the_rest_left_to_click():
-    taken = [a for a in CKPT_LINES if cli._plain_options(a, cli.CKPT_PLAIN, cli.CKPT_DEFAULTS, "pid") is not None]
-    assert taken == CKPT_LINES[:10]
-    taken = [a for a in RSTR_LINES if cli._plain_options(a, cli.RSTR_PLAIN, cli.RSTR_DEFAULTS) is not None]
-    assert taken == RSTR_LINES[:9]
-
-
-def test_options_match_click_declarations():
-    """The plain spellings are exactly click's option spellings, each for the same parameter
-    (--version, which click handles and which passes nothing on, aside)."""
-    import click
-    for name, table in (("ckpt", cli.CKPT_PLAIN), ("rstr", cli.RSTR_PLAIN)):
-        cmd = cli._commands()[name]
-        spellings = {o: p.name for p in cmd.params if isinstance(p, click.Option) and p.expose_value
-                     for o in list(p.opts) + list(p.secondary_opts)}
-        assert {o: n for o, (n, _) in table.items()} == spellings
-
-
-def test_cli_import_does_not_import_click():
-    import subprocess
-    import sys
-    code = "import sys, usercr.cli; print('click' in sys.modules)"
+def test_cli_import_is_light():
+    """ckpt and rstr start fast: importing the CLI imports no parser library, logging or json."""
+    code = "import sys, usercr.cli; print(sorted({'click', 'argparse', 'logging', 'json'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.strip() == "[]"

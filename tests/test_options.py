@@ -168,7 +168,7 @@ def test_ckptinfo_shows_the_tree(procs, workloads, tmp_path):
         shown[pid] = (len(m[1]) // 2, ppid, m[4] == "zombie")
     assert shown == {pid: (depth[pid], parent or 0, zombie[pid]) for pid, parent in ids}, r.stdout
     data = json.loads(run([tool("ckptinfo"), "--json", str(img)]).stdout)
-    listed = {t["pid"]: (t["ppid"], t["zombie"]) for t in data["tasks"]}
-    assert len(data["tasks"]) == 7
-    assert listed == {pid: (parent or 0, zombie[pid]) for pid, parent in ids}, data["tasks"]
+    listed = {t["pid"]: (t["ppid"], t["zombie"]) for t in data["processes"]}
+    assert len(data["processes"]) == 7
+    assert listed == {pid: (parent or 0, zombie[pid]) for pid, parent in ids}, data["processes"]
     ticked(out, ticks(out)[-1] + 3)  # ckpt without --kill: it runs on

@@ -98,9 +98,9 @@ def test_not_executable(tmp_path):
 
 def test_no_command_and_unknown_option():
     r = usercr_run()
-    assert r.returncode == 1 and "no command given" in assert_one_line_error(r)
+    assert r.returncode == 2 and "missing argument CMD" in assert_one_line_error(r)
     r = usercr_run("--bogus", "--", "true")
-    assert r.returncode == 1 and "no such option: --bogus" in assert_one_line_error(r)
+    assert r.returncode == 2 and "no such option: --bogus" in assert_one_line_error(r)
 
 
 @pytest.mark.parametrize("sig", ["INT", "TERM", "HUP", "USR1", "USR2"])

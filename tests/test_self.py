@@ -101,25 +101,19 @@ def test_c_without_helper(procs, tmp_path, c_counter):
 
 def test_python_failure_raises(tmp_path):
     code = ("import sys, usercr\n"
-            "try:\n    usercr.checkpoint_self(sys.argv[1])\nexcept Exception as e:\n"
+            "try:\n    usercr.checkpoint_self(sys.argv[1])\nexcept usercr.Error as e:\n"
             "    print(type(e).__name__, e)\nprint('alive')\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing" / "img")], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     first, second = r.stdout.splitlines()
-    assert first.startswith("UcrError self-checkpoint: cannot create") and second == "alive", r.stdout
+    assert first.startswith("Error self-checkpoint: cannot create") and second == "alive", r.stdout
 
 
 def test_check_names_the_self_checkpoint_path():
     r = subprocess.run([os.path.join(BIN_DIR, "usercr"), "check"], capture_output=True, text=True, timeout=60)
     row = [ln for ln in r.stdout.splitlines() if "self-checkpoint" in ln]
     assert row and row[0].startswith("ok") and "ptrace engine run by a helper" in row[0], r.stdout
-
-
-@pytest.mark.parametrize("tool", ["ckpt", "rstr", "ckptinfo", "usercr"])
-def test_version(tool):
-    r = subprocess.run([os.path.join(BIN_DIR, tool), "--version"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout == f"{tool} (usercr) 0.1.0\n", r.stdout + r.stderr
 
 
 def test_c_checkpoint_self_in_new_pidns(procs, tmp_path, c_counter):

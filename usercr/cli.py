@@ -1,93 +1,328 @@
-"""Command line: ckpt, rstr, ckptinfo and usercr (check, checkpoint, restart, info, run).
+"""Command line: ckpt, rstr, ckptinfo and usercr (checkpoint, restart, info,
+check, run, completion), thin layers over the Python API (usercr.api).
 
-click is imported only when it is needed: ckpt and rstr parse command lines
-made only of their own options in the plain forms themselves (see
-_plain_options), which spares each run the ~30 ms of importing click, and
-hand every other command line (--help, a mistake, -fv, --output=FILE) to
-click, which parses it as it always did."""
-import functools
+Each command's options are declared once, one line each, in its table
+(CKPT_OPTIONS, RSTR_OPTIONS, ...): the parser, --help and the shell completion
+all come from there. A ckpt or rstr option that do_checkpoint / do_restart do
+not name goes on, under its dest, as a keyword argument to
+usercr.dump.checkpoint / usercr.restore.restart: adding one is one line. The parser is this module's own and imports nothing, so
+ckpt and rstr start as fast as Python does; it accepts the usual forms
+(-oFILE, --output=FILE, -fv, --) and refuses, in one line and with exit status
+2, an unknown, repeated or conflicting option."""
 import os
-import stat
 import sys
 
 from . import __version__
-from .errors import UcrError
+from .errors import Error, UsageError, log_nothing
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_STATUSES = "exit status: 0 done, 1 failed (one line on stderr), 2 usage error, 130 interrupted"
+FLAG, COUNT = "flag", "count"
 
 
-def _echo_err(msg):
+class Opt:
+    """One option. spellings: "-o --output"; value: FLAG, COUNT (-vv), or the
+    metavar of its value (FILE, N: an int, within `range` if given; anything
+    else: a string); neg: the spellings that set it False ("-W --no-wait");
+    group: options of one group exclude each other; dest: the parameter
+    (default: the long spelling, as an identifier)."""
+
+    def __init__(self, spellings, value=FLAG, help="", neg="", default=None, group=None, dest=None, range=None):
+        self.names, self.neg = spellings.split(), neg.split()
+        self.value, self.help, self.group, self.range = value, help, group, range
+        long = next((n for n in self.names if n.startswith("--")), self.names[0])
+        self.dest = dest or long.lstrip("-").replace("-", "_")
+        self.default = default if default is not None else (0 if value == COUNT else
+                                                            False if value == FLAG and not neg else None)
+
+    @property
+    def takes_value(self):
+        return self.value not in (FLAG, COUNT)
+
+    def convert(self, name, text):
+        if self.value == "FILE" and not text:
+            raise UsageError(f"{name} needs a file name")
+        if self.value != "N":
+            return text
+        try:
+            n = int(text)
+        except ValueError:
+            raise UsageError(f"{name} wants a number, not {text!r}") from None
+        if self.range and not self.range[0] <= n <= self.range[1]:
+            raise UsageError(f"{name} must be {self.range[0]} to {self.range[1]}, not {n}")
+        return n
+
+
+VERBOSE = Opt("-v --verbose", COUNT, "log progress to stderr (-vv: also details and internal tracebacks)")
+LOGFILE = Opt("-l --logfile", "FILE", "append the log (and any error) to FILE")
+DEBUG = Opt("-d --debug", help="show tracebacks of internal errors")
+CKPT_OPTIONS = [
+    Opt("-o --output", "FILE", "write the image to FILE (created 0600, named once complete)", group="output"),
+    Opt("--output-fd", "N", "write the image to this open fd", group="output"),
+    Opt("-f --force", help="overwrite an existing output file"),
+    Opt("--kill", help="kill the process once the image is complete"),
+    Opt("--stats", "FILE", "write statistics as JSON to FILE (docs/api.md)"),
+    Opt("--parent", "FILE", "write only the pages that changed since image FILE (incremental)"),
+    Opt("--pre-copy", help="copy memory while the tree runs; freeze it only briefly"),
+    Opt("--ext-unix-sk", help="save Unix sockets connected outside the tree, to reconnect them at restart"),
+    LOGFILE, VERBOSE, DEBUG,
+]
+RSTR_OPTIONS = [
+    Opt("-i --input", "FILE", "read the image from FILE", group="input"),
+    Opt("--input-fd", "N", "read the image from this open fd", group="input"),
+    Opt("--pids", help="the original PIDs and TIDs (default); --no-pids: new ones, for a lone single-threaded "
+        "process only", neg="--no-pids"),
+    Opt("--pidns", help="in a new PID namespace; --no-pidns: in this one, or fail if a PID is taken (default: "
+        "this one if every PID is free here)", neg="--no-pidns"),
+    Opt("-w --wait", help="wait for the restored process to exit (default); -W: do not", neg="-W --no-wait",
+        default=True),
+    Opt("--pidfile", "FILE", "write the restored root's PID (one line per copy) to FILE"),
+    Opt("--copies", "N", "restore N independent copies (each in its own PID namespace, or with new PIDs)",
+        default=1, range=(1, 1024)),
+    Opt("--signal", "SIG", "with --wait: on Ctrl-C, send SIG (name or number) to the restored root(s)",
+        dest="forward"),
+    Opt("--show-status", help="print the exit status of the restored process"),
+    Opt("--copy-status", help="exit with the restored process's status"),
+    Opt("--strict-files", help="refuse files whose size changed since the checkpoint (default: warn)"),
+    Opt("--trust-image", help="as root, restore an image another user owns or could change (docs/security.md)"),
+    Opt("--stats", "FILE", "write statistics as JSON to FILE (docs/api.md)"),
+    LOGFILE, VERBOSE, DEBUG,
+]
+INFO_OPTIONS = [
+    Opt("-v --verbose", help="list every record (offset, type, length)"),
+    Opt("-p --tree", help="show the task tree"),
+    Opt("--show-arch-regs", help="show the saved registers of every thread", dest="regs"),
+    Opt("--json", help="everything as JSON (docs/api.md)", dest="as_json"),
+    Opt("-e --errors", help="show error records"),
+]
+RUN_OPTIONS = [
+    Opt("--pidns", help="run CMD as PID 1 of a new PID namespace (default)", neg="--no-pidns", default=True),
+    Opt("--ipcns", help="run CMD in a new IPC namespace (default)", neg="--no-ipcns", default=True),
+    Opt("--pidfile", "FILE", "write CMD's PID (as seen from outside) to FILE"),
+]
+HELP = Opt("-h --help", help="show this help and exit")
+VERSION = Opt("--version", help="show the version and exit")
+
+
+class Command:
+    """A command: its options, its positional arguments ((METAVAR, dest,
+    how): how is int, str, "optional" or "rest"), and what it runs."""
+
+    def __init__(self, prog, summary, options, args=(), run=None, details=""):
+        self.prog, self.summary, self.options, self.args = prog, summary, options, args
+        self.run, self.details = run, details
+        self.by_name = {}
+        for opt in options + [HELP, VERSION]:
+            for name in opt.names + opt.neg:
+                assert name not in self.by_name, f"{prog}: {name} declared twice"
+                self.by_name[name] = opt
+
+    def parse(self, argv):
+        """The parameters of argv, or UsageError. --help and --version print and exit."""
+        kw = {opt.dest: opt.default for opt in self.options}
+        given, groups, pos = {}, {}, []
+        args = list(argv)
+        while args:
+            arg = args.pop(0)
+            if arg == "--":
+                pos += args
+                break
+            if arg[:1] != "-" or arg == "-" or (pos and self.args and self.args[-1][2] == "rest"):
+                pos.append(arg)
+                continue
+            if arg.startswith("--"):
+                name, eq, value = arg.partition("=")
+                items = [(name, value if eq else None)]
+            else:  # -fv, -oFILE
+                items, rest = [], arg[1:]
+                while rest:
+                    name, rest = "-" + rest[0], rest[1:]
+                    opt = self.by_name.get(name)
+                    if opt and opt.takes_value and rest:
+                        items.append((name, rest))
+                        break
+                    items.append((name, None))
+            for name, value in items:
+                opt = self.by_name.get(name)
+                if opt is None:
+                    raise UsageError(f"no such option: {name}")
+                if opt is HELP:
+                    sys.stdout.write(self.help())
+                    sys.exit(EXIT_OK)
+                if opt is VERSION:
+                    sys.stdout.write(f"{self.prog} (usercr) {__version__}\n")
+                    sys.exit(EXIT_OK)
+                if opt.takes_value:
+                    if value is None:
+                        if not args:
+                            raise UsageError(f"{name} needs a value ({opt.value})")
+                        value = args.pop(0)
+                elif value is not None:
+                    raise UsageError(f"{name} takes no value")
+                if opt.value == COUNT:
+                    kw[opt.dest] += 1
+                    continue
+                if opt.dest in given:
+                    was = given[opt.dest]
+                    raise UsageError(f"{name} given twice" if was == name else f"{was} and {name} conflict")
+                if opt.group in groups:
+                    raise UsageError(f"{groups[opt.group]} and {name} conflict: give one")
+                given[opt.dest] = name
+                if opt.group:
+                    groups[opt.group] = name
+                kw[opt.dest] = opt.convert(name, value) if opt.takes_value else name not in opt.neg
+        return self._positional(kw, pos)
+
+    def _positional(self, kw, pos):
+        for metavar, dest, how in self.args:
+            if how == "rest":
+                if not pos:
+                    raise UsageError(f"missing argument {metavar}")
+                kw[dest], pos = pos, []
+            elif not pos:
+                if how != "optional":
+                    raise UsageError(f"missing argument {metavar}")
+                kw[dest] = None
+            else:
+                value = pos.pop(0)
+                if how is int:
+                    try:
+                        value = int(value)
+                    except ValueError:
+                        raise UsageError(f"{metavar} must be a number, not {value!r}") from None
+                kw[dest] = value
+        if pos:
+            raise UsageError(f"unexpected argument {pos[0]!r}")
+        return kw
+
+    def usage(self):
+        args = " ".join(f"[{m}]" if how == "optional" else f"[--] {m}..." if how == "rest" else m
+                        for m, _, how in self.args)
+        return f"usage: {self.prog} [OPTIONS] {args}".rstrip()
+
+    def help(self):
+        rows = []
+        for opt in self.options + [HELP, VERSION]:
+            names = ", ".join(opt.names + opt.neg)
+            rows.append(("  " + names + (f" {opt.value}" if opt.takes_value else ""), opt.help))
+        import textwrap
+        width = max(len(r[0]) for r in rows) + 2
+        lines = [self.usage(), "", self.summary, ""]
+        if self.details:
+            lines += [self.details, ""]
+        lines += ["options:"] + [textwrap.fill(b, 79, initial_indent=f"{a:{width}}", subsequent_indent=" " * width)
+                                 for a, b in rows]
+        return "\n".join(lines + ["", EXIT_STATUSES, ""])
+
+    def main(self, argv=None):
+        """Runs the command on argv (default: sys.argv[1:]); exits with its status."""
+        argv = sys.argv[1:] if argv is None else argv
+        try:
+            kw = self.parse(argv)
+        except UsageError as e:
+            _say(f"{self.prog}: usage error: {e} (see {self.prog} --help)")
+            sys.exit(EXIT_USAGE)
+        sys.exit(_run_reporting(self.prog, self.run, kw))
+
+
+def _say(msg):
     sys.stderr.write(msg + "\n")
     sys.stderr.flush()
 
 
-class Log:
-    """-v prints progress to stderr; -l FILE also writes it there."""
+def _run_reporting(prog, fn, kw):
+    """Runs fn(**kw): every failure is one line on stderr (and in the log)."""
+    logger = None
+    try:
+        if "logfile" in kw:
+            logger = _Logger(prog, kw.pop("verbose"), kw.pop("logfile"))
+            kw["log"] = logger if logger.active else log_nothing
+        return fn(**kw) or EXIT_OK
+    except UsageError as e:
+        msg, status = f"{prog}: usage error: {e} (see {prog} --help)", EXIT_USAGE
+    except Error as e:
+        msg, status = f"{prog}: error: {e}", EXIT_FAILED
+    except KeyboardInterrupt:
+        msg, status = f"{prog}: interrupted", EXIT_INTERRUPTED
+    except Exception as e:  # one line even for what we did not foresee
+        msg, status = f"{prog}: internal error: {type(e).__name__}: {e}", EXIT_FAILED
+        if os.environ.get("USERCR_DEBUG") or (logger and logger.verbose >= 2):
+            import traceback
+            traceback.print_exc()
+    _say(msg)
+    if logger:
+        logger.failed(msg)
+    return status
 
-    def __init__(self, verbose=False, logfile=None):
+
+class _Logger:
+    """-v/-vv and -l FILE through the standard logging module (logger
+    "usercr"), imported only when one of them is given: -v logs INFO to
+    stderr, -vv also DEBUG; the file gets the same and every error. Called,
+    it logs at INFO. A log write that fails is an error, not a warning."""
+
+    def __init__(self, prog, verbose, logfile):
+        self.verbose, self.file, self.active = verbose, None, bool(verbose or logfile)
+        if not self.active:
+            return
+        import logging
         from .safeio import open_log
-        self.verbose = verbose
-        self.path = logfile
-        self.file = open_log(logfile) if logfile else None
+        self.logger = logging.getLogger("usercr")
+        self.logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+        self.logger.propagate = False
+        if verbose:
+            h = logging.StreamHandler(sys.stderr)
+            h.addFilter(lambda rec: rec.levelno < logging.ERROR)  # errors: _run_reporting's one line
+            h.setFormatter(logging.Formatter("%(message)s"))
+            self.logger.addHandler(h)
+        if logfile:
+            f = open_log(logfile)
+
+            class LogFile(logging.Handler):
+                def emit(self, record):
+                    try:
+                        f.write(self.format(record) + "\n")
+                        f.flush()
+                    except OSError as e:
+                        self.broken = True
+                        raise Error(f"cannot write log file {logfile}: {e.strerror}") from None
+            self.file = LogFile()
+            self.file.broken = False
+            self.file.setFormatter(logging.Formatter(f"%(asctime)s {prog}[{os.getpid()}] %(levelname)s %(message)s"))
+            self.logger.addHandler(self.file)
 
     def __call__(self, msg):
-        if self.verbose:
-            _echo_err(msg)
-        if self.file:
+        self.logger.info(msg)
+
+    def debug(self, msg):
+        self.logger.debug(msg)
+
+    def failed(self, msg):
+        if self.file and not self.file.broken:
             try:
-                self.file.write(msg + "\n")
-                self.file.flush()
-            except OSError as e:
-                raise UcrError(f"cannot write log file {self.path}: {e.strerror}") from None
+                self.logger.error(msg)
+            except Error:
+                pass
 
 
-def one_line_errors(prog):
-    """Every failure is one line on stderr and exit status 1; -d/--debug shows the traceback."""
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except UcrError as e:
-                _echo_err(f"{prog}: error: {e}")
-            except KeyboardInterrupt:
-                _echo_err(f"{prog}: interrupted")
-                sys.exit(130)
-            except Exception as e:  # one line even for what we did not foresee
-                if os.environ.get("USERCR_DEBUG"):
-                    import traceback
-                    traceback.print_exc()
-                _echo_err(f"{prog}: internal error: {type(e).__name__}: {e}")
-            sys.exit(1)
-        return inner
-    return wrap
+def _debug(debug):
+    if debug:
+        os.environ["USERCR_DEBUG"] = "1"
 
 
-def _open_output(fd):
-    """The image's destination when it is not -o FILE: a given fd, or stdout."""
-    out = 1 if fd is None else fd
-    try:
-        st = os.fstat(out)
-    except OSError:
-        raise UcrError(f"output fd {out} is not open") from None
-    if os.isatty(out):
-        raise UcrError("refusing to write an image to a terminal; use -o FILE or redirect the output")
-    if stat.S_ISREG(st.st_mode):
-        os.fchmod(out, 0o600)  # images hold process memory
-    return out
+def _progress():
+    from .stats import Progress
+    return Progress.wanted()
 
 
-def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose, parent, pre_copy, ext_unix_sk):
-    from .dump import checkpoint, validate_target
-    from .safeio import AtomicFile
-    validate_target(pid)
-    log = Log(verbose, logfile)
-    if not output:
-        checkpoint(pid, _open_output(output_fd), kill=kill, log=log, parent=parent, pre_copy=pre_copy,
-                   ext_unix_sk=ext_unix_sk)
-        return
-    # A temporary file, named output only once complete and before --kill kills anything.
-    with AtomicFile(output, 0o600, replace=force) as out:
-        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit, parent=parent, pre_copy=pre_copy,
-                   ext_unix_sk=ext_unix_sk)
+def do_checkpoint(pid, output, output_fd, force, kill, stats, log, debug, **options):
+    from .api import checkpoint
+    _debug(debug)
+    dest = output if output else 1 if output_fd is None else output_fd
+    result = checkpoint(pid, dest, kill=kill, force=force, log=log, progress=_progress(), **options)
+    if stats:
+        result.write(stats)
+    getattr(log, "debug", log_nothing)(f"statistics: {result.to_dict()}")
 
 
 def _signal_number(name):
@@ -100,264 +335,56 @@ def _signal_number(name):
     except KeyError:
         sig = None
     if sig not in signal.valid_signals():
-        raise UcrError(f"unknown signal {name}")
+        raise Error(f"unknown signal {name}")
     return sig
 
 
-def do_restart(input, input_fd, pids, pidns, wait, pidfile, copies, forward, show_status, copy_status, logfile,
-               verbose, debug, strict_files, trust_image):
-    from .restore import restart
-    from .trust import check_image
-    if debug:
-        os.environ["USERCR_DEBUG"] = "1"
-    if input:
-        try:
-            fd = os.open(input, os.O_RDONLY)
-        except OSError as e:
-            raise UcrError(f"cannot open {input}: {e.strerror}") from None
-    else:
-        fd = 0 if input_fd is None else input_fd
-        if os.isatty(fd):
-            raise UcrError("standard input is a terminal; give the image with -i FILE or redirect it")
-    check_image(fd, input or ("on standard input" if fd == 0 else f"on fd {fd}"), trust_image)
-    forward = _signal_number(forward)
-    if forward and not wait:
-        raise UcrError("--signal needs --wait: rstr forwards it while it waits")
-    roots, status = restart(fd, pids=pids, pidns=pidns, wait=wait, pidfile=pidfile, copies=copies,
-                            forward=forward, log=Log(verbose, logfile), strict_files=strict_files)
-    pid = roots[0]
-    if status is None:
+def do_restart(input, input_fd, forward, show_status, copy_status, stats, log, debug, **options):
+    from .api import restart
+    _debug(debug)
+    src = input if input else 0 if input_fd is None else input_fd
+    if not input and os.isatty(src):
+        raise Error("standard input is a terminal; give the image with -i FILE or redirect it")
+    restored = restart(src, forward=_signal_number(forward), log=log, progress=_progress(), **options)
+    if stats:
+        restored.stats.write(stats)
+    getattr(log, "debug", log_nothing)(f"statistics: {restored.stats.to_dict()}")
+    if restored.status is None:
         return
-    code = os.waitstatus_to_exitcode(status)
+    code = restored.status
     if show_status:
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        _echo_err(f"rstr: process {pid} {how}")
+        _say(f"rstr: process {restored.pid} {how}")
     if copy_status:
-        sys.exit(128 - code if code < 0 else code)
+        return 128 - code if code < 0 else code
 
 
-def do_info(image, verbose, tree, regs, as_json, errors):
-    import click
-    from .info import read_all, render
-    if image:
-        try:
-            fd = os.open(image, os.O_RDONLY)
-        except OSError as e:
-            raise UcrError(f"cannot open {image}: {e.strerror}") from None
-    else:
-        fd = 0
-    click.echo(render(read_all(fd), verbose=verbose, tree=tree, regs=regs, as_json=as_json, errors=errors))
+def do_info(image, verbose, tree, errors, regs, as_json):
+    from .api import open_image
+    from .info import render
+    if image is None and os.isatty(0):
+        raise UsageError("give an image: ckptinfo IMAGE, or ckptinfo < IMAGE")
+    text = render(open_image(0 if image is None else image), verbose=verbose, tree=tree, regs=regs,
+                  as_json=as_json, errors=errors)
+    sys.stdout.write(text + "\n")
 
 
-# The plain forms of ckpt's and rstr's options: name -> (parameter, kind).
-# The value of a PATH (click.Path(dir_okay=False)), str or int option, or of
-# a (lo, hi) one (click.IntRange), is the next argument; a flag's is its kind,
-# True or False. Both tables must match the click options in _commands().
-PATH = "path"
-CKPT_PLAIN = {
-    "-o": ("output", PATH), "--output": ("output", PATH), "--output-fd": ("output_fd", int),
-    "-f": ("force", True), "--force": ("force", True), "--kill": ("kill", True),
-    "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
-    "--parent": ("parent", PATH), "--pre-copy": ("pre_copy", True), "--ext-unix-sk": ("ext_unix_sk", True),
-}
-CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False,
-                     parent=None, pre_copy=False, ext_unix_sk=False)
-RSTR_PLAIN = {
-    "-i": ("input", PATH), "--input": ("input", PATH), "--input-fd": ("input_fd", int),
-    "--pids": ("pids", True), "--no-pids": ("pids", False), "--pidns": ("pidns", True), "--no-pidns": ("pidns", False),
-    "-w": ("wait", True), "--wait": ("wait", True), "-W": ("wait", False), "--no-wait": ("wait", False),
-    "--pidfile": ("pidfile", PATH), "--copies": ("copies", (1, 1024)), "--signal": ("forward", str),
-    "--show-status": ("show_status", True), "--copy-status": ("copy_status", True),
-    "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
-    "-d": ("debug", True), "--debug": ("debug", True), "--strict-files": ("strict_files", True),
-    "--trust-image": ("trust_image", True),
-}
-RSTR_DEFAULTS = dict(input=None, input_fd=None, pids=None, pidns=None, wait=True, pidfile=None, copies=1,
-                     forward=None, show_status=False, copy_status=False, logfile=None, verbose=False, debug=False,
-                     strict_files=False, trust_image=False)
+def do_check():
+    from .check import run_checks
+    ok = True
+    for name, good, detail, required in run_checks():
+        label = "ok" if good else "missing" if required else "absent"
+        sys.stdout.write(f"{label:8} {name}" + (f": {detail}" if detail else "") + "\n")
+        ok &= good or not required
+    return EXIT_OK if ok else EXIT_FAILED
 
 
-def _path_ok(value):
-    """What click.Path(dir_okay=False) would accept without a word."""
-    try:
-        st = os.stat(value)
-    except OSError:
-        return True
-    except ValueError:  # a NUL in it: click's to judge
-        return False
-    return not stat.S_ISDIR(st.st_mode) and os.access(value, os.R_OK)
+def do_run(pidns, ipcns, pidfile, cmd):
+    from .run import run
+    return run(list(cmd), pidns=pidns, ipcns=ipcns, pidfile=pidfile)
 
 
-def _plain_options(argv, plain, defaults, positional=None):
-    """The parameters of a command line that uses only the plain forms of the
-    options (each spelled out whole, a value as the next argument) and, for
-    ckpt, one PID; None for anything else, which click then parses, reports
-    or explains exactly as before."""
-    kw = dict(defaults)
-    args = list(argv)
-    pos = []
-    while args:
-        arg = args.pop(0)
-        if arg[:1] != "-":
-            pos.append(arg)
-            continue
-        if arg not in plain:
-            return None  # --help, --opt=value, -fv, --, -5, a mistake
-        name, kind = plain[arg]
-        if isinstance(kind, bool):
-            kw[name] = kind
-            continue
-        if not args or args[0][:1] == "-":
-            return None
-        value = args.pop(0)
-        if kind is int or isinstance(kind, tuple):
-            try:
-                value = int(value)
-            except ValueError:
-                return None
-            if isinstance(kind, tuple) and not kind[0] <= value <= kind[1]:
-                return None
-        elif kind == PATH and not _path_ok(value):
-            return None
-        kw[name] = value
-    if positional is None:
-        return kw if not pos else None
-    if len(pos) != 1:
-        return None
-    try:
-        kw[positional] = int(pos[0])
-    except ValueError:
-        return None
-    return kw
-
-
-_COMMANDS = {}
-
-
-def _commands():
-    """The click commands, built on first use."""
-    if _COMMANDS:
-        return _COMMANDS
-    import click
-
-    ckpt_options = [
-        click.argument("pid", type=int),
-        click.option("-o", "--output", type=click.Path(dir_okay=False),
-                     help="write the image to FILE (created 0600)"),
-        click.option("--output-fd", type=int, help="write the image to this open fd"),
-        click.option("-f", "--force", is_flag=True, help="overwrite an existing output file"),
-        click.option("--kill", is_flag=True, help="kill the process once the image is complete"),
-        click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
-        click.option("-v", "--verbose", is_flag=True, help="print progress"),
-        click.option("--ext-unix-sk", is_flag=True,
-                     help="save Unix sockets connected outside the tree, to reconnect them at restart"),
-        click.option("--parent", type=click.Path(dir_okay=False),
-                     help="write only the pages that changed since image PARENT (incremental)"),
-        click.option("--pre-copy", is_flag=True, help="copy memory while the tree runs; freeze it only briefly"),
-    ]
-    rstr_options = [
-        click.option("-i", "--input", type=click.Path(dir_okay=False), help="read the image from FILE"),
-        click.option("--input-fd", type=int, help="read the image from this open fd"),
-        click.option("--pids/--no-pids", default=None,
-                     help="the original PIDs and TIDs (default); --no-pids: new ones, for a lone "
-                          "single-threaded process only"),
-        click.option("--pidns/--no-pidns", default=None,
-                     help="in a new PID namespace; --no-pidns: in this one, or fail if a PID is taken "
-                          "(default: this one if every PID is free here)"),
-        click.option("-w/-W", "--wait/--no-wait", default=True, help="wait for the restored process to exit"),
-        click.option("--pidfile", type=click.Path(dir_okay=False),
-                     help="write the restored root's PID (one line per copy) to FILE"),
-        click.option("--copies", type=click.IntRange(1, 1024), default=1,
-                     help="restore N independent copies (each in its own PID namespace, or with new PIDs)"),
-        click.option("--signal", "forward", metavar="SIG",
-                     help="with --wait: on Ctrl-C, send SIG (name or number) to the restored root(s)"),
-        click.option("--show-status", is_flag=True, help="print the exit status of the restored process"),
-        click.option("--copy-status", is_flag=True, help="exit with the restored process's status"),
-        click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
-        click.option("-v", "--verbose", is_flag=True, help="print progress"),
-        click.option("-d", "--debug", is_flag=True, help="show tracebacks of internal errors"),
-        click.option("--strict-files", is_flag=True,
-                     help="refuse files whose size changed since the checkpoint (default: warn)"),
-        click.option("--trust-image", is_flag=True,
-                     help="as root, restore an image another user owns or could change (see docs/security.md)"),
-    ]
-    info_options = [
-        click.argument("image", required=False, type=click.Path(dir_okay=False)),
-        click.option("-v", "--verbose", is_flag=True, help="list every record (offset, type, length)"),
-        click.option("-p", "--tree", "tree", is_flag=True, help="show the task tree"),
-        click.option("--show-arch-regs", "regs", is_flag=True, help="show the saved registers"),
-        click.option("--json", "as_json", is_flag=True, help="everything as JSON"),
-        click.option("-e", "--errors", is_flag=True, help="show error records"),
-    ]
-
-    version = click.version_option(__version__, message="%(prog)s (usercr) %(version)s")
-
-    def apply(options):
-        def deco(fn):
-            for opt in reversed(options):
-                fn = opt(fn)
-            return fn
-        return deco
-
-    @click.command(help="Checkpoint process PID to an image (stdout, -o FILE or --output-fd).")
-    @apply(ckpt_options)
-    @version
-    @one_line_errors("ckpt")
-    def ckpt(**kw):
-        do_checkpoint(**kw)
-
-    @click.command(help="Restart a process from an image (stdin, -i FILE or --input-fd).")
-    @apply(rstr_options)
-    @version
-    @one_line_errors("rstr")
-    def rstr(**kw):
-        do_restart(**kw)
-
-    @click.command(help="Show what an image holds.")
-    @apply(info_options)
-    @version
-    @one_line_errors("ckptinfo")
-    def ckptinfo(**kw):
-        do_info(**kw)
-
-    @click.group(help="usercr: checkpoint/restart of Linux processes.")
-    @version
-    def usercr():
-        pass
-
-    @usercr.command("checkpoint", help=ckpt.help)
-    @apply(ckpt_options)
-    @one_line_errors("usercr checkpoint")
-    def _checkpoint(**kw):
-        do_checkpoint(**kw)
-
-    @usercr.command("restart", help=rstr.help)
-    @apply(rstr_options)
-    @one_line_errors("usercr restart")
-    def _restart(**kw):
-        do_restart(**kw)
-
-    @usercr.command("info", help=ckptinfo.help)
-    @apply(info_options)
-    @one_line_errors("usercr info")
-    def _info(**kw):
-        do_info(**kw)
-
-    @usercr.command("check", help="Probe what this system offers checkpoint/restart.")
-    @one_line_errors("usercr check")
-    def _check():
-        from .check import run_checks
-        ok = True
-        for name, good, detail, required in run_checks():
-            label = "ok" if good else "missing" if required else "absent"
-            click.echo(f"{label:8} {name}" + (f": {detail}" if detail else ""))
-            ok &= good or not required
-        sys.exit(0 if ok else 1)
-
-    @usercr.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-                    help="""Start CMD so that it can later be restored with the same PIDs.
-
-With --pidns (default) CMD runs as PID 1 of a new PID namespace, with --ipcns
+RUN_DETAILS = """With --pidns (default) CMD runs as PID 1 of a new PID namespace, with --ipcns
 (default) in a new IPC namespace too, so its SysV IPC objects die with it.
 Checkpoint it with `ckpt PID` (the PID from --pidfile) and restore it with
 `rstr --pids --pidns`: it comes back as PID 1 of a new namespace.
@@ -366,51 +393,84 @@ usercr run stays outside as the waiter: it forwards SIGINT, SIGTERM, SIGHUP,
 SIGUSR1 and SIGUSR2 to CMD and exits with CMD's status (128+N if signal N
 killed it). As PID 1 of its namespace, CMD ignores every signal it has no
 handler for, except SIGKILL and SIGSTOP. /proc is not remounted: programs
-reading /proc/self inside see the outer /proc and their outer PID.""")
-    @click.option("--pidns/--no-pidns", default=True, help="run CMD as PID 1 of a new PID namespace (default)")
-    @click.option("--ipcns/--no-ipcns", default=True, help="run CMD in a new IPC namespace (default)")
-    @click.option("--pidfile", type=click.Path(dir_okay=False), help="write CMD's PID (as seen from outside) to FILE")
-    @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
-    @one_line_errors("usercr run")
-    def _run(pidns, ipcns, pidfile, cmd):
-        from .run import run
-        if cmd and cmd[0].startswith("-"):  # before CMD, an option we do not know (CMD follows "--")
-            raise UcrError(f"no such option: {cmd[0]} (give the command after --)")
-        sys.exit(run(list(cmd), pidns=pidns, ipcns=ipcns, pidfile=pidfile))
+reading /proc/self inside see the outer /proc and their outer PID."""
 
-    _COMMANDS.update(ckpt=ckpt, rstr=rstr, ckptinfo=ckptinfo, usercr=usercr)
-    return _COMMANDS
+CKPT_SUMMARY = "Checkpoint process PID and its descendants to an image (stdout, -o FILE or --output-fd N)."
+RSTR_SUMMARY = "Restart the process tree of an image (stdin, -i FILE or --input-fd N)."
+INFO_SUMMARY = "Show what an image (IMAGE, or standard input) holds."
 
 
-@one_line_errors("ckpt")
-def _ckpt_plain(kw):
-    do_checkpoint(**kw)
+def _commands(prefix=""):
+    """{name: Command}; prefix "usercr " gives the subcommands' program names."""
+    return {
+        "checkpoint": Command(prefix + "checkpoint" if prefix else "ckpt", CKPT_SUMMARY, CKPT_OPTIONS,
+                              [("PID", "pid", int)], do_checkpoint),
+        "restart": Command(prefix + "restart" if prefix else "rstr", RSTR_SUMMARY, RSTR_OPTIONS, [], do_restart),
+        "info": Command(prefix + "info" if prefix else "ckptinfo", INFO_SUMMARY, INFO_OPTIONS,
+                        [("IMAGE", "image", "optional")], do_info),
+        "check": Command(prefix + "check", "Probe what this system offers checkpoint/restart.", [], [], do_check),
+        "run": Command(prefix + "run", "Start CMD so that it can later be restored with the same PIDs.",
+                       RUN_OPTIONS, [("CMD", "cmd", "rest")], do_run, RUN_DETAILS),
+        "completion": Command(prefix + "completion", "Print the bash completion of ckpt, rstr, ckptinfo and "
+                              "usercr (eval \"$(usercr completion bash)\").", [], [("SHELL", "shell", str)],
+                              do_completion),
+    }
 
 
-@one_line_errors("rstr")
-def _rstr_plain(kw):
-    do_restart(**kw)
+def do_completion(shell):
+    if shell != "bash":
+        raise UsageError(f"no completion for {shell!r}; there is one for bash (zsh: with bashcompinit)")
+    cmds = _commands("usercr ")
+    out = ["# bash completion for usercr (usercr completion bash)", "_usercr_complete() {",
+           '    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} cmd=${COMP_WORDS[0]##*/}',
+           '    [ "$cmd" = usercr ] && cmd=${COMP_WORDS[1]}',
+           '    if [ "${COMP_WORDS[0]##*/}" = usercr ] && [ "$COMP_CWORD" = 1 ]; then',
+           f'        COMPREPLY=($(compgen -W "{" ".join(cmds)} --help --version" -- "$cur")); return',
+           '    fi',
+           '    case $cmd in']
+    for key, alias in (("checkpoint", "ckpt"), ("restart", "rstr"), ("info", "ckptinfo"), ("check", None),
+                       ("run", None), ("completion", None)):
+        cmd = cmds[key]
+        files = " | ".join(n for o in cmd.options if o.value == "FILE" for n in o.names)
+        words = " ".join(n for o in cmd.options + [HELP, VERSION] for n in o.names + o.neg)
+        out.append(f"    {key}{'|' + alias if alias else ''})")
+        if files:
+            out.append(f'        case $prev in {files}) COMPREPLY=($(compgen -f -- "$cur")); return;; esac')
+        if key == "checkpoint":
+            out.append('        [[ $cur != -* ]] && { COMPREPLY=($(compgen -W "$(ls /proc | grep "^[0-9]")" '
+                       '-- "$cur")); return; }')
+        elif key == "info":
+            out.append('        [[ $cur != -* ]] && { COMPREPLY=($(compgen -f -- "$cur")); return; }')
+        out.append(f'        COMPREPLY=($(compgen -W "{words}" -- "$cur"));;')
+    out += ["    esac", "}", "complete -F _usercr_complete ckpt rstr ckptinfo usercr", ""]
+    sys.stdout.write("\n".join(out))
 
 
 def ckpt_main():
-    """Checkpoint process PID to an image (stdout, -o FILE or --output-fd)."""
-    kw = _plain_options(sys.argv[1:], CKPT_PLAIN, CKPT_DEFAULTS, positional="pid")
-    if kw is None:
-        return _commands()["ckpt"]()
-    return _ckpt_plain(kw)
+    _commands()["checkpoint"].main()
 
 
 def rstr_main():
-    """Restart a process from an image (stdin, -i FILE or --input-fd)."""
-    kw = _plain_options(sys.argv[1:], RSTR_PLAIN, RSTR_DEFAULTS)
-    if kw is None:
-        return _commands()["rstr"]()
-    return _rstr_plain(kw)
+    _commands()["restart"].main()
 
 
 def ckptinfo_main():
-    return _commands()["ckptinfo"]()
+    _commands()["info"].main()
 
 
-def usercr_main():
-    return _commands()["usercr"]()
+def usercr_main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    cmds = _commands("usercr ")
+    if argv and argv[0] in cmds:
+        cmds[argv[0]].main(argv[1:])
+    if argv and argv[0] == "--version":
+        sys.stdout.write(f"usercr {__version__}\n")
+        sys.exit(EXIT_OK)
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write("usage: usercr COMMAND [OPTIONS] [ARGS]\n\nusercr: checkpoint/restart of Linux processes."
+                         "\n\ncommands:\n" + "".join(f"  {k:11} {c.summary}\n" for k, c in cmds.items()) +
+                         f"\n`usercr COMMAND --help` describes each.\n\n{EXIT_STATUSES}\n")
+        sys.exit(EXIT_OK)
+    what = f"no such command: {argv[0]}" if argv else "missing command"
+    _say(f"usercr: usage error: {what} (see usercr --help)")
+    sys.exit(EXIT_USAGE)

@@ -147,7 +147,7 @@ class FrozenTree:
 
 
 def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, on_frozen=None, parent=None,
-               pre_copy=False, ext_unix_sk=False):
+               pre_copy=False, ext_unix_sk=False, stats=None):
     """Writes an image of the process tree rooted at pid to out_fd. On any
     failure every task is released unharmed and UcrError is raised.
     complete() runs once the image is on disk, before kill kills the tree
@@ -156,7 +156,7 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, on_froze
     parent: the path of an image this one is incremental to; pre_copy: copy
     memory first while the tree runs (usercr/incremental.py); ext_unix_sk:
     Unix sockets connected outside the tree are saved to be reattached
-    (unix.py)."""
+    (unix.py); stats: a usercr.stats.Stats to fill in."""
     validate_target(pid)
     arch = current_arch()
     if parent and pre_copy:
@@ -166,15 +166,23 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, on_froze
         if pre_copy:
             inc = incremental.PreCopy(FrozenTree, pid, arch, log, out_fd)
             inc.rounds()
-        _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix_sk)
+        _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix_sk, stats)
     finally:
         if inc:
             inc.close()
 
 
-def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix_sk):
+def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix_sk, stats):
     tree = FrozenTree(pid, arch, log)
+
+    def thawed(since):
+        now = time.monotonic()
+        log(f"frozen for {now - since:.3f} s")
+        if stats:
+            stats.frozen_at, stats.thawed_at = since, now
+
     done = released = False
+    writer = None
     frozen = time.monotonic()
     try:
         tree.freeze()
@@ -197,7 +205,7 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix
             if not kill:  # every page is captured: the tree runs on while the image is completed
                 tree.release()
                 released = True
-                log(f"frozen for {time.monotonic() - frozen:.3f} s")
+                thawed(frozen)
             inc.materialize(writer)
         writer.finish()
         _sync(out_fd)
@@ -206,9 +214,16 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix
         done = True
         log(f"image complete: {writer.offset} bytes")
     finally:
-        if not released:
-            tree.release(kill=kill and done)
-            log(f"frozen for {time.monotonic() - frozen:.3f} s")
+        try:
+            if not released:
+                try:
+                    tree.release(kill=kill and done)
+                finally:
+                    thawed(frozen)
+        finally:
+            if stats and writer:
+                stats.pages_scanned, stats.pages_written = writer.pages_scanned, writer.pages_written
+                stats.bytes_written = writer.offset
 
 
 def _sync(fd):

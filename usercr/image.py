@@ -15,6 +15,7 @@ class ImageWriter:
         self.csum = ffi.new("uint64_t[2]")
         self.buf = bytearray()
         self.offset = 0
+        self.pages_scanned = self.pages_written = 0  # for --stats
 
     def add(self, data):
         self.buf += data
@@ -45,10 +46,12 @@ class ImageWriter:
         arr = ffi.new("struct ucr_dump_range[]", len(ranges))
         for i, (start, end, mode) in enumerate(ranges):
             arr[i].start, arr[i].end, arr[i].mode = start, end, mode
-        written = ffi.new("uint64_t *")
-        r = lib.ucr_dump_pages_base(pid, pagemap_fd, mem_fd, self.fd, arr, len(ranges), self.csum, page_size, written,
+        counts = ffi.new("uint64_t[2]")
+        r = lib.ucr_dump_pages_base(pid, pagemap_fd, mem_fd, self.fd, arr, len(ranges), self.csum, page_size, counts,
                                     base[0] if base else ffi.NULL)
-        self.offset += written[0]
+        self.offset += counts[0]
+        self.pages_written += counts[1]
+        self.pages_scanned += sum(end - start for start, end, _ in ranges) // page_size
         if r < 0:
             raise UcrError(f"copying memory of process {pid}: {os.strerror(-r)}")
 

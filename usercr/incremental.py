@@ -385,14 +385,14 @@ def _copy_pages(pid, fd, spans, pc):
     file; [(start, end, offset)] of what it wrote."""
     if not spans:
         return []
-    csum, written = ffi.new("uint64_t[2]"), ffi.new("uint64_t *")
+    csum, counts = ffi.new("uint64_t[2]"), ffi.new("uint64_t[2]")
     start = pc.offset
     with open(proc.path(pid, "pagemap"), "rb", buffering=0) as pm, open(proc.path(pid, "mem"), "rb",
                                                                          buffering=0) as mem:
         os.lseek(fd, start, os.SEEK_SET)
         r = lib.ucr_dump_pages(pid, pm.fileno(), mem.fileno(), fd, _ranges(spans), len(spans), csum, PAGE_SIZE,
-                               written)
-    pc.offset += written[0]
+                               counts)
+    pc.offset += counts[0]
     if r < 0:
         raise OSError(-r, os.strerror(-r))
     out, pos = [], start

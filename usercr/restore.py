@@ -12,6 +12,7 @@ import struct
 from . import cleanup, creds, epoll, eventfd, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc
 from . import incremental, rlimits, rootless, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty
 from . import unix
+from . import records as R
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
 from .image import ImageReader
@@ -484,6 +485,7 @@ class Copy:
         self.top, self.root, self.go_w = top, root, go_w
         self.terminal_modes, self.warnings = rst.part("files").terminal_modes, rst.warnings
         region = rst.region
+        self.image_end = rst.shared.image_offset + R.TAIL.fixed_len  # where its tasks stopped reading
         self.leave = cleanup.Leave(rst.arch, region.start, region.end, rst.syscall_addr, root, rst.log)
 
 
@@ -561,13 +563,14 @@ def _copy_input(in_fd, offset):
 
 
 def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, forward=None, log=log_nothing,
-            strict_files=False):
+            strict_files=False, stats=None):
     """Restores the image read from in_fd, copies times. pids, pidns:
     True, False or None (decided here, see _pid_mode). Returns (root pids,
     wait status of the first or None); with a reaper (a new namespace) the
     status is the reaper's, which mirrors the root's. forward: a signal
     sent to the roots when rstr gets SIGINT while it waits. strict_files:
-    a file whose size changed since the checkpoint is an error, not a warning."""
+    a file whose size changed since the checkpoint is an error, not a warning.
+    stats: a usercr.stats.RestartStats to fill in."""
     arch = current_arch()
     reader = ImageReader(in_fd)
     image = Image(reader, arch)
@@ -588,6 +591,10 @@ def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, for
         if pidfile:
             safeio.write_file(pidfile, "".join(f"{root}\n" for root in roots))
         log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
+        if stats:
+            stats.processes, stats.tops = copies * len(image.procs), [copy.top for copy in trees]
+            stats.bytes_read = reader.offset + sum(copy.image_end - reader.offset for copy in trees)
+            stats.finish()  # the trees are ready: what follows is theirs (the terminal, the wait)
     except BaseException:
         for copy in trees:
             _kill(copy.top)

@@ -141,6 +141,8 @@ def make_ffibuilder():
                  os.path.join(HERE, "arch", arch, "arch.h")],
         include_dirs=[GEN, HERE, os.path.join(HERE, "arch", arch)],
         extra_compile_args=["-O2", "-Wall"],
+        # The stable ABI (cffi's C defines Py_LIMITED_API): one _native.abi3.so serves every Python 3.9+.
+        py_limited_api=True,
     )
     return ffi
 

@@ -76,7 +76,7 @@ struct out {
     char *buf;           /* the buffer being filled: bufs[submitted % NBUF] */
     size_t used;
     uint64_t *csum;
-    uint64_t bytes;
+    uint64_t bytes, pages;  /* written: bytes by the writer thread, pages queued */
     uint64_t submitted, written;
     int finished, err;
     pthread_mutex_t lock;
@@ -173,6 +173,7 @@ static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t
     if (o->used + sizeof(rec) > OUT_BUF && (r = flush(o)))
         return r;
     memcpy(o->buf + o->used, &rec, sizeof(rec));
+    o->pages += npages;
     ucr_csum_words(o->csum, &rec, sizeof(rec));
     o->used += sizeof(rec);
     uint64_t len = npages * ps;
@@ -206,15 +207,15 @@ static int wanted(uint64_t pm, uint32_t mode)
     return (pm & PM_SWAPPED) || ((pm & PM_PRESENT) && !(pm & PM_FILE));
 }
 
+/* counts[0]: bytes written to out_fd, counts[1]: pages saved (also on failure). */
 int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
-                   uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written)
+                   uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *counts)
 {
-    return ucr_dump_pages_base(pid, pagemap_fd, mem_fd, out_fd, ranges, nranges, csum, page_size, bytes_written,
-                               NULL);
+    return ucr_dump_pages_base(pid, pagemap_fd, mem_fd, out_fd, ranges, nranges, csum, page_size, counts, NULL);
 }
 
 int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
-                        uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written,
+                        uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *counts,
                         const struct ucr_base *base)
 {
     struct out o;
@@ -287,7 +288,8 @@ int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const s
     if (!r)
         r = o.err;
 unmap:
-    *bytes_written = o.bytes;
+    counts[0] = o.bytes;
+    counts[1] = o.pages;
     if (mem != MAP_FAILED)
         munmap(mem, NBUF * OUT_BUF + HUGE_ALIGN);
     if (pm != MAP_FAILED)

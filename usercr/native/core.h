@@ -30,7 +30,7 @@ size_t ucr_restorer_size(void);
 const char *ucr_arch_name(void);
 void ucr_arch_info(uint64_t *out);
 int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
-                   uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written);
+                   uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *counts);
 int ucr_map_region(uint64_t addr, uint64_t len, int shared);
 int ucr_protect(uint64_t addr, uint64_t len, int prot);
 int ucr_unmap(uint64_t addr, uint64_t len);
@@ -73,7 +73,7 @@ int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns);
 int ucr_signalfd(uint64_t mask);
 /* incremental.py */
 int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
-                        uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *bytes_written,
+                        uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *counts,
                         const struct ucr_base *base);
 int ucr_uffd_flags(void);
 int ucr_probe_write_tracking(void);
