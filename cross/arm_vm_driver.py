@@ -2,7 +2,8 @@
 workload, start it, checkpoint it with ckpt --kill, restart it with rstr, let
 it finish and check its own verdict. Cases named tree-NAME or kind-NAME (fd kinds:
 epoll, eventfd, ...) run a process-tree workload of tests/workloads (tick protocol in wl.h) through three cycles of
-ckpt --kill / kill the tree / rstr --pids --pidns, as tests/test_tree.py does.
+ckpt --kill / kill the tree / rstr --pids --pidns, as tests/test_tree.py does;
+incr-chain and incr-precopy do the same with ckpt --parent and --pre-copy.
 One line per case:
     RESULT <case> PASS|FAIL <s> ckpt=<s> rstr=<s> rc=<status> | <detail>
 Usage: python3 arm_vm_driver.py BINDIR CASE=PROGRAM... (PROGRAM: a workload binary)
@@ -225,11 +226,26 @@ def no_tracking_left(pid):
     return None
 
 
+def inherited(path):
+    """{depth: pages} of the PAGES_PARENT runs of an image (1: from its parent, 2: its grandparent)."""
+    from usercr import records as R
+    from usercr.image import ImageReader
+    out = {}
+    with open(path, "rb") as f:
+        reader = ImageReader(f.fileno())
+        reader.header()
+        while (rec := reader.next(skip_data=True)).type != R.TAIL.type:
+            if rec.type == R.PAGES_PARENT.type:
+                out[rec["depth"]] = out.get(rec["depth"], 0) + rec["nr_pages"]
+    return out
+
+
 def run_incr_chain(label, prog):
     """A full image, then two incremental ones (--parent the previous), each
     with ckpt --kill and rstr between: the last restores pages from both
     ancestors (depth 1 and 2)."""
     img = lambda cycle: f"/tmp/{label}.{cycle}.img"
+    notes = []
 
     def check(cks):
         sizes = [os.path.getsize(img(c)) for c in range(CYCLES)]
@@ -238,8 +254,13 @@ def run_incr_chain(label, prog):
             return f"ckptinfo names no parent: {info.stdout.strip()[-300:]} {info.stderr.strip()}"
         if any(s >= sizes[0] / 2 for s in sizes[1:]):
             return f"increments not smaller than half the full image: sizes {sizes}"
+        depths = inherited(img(CYCLES - 1))
+        if sorted(depths) != [1, 2]:  # the restore read pages from both ancestors
+            return f"the last image inherits pages at depths {depths}, not at 1 and 2"
+        notes.append(f"sizes {'/'.join(str(s >> 10) for s in sizes)} KiB, last inherits pages {depths}")
         return None
-    return run_tree(label, prog, "dirty", DIRTY, lambda c: ["--parent", img(c - 1)] if c else [], check=check)
+    ok, detail = run_tree(label, prog, "dirty", DIRTY, lambda c: ["--parent", img(c - 1)] if c else [], check=check)
+    return ok, "; ".join([detail] + notes)
 
 
 def write_tracking():

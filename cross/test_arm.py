@@ -5,7 +5,8 @@ and inside it checkpoints each workload with ckpt --kill, restarts it with
 rstr and checks that it carries on from the saved state; the process-tree
 workloads of tests/workloads go through three cycles of ckpt --kill / rstr
 --pids --pidns each, as in tests/test_tree.py (cross/arm_vm_driver.py prints
-one RESULT line per case). The two VMs run in
+one RESULT line per case); incr-* cases restore incremental (--parent) and
+pre-copy images of tests/workloads/dirty.c. The two VMs run in
 parallel. Also installs the cross-built wheel in each VM and reads an image
 with its ckptinfo. The restart rules are in test_arm_rules.py (host only)."""
 import os
