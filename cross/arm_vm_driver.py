@@ -2,7 +2,8 @@
 workload, start it, checkpoint it with ckpt --kill, restart it with rstr, let
 it finish and check its own verdict. Cases named tree-NAME or kind-NAME (fd kinds:
 epoll, eventfd, ...) run a process-tree workload of tests/workloads (tick protocol in wl.h) through three cycles of
-ckpt --kill / kill the tree / rstr --pids --pidns, as tests/test_tree.py does.
+ckpt --kill / kill the tree / rstr --pids --pidns, as tests/test_tree.py does;
+incr-chain and incr-precopy do the same with ckpt --parent and --pre-copy.
 One line per case:
     RESULT <case> PASS|FAIL <s> ckpt=<s> rstr=<s> rc=<status> | <detail>
 Usage: python3 arm_vm_driver.py BINDIR CASE=PROGRAM... (PROGRAM: a workload binary)
@@ -141,9 +142,11 @@ def family(root):
     return pids + ([parent] if parent != os.getpid() else [])
 
 
-def run_tree(label, prog, name):
+def run_tree(label, prog, name, args=(), ckpt_args=lambda cycle: [], prelude=None, check=None):
+    """ckpt_args(cycle): more ckpt options; prelude(root, out): run before the
+    cycles; check(cks): a verdict on the cycles' ckpt results (None = good)."""
     out, go = f"/tmp/{label}.out", f"/tmp/{label}.go"
-    argv = [prog] + ([go] if name in GO_FILE else [])
+    argv = [prog, *args] + ([go] if name in GO_FILE else [])
     if name in OWN_IPCNS:
         run_pidfile = f"/tmp/{label}.run.pid"
         argv = [f"{BIN}/usercr", "run", "--pidfile", run_pidfile, "--"] + argv
@@ -162,12 +165,15 @@ def run_tree(label, prog, name):
         if "ready" not in read(out).splitlines():
             raise RuntimeError("ticks without a ready line")
         ntasks = len(tree(root))
+        notes = [prelude(root, out)] if prelude else []
+        cks = []
         for cycle in range(CYCLES):
             img, pidfile = f"/tmp/{label}.{cycle}.img", f"/tmp/{label}.{cycle}.pid"
             doomed = family(root)
             t0 = time.monotonic()
-            ck = subprocess.run([f"{BIN}/ckpt", str(root), "-o", img, "--kill"], capture_output=True, text=True,
-                                timeout=TIMEOUT)
+            ck = subprocess.run([f"{BIN}/ckpt", str(root), "-o", img, "--kill", *ckpt_args(cycle)],
+                                capture_output=True, text=True, timeout=TIMEOUT)
+            cks.append(ck)
             t_ck.append(f"{time.monotonic() - t0:.1f}")
             if ck.returncode:
                 return False, f"{times()} | cycle {cycle}: ckpt failed: {ck.stderr.strip()}"
@@ -182,7 +188,10 @@ def run_tree(label, prog, name):
                 return False, f"{times()} | cycle {cycle}: rstr failed (exit {rs.returncode}): {rs.stderr.strip()}"
             root = int(read(pidfile))
             ticked(out, last + 5, f"5 ticks after restore {cycle}")
-        detail = f"{ntasks} tasks, {len(ticks(read(out)))} ticks"
+        detail = ", ".join([f"{ntasks} tasks, {len(ticks(read(out)))} ticks"] + notes)
+        bad = check(cks) if check else None
+        if bad:
+            return False, f"{times()} | {detail} | {bad}"
         if name in GO_FILE:  # the saved state is used once go exists, and the workload says ok
             open(go, "w").close()
             wait_for(lambda: failures(read(out)) or "ok" in read(out).splitlines(), TICK_WAIT, "the go step")
@@ -203,7 +212,105 @@ def run_tree(label, prog, name):
         p.wait(timeout=20)
 
 
+# Incremental images and pre-copy (tests/test_incremental.py): dirty.c rewrites 1 %/s of 16 MiB
+# (few pages change between two images, even under TCG), and checks all its memory every tick.
+DIRTY = ("16", "1")
+
+
+def no_tracking_left(pid):
+    """None if pre-copy left no userfaultfd nor registered memory in pid, else what it left."""
+    fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    flags = [ln.split()[1:] for ln in read(f"/proc/{pid}/smaps").splitlines() if ln.startswith("VmFlags:")]
+    if "anon_inode:[userfaultfd]" in fds or any({"uw", "um", "ui"} & set(f) for f in flags):
+        return f"pre-copy left write tracking in {pid}"
+    return None
+
+
+def inherited(path):
+    """{depth: pages} of the PAGES_PARENT runs of an image (1: from its parent, 2: its grandparent)."""
+    from usercr import records as R
+    from usercr.image import ImageReader
+    out = {}
+    with open(path, "rb") as f:
+        reader = ImageReader(f.fileno())
+        reader.header()
+        while (rec := reader.next(skip_data=True)).type != R.TAIL.type:
+            if rec.type == R.PAGES_PARENT.type:
+                out[rec["depth"]] = out.get(rec["depth"], 0) + rec["nr_pages"]
+    return out
+
+
+def run_incr_chain(label, prog):
+    """A full image, then two incremental ones (--parent the previous), each
+    with ckpt --kill and rstr between: the last restores pages from both
+    ancestors (depth 1 and 2)."""
+    img = lambda cycle: f"/tmp/{label}.{cycle}.img"
+    notes = []
+
+    def check(cks):
+        sizes = [os.path.getsize(img(c)) for c in range(CYCLES)]
+        info = subprocess.run([f"{BIN}/ckptinfo", img(CYCLES - 1)], capture_output=True, text=True, timeout=TIMEOUT)
+        if f"parent: {img(CYCLES - 2)}" not in info.stdout:
+            return f"ckptinfo names no parent: {info.stdout.strip()[-300:]} {info.stderr.strip()}"
+        if any(s >= sizes[0] / 2 for s in sizes[1:]):
+            return f"increments not smaller than half the full image: sizes {sizes}"
+        depths = inherited(img(CYCLES - 1))
+        if sorted(depths) != [1, 2]:  # the restore read pages from both ancestors
+            return f"the last image inherits pages at depths {depths}, not at 1 and 2"
+        notes.append(f"sizes {'/'.join(str(s >> 10) for s in sizes)} KiB, last inherits pages {depths}")
+        return None
+    ok, detail = run_tree(label, prog, "dirty", DIRTY, lambda c: ["--parent", img(c - 1)] if c else [], check=check)
+    return ok, "; ".join([detail] + notes)
+
+
+def write_tracking():
+    """`usercr check`'s write tracking line, and the method pre-copy must then log."""
+    r = subprocess.run([f"{BIN}/usercr", "check"], capture_output=True, text=True, timeout=TIMEOUT)
+    line = next((ln for ln in r.stdout.splitlines() if "write tracking:" in ln), None)
+    if line is None:
+        raise RuntimeError(f"usercr check has no write tracking line: {r.stdout.strip()} {r.stderr.strip()}")
+    return " ".join(line.split()), "write tracking" if line.startswith("ok ") else "compare"
+
+
+def precopy_method(ck):
+    """The method ckpt -v --pre-copy logged ('pre-copy: 0.123 s, METHOD')."""
+    lines = [ln for ln in ck.stderr.splitlines() if ln.startswith("pre-copy: ")]
+    return lines[-1].split(", ", 1)[1] if lines else None
+
+
+def run_precopy(label, prog):
+    """ckpt --pre-copy of the running program (it runs on, without tracking
+    left), then cycles of ckpt --pre-copy --kill and rstr; pre-copy must use
+    the mechanism `usercr check` names."""
+    line, want = write_tracking()
+
+    def prelude(root, out):
+        ck = subprocess.run([f"{BIN}/ckpt", str(root), "-o", f"/tmp/{label}.running.img", "--pre-copy", "-v"],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+        if ck.returncode:
+            raise RuntimeError(f"ckpt --pre-copy (no --kill) failed: {ck.stderr.strip()[-500:]}")
+        left = no_tracking_left(root)
+        if left:
+            raise RuntimeError(left)
+        method = precopy_method(ck)
+        if not method or not method.startswith(want):
+            raise RuntimeError(f"pre-copy used {method!r}, but {line}")
+        ticked(out, ticks(read(out))[-1] + 3, "3 ticks after ckpt --pre-copy")
+        return f"{line} | pre-copy: {method}"
+
+    def check(cks):
+        methods = {precopy_method(ck) for ck in cks}
+        if len(methods) != 1 or not str(next(iter(methods))).startswith(want):
+            return f"pre-copy --kill used {methods}, but {line}"
+        return None
+    return run_tree(label, prog, "dirty", DIRTY, lambda c: ["--pre-copy", "-v"], prelude, check)
+
+
 def run_case(label, prog, kind):
+    if label == "incr-chain":
+        return run_incr_chain(label, prog)
+    if label == "incr-precopy":
+        return run_precopy(label, prog)
     if label.startswith(("tree-", "kind-")):
         return run_tree(label, prog, kind)
     if kind == "compat":

@@ -5,7 +5,8 @@ and inside it checkpoints each workload with ckpt --kill, restarts it with
 rstr and checks that it carries on from the saved state; the process-tree
 workloads of tests/workloads go through three cycles of ckpt --kill / rstr
 --pids --pidns each, as in tests/test_tree.py (cross/arm_vm_driver.py prints
-one RESULT line per case). The two VMs run in
+one RESULT line per case); incr-* cases restore incremental (--parent) and
+pre-copy images of tests/workloads/dirty.c. The two VMs run in
 parallel. Also installs the cross-built wheel in each VM and reads an image
 with its ckptinfo. The restart rules are in test_arm_rules.py (host only)."""
 import os
@@ -28,13 +29,16 @@ TREE = ("multitask", "pipes", "pipes2", "shmem", "zombie", "pgrp", "orphans", "t
 # signalfd_siginfo, itimerspec, sockaddr_un...), run as the tree ones are: `-k kind` selects them.
 # A new kind is one more name here (its workload in tests/workloads, tick protocol of wl.h).
 KINDS = ("epollmix", "epoll", "eventfd", "timerfd", "signalfd")
+# Incremental images and pre-copy with tests/workloads/dirty.c (`-k incr`): a chain of three images
+# (--parent) and pre-copy cycles, with the write tracking `usercr check` names (arm_vm_driver.py).
+INCR = ("chain", "precopy")
 # armhf: the ARM-state and the Thumb-state build of every workload
 CASES = {
     "armhf": [f"{mode}-{w}" for w in WORKLOADS for mode in ("arm", "thumb")] + [f"tree-{w}" for w in TREE],
     "aarch64": [f"a64-{w}" for w in WORKLOADS] + ["armhf-compat"] + [f"tree-{w}" for w in TREE],
 }
 for _arch in ARCHES:
-    CASES[_arch] += [f"kind-{w}" for w in KINDS]
+    CASES[_arch] += [f"kind-{w}" for w in KINDS] + [f"incr-{w}" for w in INCR]
 PLAT = {"armhf": "linux_armv7l", "aarch64": "linux_aarch64"}
 
 
@@ -56,7 +60,7 @@ def _build(arch, tmp, cases):
     # (path in the VM, target, source, gcc flags)
     progs_needed = {_vm_prog(c) for c in cases}
     builds = [(f"/opt/wl/{name}", target, src, flags) for name, (target, flags) in flavours.items()]
-    builds += [(f"/opt/tree/{w}", arch, os.path.join(TREE_SRC, f"{w}.c"), ["-pthread"]) for w in TREE + KINDS]
+    builds += [(f"/opt/tree/{w}", arch, os.path.join(TREE_SRC, f"{w}.c"), ["-pthread"]) for w in TREE + KINDS + ("dirty",)]
     builds = [b for b in builds if b[0] in progs_needed]
     for dest, target, source, flags in builds:
         out = os.path.join(tmp, arch + dest.replace("/", "-"))
@@ -68,14 +72,16 @@ def _build(arch, tmp, cases):
 
 def _vm_prog(case):
     """Where the case's program is in the VM: tree-NAME and kind-NAME -> /opt/tree/NAME,
-    FLAVOUR-KIND -> /opt/wl/FLAVOUR."""
+    incr-* -> /opt/tree/dirty, FLAVOUR-KIND -> /opt/wl/FLAVOUR."""
     group, name = case.split("-", 1)
+    if group == "incr":
+        return "/opt/tree/dirty"
     return f"/opt/tree/{name}" if group in ("tree", "kind") else f"/opt/wl/{group}"
 
 
 def _image(case):
     """An image the case leaves in the VM (the first cycle's of a tree case)."""
-    return f"/tmp/{case}.0.img" if case.split("-", 1)[0] in ("tree", "kind") else f"/tmp/{case}.img"
+    return f"/tmp/{case}.0.img" if case.split("-", 1)[0] in ("tree", "kind", "incr") else f"/tmp/{case}.img"
 
 
 def _vm(arch, tmp, cases):

@@ -117,7 +117,7 @@ def check_write_tracking():
     r = lib.ucr_probe_write_tracking()
     if r == 0:
         return True, "userfaultfd WP_ASYNC + PAGEMAP_SCAN: pre-copy tracks writes"
-    return False, (f"{os.strerror(-r)}: needs Linux 6.7+ with CONFIG_USERFAULTFD; pre-copy compares "
+    return False, (f"{os.strerror(-r)}: needs Linux 6.7+ with CONFIG_USERFAULTFD on an arch with userfaultfd write-protect; pre-copy compares "
                    "page contents instead (a longer freeze); --parent always compares")
 
 

@@ -45,7 +45,7 @@ int main(int argc, char **argv)
     char *churn = mmap(NULL, CHURN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED || !gen || shared == MAP_FAILED || churn == MAP_FAILED) { perror("setup"); return 2; }
     for (size_t p = 0; p < npages; p++)
-        fill(mem + p * PAGE, p << 32);
+        fill(mem + p * PAGE, (uint64_t)p << 32);
     puts("ready");
     uint64_t churn_tag = 1;
     for (size_t off = 0; off < CHURN; off += PAGE)
@@ -54,7 +54,7 @@ int main(int argc, char **argv)
         for (size_t k = 0; k < per_tick; k++) {
             size_t p = rnd() % npages;
             gen[p] = gen[p] == ZEROED ? 1 : gen[p] + 1;
-            fill(mem + p * PAGE, (p << 32) + gen[p]);
+            fill(mem + p * PAGE, ((uint64_t)p << 32) + gen[p]);
         }
         if (tick % 5 == 0) {
             size_t p = rnd() % npages;
@@ -72,7 +72,7 @@ int main(int argc, char **argv)
         if (check) {
             for (size_t p = 0; p < npages; p++) {
                 int ok = gen[p] == ZEROED ? ((uint64_t *)(mem + p * PAGE))[0] == 0 && mem[p * PAGE + PAGE - 1] == 0
-                                          : same(mem + p * PAGE, (p << 32) + gen[p]);
+                                          : same(mem + p * PAGE, ((uint64_t)p << 32) + gen[p]);
                 if (!ok) { printf("BAD page %zu gen %u\n", p, gen[p]); return 1; }
             }
             for (size_t off = 0; off < CHURN; off += PAGE)
