@@ -74,17 +74,17 @@ def _open_output(fd):
     return out
 
 
-def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose):
+def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose, tcp_established=False):
     from .dump import checkpoint, validate_target
     from .safeio import AtomicFile
     validate_target(pid)
     log = Log(verbose, logfile)
     if not output:
-        checkpoint(pid, _open_output(output_fd), kill=kill, log=log)
+        checkpoint(pid, _open_output(output_fd), kill=kill, log=log, tcp_established=tcp_established)
         return
     # A temporary file, named output only once complete and before --kill kills anything.
     with AtomicFile(output, 0o600, replace=force) as out:
-        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit)
+        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit, tcp_established=tcp_established)
 
 
 def _signal_number(name):
@@ -155,8 +155,10 @@ CKPT_PLAIN = {
     "-o": ("output", PATH), "--output": ("output", PATH), "--output-fd": ("output_fd", int),
     "-f": ("force", True), "--force": ("force", True), "--kill": ("kill", True),
     "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
+    "--tcp-established": ("tcp_established", True),
 }
-CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False)
+CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False,
+                     tcp_established=False)
 RSTR_PLAIN = {
     "-i": ("input", PATH), "--input": ("input", PATH), "--input-fd": ("input_fd", int),
     "--pids": ("pids", True), "--no-pids": ("pids", False), "--pidns": ("pidns", True), "--no-pidns": ("pidns", False),
@@ -244,6 +246,8 @@ def _commands():
         click.option("--kill", is_flag=True, help="kill the process once the image is complete"),
         click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
         click.option("-v", "--verbose", is_flag=True, help="print progress"),
+        click.option("--tcp-established", is_flag=True,
+                     help="also save TCP connections to a peer outside the tree (kept alive for rstr)"),
     ]
     rstr_options = [
         click.option("-i", "--input", type=click.Path(dir_okay=False), help="read the image from FILE"),

@@ -3,7 +3,7 @@ write the image."""
 import os
 import time
 
-from . import creds, epoll, eventfd, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc, rlimits
+from . import creds, epoll, eventfd, files, fs, inet, inotify, ipc, locks, memory, namespaces, pipes, proc, rlimits
 from . import signalfd, signals, tasks, threads, timerfd, timers, tty, unix
 from . import tree as tree_mod
 from . import records as R
@@ -22,7 +22,7 @@ VANISH_SETTLE = 0.2
 # runs inside the frozen task; dump(ctx) yields its records afterwards.
 PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
 # Objects the tree shares, written after every process's records.
-TREE_STATE = (pipes, tty, inotify, unix, eventfd, timerfd, signalfd, epoll)
+TREE_STATE = (pipes, tty, inotify, unix, inet, eventfd, timerfd, signalfd, epoll)
 
 
 def _ancestors():
@@ -146,7 +146,7 @@ class FrozenTree:
             raise errors[0]
 
 
-def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
+def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, tcp_established=False):
     """Writes an image of the process tree rooted at pid to out_fd. On any
     failure every task is released unharmed and UcrError is raised.
     complete() runs once the image is on disk, before kill kills the tree
@@ -154,6 +154,7 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
     validate_target(pid)
     arch = current_arch()
     tree = FrozenTree(pid, arch, log)
+    shared = {"tcp_established": tcp_established}   # what the modules note about the tree's shared objects
     done = False
     try:
         tree.freeze()
@@ -162,7 +163,7 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
         writer.add(header_record(arch.ARCH_ID, PAGE_SIZE))
         writer.add(arch.dump_header())
         try:
-            _write_tree(tree, arch, writer, log)
+            _write_tree(tree, arch, writer, log, shared)
         except (UcrError, OSError):  # /proc of a task that is going away fails in many ways
             gone = tree.vanished()
             if gone:
@@ -175,7 +176,10 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None):
         done = True
         log(f"image complete: {writer.offset} bytes")
     finally:
-        tree.release(kill=kill and done)
+        try:
+            inet.release(shared, killed=kill and done)  # sockets out of repair mode, unless they die now
+        finally:
+            tree.release(kill=kill and done)
 
 
 def _sync(fd):
@@ -185,7 +189,7 @@ def _sync(fd):
         pass  # pipes and ttys cannot be synced; the reader has what was written
 
 
-def _write_tree(tree, arch, writer, log):
+def _write_tree(tree, arch, writer, log, shared):
     ns = tree_mod.Namespace(tree.root, tree.order)
     tree_records = list(tree_mod.dump(tree.root, tree.order, ns))
     tree_mod.check(tree_records)  # before anything is killed: a tree rstr would refuse is refused now
@@ -196,7 +200,7 @@ def _write_tree(tree, arch, writer, log):
     ipc_records = ipc.dump_records(tree.root)
     for rec in ipc_records:
         writer.add(rec)
-    shared = {"sysv": bool(ipc_records)}
+    shared["sysv"] = bool(ipc_records)
     memory_ranges = []
     for pid in tree.order:
         if pid in tree.zombies:

@@ -13,7 +13,7 @@ socket, a pipe the tree holds only one end of) follow rstr's, fd by fd."""
 import os
 import stat
 
-from . import epoll, eventfd, inotify, pipes, signalfd, timerfd
+from . import epoll, eventfd, inet, inotify, pipes, signalfd, timerfd
 from . import proc
 from . import records as R
 from . import trust, tty
@@ -22,7 +22,7 @@ from .errors import UcrError
 from .native import lib
 
 K = R.FD_KINDS
-OWNERS = (tty, pipes, inotify, unix, eventfd, timerfd, signalfd, epoll)
+OWNERS = (tty, pipes, inotify, unix, inet, eventfd, timerfd, signalfd, epoll)
 STD_STREAMS = 3
 
 

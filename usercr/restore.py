@@ -9,7 +9,7 @@ import select
 import signal
 import struct
 
-from . import cleanup, creds, epoll, eventfd, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc
+from . import cleanup, creds, epoll, eventfd, files, fs, inet, inotify, ipc, locks, memory, namespaces, pipes, proc
 from . import rlimits, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty, unix
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
@@ -28,7 +28,7 @@ POLL_INTERVAL = 0.5
 # standard stream may need the terminal's part). epoll comes after every
 # other kind of fd: files opens each instance when a FILE record names it,
 # and the instance opens its targets (through files) before it adds them.
-PARTS = (tasks, tty, memory, pipes, inotify, unix, eventfd, timerfd, signalfd, files, epoll, locks, threads, signals,
+PARTS = (tasks, tty, memory, pipes, inotify, unix, inet, eventfd, timerfd, signalfd, files, epoll, locks, threads, signals,
          timers, rlimits, fs, creds)
 
 STEP_TEXT = {
