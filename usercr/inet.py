@@ -203,6 +203,7 @@ def _options(s, d):
         for name, key in ((socket.SO_SNDBUF, "sndbuf"), (socket.SO_RCVBUF, "rcvbuf")):
             v, default = opt(SOL_SOCKET, name), fresh.getsockopt(SOL_SOCKET, name)
             o[key] = v if v < default or (v != default and d["type"] == socket.SOCK_DGRAM) else 0
+            o["cur_" + key] = v
     if d["type"] == socket.SOCK_STREAM:
         o.update(nodelay=opt(TCP, lib.TCP_NODELAY), keepidle=opt(TCP, lib.TCP_KEEPIDLE),
                  keepintvl=opt(TCP, lib.TCP_KEEPINTVL), keepcnt=opt(TCP, lib.TCP_KEEPCNT))
@@ -436,6 +437,7 @@ class Restore:
         family = r["family"]
         local, lport, remote, rport = self._names(r)
         s = socket.socket(family, r["type"])
+        s.setblocking(False)  # rstr never waits on a socket; the FILE record sets the program's flags
         try:
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, lib.IPV6_V6ONLY, r["v6only"])
@@ -471,6 +473,11 @@ class Restore:
         recvq = self.queues.get((ino, lib.TCP_RECV_QUEUE), b"")
         sendq = self.queues.get((ino, lib.TCP_SEND_QUEUE), b"")
         sent = sendq[:len(sendq) - r["unsent"]]
+        # Queues that grew with autotuned buffers need those buffers again (which fixes their size).
+        for name, force, key, data in ((socket.SO_SNDBUF, lib.SO_SNDBUFFORCE, "cur_sndbuf", sendq),
+                                       (socket.SO_RCVBUF, lib.SO_RCVBUFFORCE, "cur_rcvbuf", recvq)):
+            if not r[key[4:]] and len(data) > s.getsockopt(SOL_SOCKET, name) // 2:
+                s.setsockopt(SOL_SOCKET, force, r[key] // 2)
         s.setsockopt(TCP, lib.TCP_REPAIR, 1)
         s.bind((_unpack_addr(family, local), lport))
         s.setsockopt(TCP, lib.TCP_REPAIR_QUEUE, lib.TCP_SEND_QUEUE)

@@ -371,7 +371,7 @@ INET_SOCK = _rec(711, "INET_SOCK", [
     ("v6only", "u32"), ("sndbuf", "u32"), ("rcvbuf", "u32"), ("snd_seq", "u32"), ("rcv_seq", "u32"),
     ("mss", "u32"), ("timestamp", "u32"), ("tcp_options", "u32"), ("snd_wscale", "u32"), ("rcv_wscale", "u32"),
     ("unsent", "u32"), ("snd_wl1", "u32"), ("snd_wnd", "u32"), ("max_window", "u32"), ("rcv_wnd", "u32"),
-    ("rcv_wup", "u32"),
+    ("rcv_wup", "u32"), ("cur_sndbuf", "u32"), ("cur_rcvbuf", "u32"),
 ], tail="bytes", scope="tree", many=True,
     doc="a TCP or UDP socket the tree holds (FILE records of kind tcp or udp name it by ino): AF_INET or "
         "AF_INET6, SOCK_STREAM or SOCK_DGRAM, TCP_* state (close: bound or not, listen, established; a UDP "
@@ -381,7 +381,8 @@ INET_SOCK = _rec(711, "INET_SOCK", [
         "SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT, TCP_NODELAY, IPV6_V6ONLY, SO_SNDBUF/SO_RCVBUF (0: the "
         "kernel's), and for a connection its TCP repair state: the next sequence numbers to send (write_seq) "
         "and to receive (rcv_nxt), MSS clamp, TCP timestamp, TCPI_OPT_* options and window scales, bytes of "
-        "the send queue never sent, and the window (struct tcp_repair_window); tail is the local then the "
+        "the send queue never sent, the window (struct tcp_repair_window), and the buffer sizes it had (given to a "
+        "connection whose queues would not fit the default ones); tail is the local then the "
         "remote address, 16 bytes each (IPv4 as IPv4-mapped IPv6)")
 INET_QUEUE = _rec(712, "INET_QUEUE", [("ino", "u64"), ("queue", "u32"), ("pad", "u32")], tail="bytes",
                   scope="tree", many=True,
