@@ -11,6 +11,7 @@ import sys
 import time
 
 from conftest import alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
+from test_tree import tree
 from usercr.arch import current
 from usercr.image import ImageReader
 from usercr.model import Image
@@ -108,6 +109,8 @@ def test_asyncio_server_and_clients(procs, tmp_path):
         assert sum(s["state"] == lib.TCP_LISTEN for s in socks) == 1
         conns = [s for s in socks if s["state"] == lib.TCP_ESTABLISHED]
         assert len(conns) == 4 and {s["peer"] for s in conns} == {s["ino"] for s in conns}
+    for child, _ in tree(pid):  # the client process, killed by PID at the end
+        procs.track(child)
     progress(out, whos, 10)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:  # the listener answers newcomers
         c.sendall(b"outside\n")
