@@ -32,6 +32,7 @@ import socket
 import stat
 import struct
 import subprocess
+import time
 
 from . import records as R
 from .errors import UcrError
@@ -56,6 +57,7 @@ STATE_NAMES = {lib.TCP_SYN_SENT: "SYN_SENT", lib.TCP_SYN_RECV: "SYN_RECV", lib.T
                lib.TCP_FIN_WAIT1: "FIN_WAIT1", lib.TCP_FIN_WAIT2: "FIN_WAIT2", lib.TCP_CLOSE_WAIT: "CLOSE_WAIT",
                lib.TCP_LAST_ACK: "LAST_ACK", lib.TCP_CLOSING: "CLOSING"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
+SETTLE_ATTEMPTS, SETTLE_WAIT = 20, 0.01
 NFT_PREFIX = "usercr_tcp_"
 NFT_PRIORITY = -300                         # before conntrack: a dropped packet is not even tracked
 
@@ -192,18 +194,21 @@ def note(ctx, fd, st, info, fields):
     state["held"].setdefault(st.st_ino, (pid, fd))
 
 
-def _options(s, d):
+def _options(s, d, defaults):
     opt = lambda level, name: s.getsockopt(level, name)  # noqa: E731
     o = dict(reuseaddr=opt(SOL_SOCKET, socket.SO_REUSEADDR), reuseport=opt(SOL_SOCKET, lib.SO_REUSEPORT),
              keepalive=opt(SOL_SOCKET, socket.SO_KEEPALIVE),
              v6only=opt(socket.IPPROTO_IPV6, lib.IPV6_V6ONLY) if d["family"] == socket.AF_INET6 else 0)
     # The kernel gives no sign of a buffer size the program set; TCP autotuning only ever grows them.
     # So a size smaller than a fresh socket's default, or any other than the default for UDP, counts as set.
-    with socket.socket(d["family"], d["type"]) as fresh:
-        for name, key in ((socket.SO_SNDBUF, "sndbuf"), (socket.SO_RCVBUF, "rcvbuf")):
-            v, default = opt(SOL_SOCKET, name), fresh.getsockopt(SOL_SOCKET, name)
-            o[key] = v if v < default or (v != default and d["type"] == socket.SOCK_DGRAM) else 0
-            o["cur_" + key] = v
+    if (d["family"], d["type"]) not in defaults:
+        with socket.socket(d["family"], d["type"]) as fresh:
+            defaults[d["family"], d["type"]] = {n: fresh.getsockopt(SOL_SOCKET, n)
+                                                for n in (socket.SO_SNDBUF, socket.SO_RCVBUF)}
+    for name, key in ((socket.SO_SNDBUF, "sndbuf"), (socket.SO_RCVBUF, "rcvbuf")):
+        v, default = opt(SOL_SOCKET, name), defaults[d["family"], d["type"]][name]
+        o[key] = v if v < default or (v != default and d["type"] == socket.SOCK_DGRAM) else 0
+        o["cur_" + key] = v
     if d["type"] == socket.SOCK_STREAM:
         o.update(nodelay=opt(TCP, lib.TCP_NODELAY), keepidle=opt(TCP, lib.TCP_KEEPIDLE),
                  keepintvl=opt(TCP, lib.TCP_KEEPINTVL), keepcnt=opt(TCP, lib.TCP_KEEPCNT))
@@ -254,20 +259,21 @@ def tree_records(tree):
     state = tree.get("inet")
     if not state or not state["held"]:
         return []
-    socks, out = state["socks"], []
+    socks, defaults = state["socks"], {}  # (family, type) -> a fresh socket's buffer sizes
     if any(socks[i]["rport"] and not socks[i]["peer"] and socks[i]["type"] == socket.SOCK_STREAM
            for i in state["held"]):
         for ino in state["held"]:
             d = socks[ino]
             if d["type"] == socket.SOCK_STREAM and d["rport"] and not d["peer"]:
                 _lock(state, d)
+    got = {}  # ino -> (fields, queues)
     for ino, (pid, fd) in state["held"].items():
         d = socks[ino]
         what = _where(fd, pid, d)
         s = _copy(pid, fd, what)
         with s:
             fields = dict(ino=ino, peer=d["peer"], family=d["family"], type=d["type"], state=d["state"],
-                          src_port=d["lport"], dst_port=d["rport"], **_options(s, d))
+                          src_port=d["lport"], dst_port=d["rport"], **_options(s, d, defaults))
             queues = {}
             if d["type"] == socket.SOCK_DGRAM:
                 try:
@@ -291,14 +297,60 @@ def tree_records(tree):
                     s.setsockopt(TCP, lib.TCP_REPAIR, 1)
                 except PermissionError:
                     raise UcrError(f"{what}: TCP repair mode needs CAP_NET_ADMIN") from None
-                r, queues, fin_sent = _repair_state(s, d, what)
-                fields.update(r)
-                fields["flags"] = (FIN_SENT if fin_sent else 0) | (0 if d["peer"] else OUTSIDE)
+                queues = _read_connection(s, d, what, fields)
+        got[ino] = fields, queues
+    for ino in got:
+        peer = got[ino][0]["peer"]
+        if peer and ino < peer and "snd_seq" in got[ino][0]:
+            _settle(state, got, ino, peer)
+    out = []
+    for ino, (fields, queues) in got.items():
+        d = socks[ino]
         out.append(R.INET_SOCK.pack(tail=d["local"] + d["remote"], **fields))
         for q, data in sorted(queues.items()):
             if data:
                 out.append(R.INET_QUEUE.pack(ino=ino, queue=q, tail=data))
     return out
+
+
+def _read_connection(s, d, what, fields):
+    r, queues, fin_sent = _repair_state(s, d, what)
+    fields.update(r)
+    fields["flags"] = (FIN_SENT if fin_sent else 0) | (0 if d["peer"] else OUTSIDE)
+    return queues
+
+
+def _before_eq(a, b):
+    return ((b - a) & 0xFFFFFFFF) < 1 << 31
+
+
+def _consistent(got, sender, receiver):
+    """What the receiver has got lies between what the sender counts as
+    acknowledged and what it has sent: else a segment moved between reading
+    the one and the other."""
+    f, queues = got[sender]
+    snd_una = f["snd_seq"] - len(queues.get(lib.TCP_SEND_QUEUE, b""))
+    snd_nxt = f["snd_seq"] - f["unsent"]
+    rcv_nxt = got[receiver][0]["rcv_seq"]
+    return _before_eq(snd_una & 0xFFFFFFFF, rcv_nxt) and _before_eq(rcv_nxt, snd_nxt & 0xFFFFFFFF)
+
+
+def _settle(state, got, a, b):
+    """Both ends of a connection in the tree are read again until they agree:
+    the frozen tree's kernel still moves segments between them (what was in
+    flight, or what a window update that peeking caused lets through)."""
+    for _ in range(SETTLE_ATTEMPTS):
+        if _consistent(got, a, b) and _consistent(got, b, a):
+            return
+        time.sleep(SETTLE_WAIT)
+        for ino in (a, b):
+            pid, fd = state["held"][ino]
+            d = state["socks"][ino]
+            with _copy(pid, fd, _where(fd, pid, d)) as s:
+                got[ino] = got[ino][0], _read_connection(s, d, _where(fd, pid, d), got[ino][0])
+    pid, fd = state["held"][a]
+    raise UcrError(f"{_where(fd, pid, state['socks'][a])}: the connection did not settle while frozen; "
+                   "checkpoint again")
 
 
 def release(shared, killed):
@@ -477,7 +529,7 @@ class Restore:
         for name, force, key, data in ((socket.SO_SNDBUF, lib.SO_SNDBUFFORCE, "cur_sndbuf", sendq),
                                        (socket.SO_RCVBUF, lib.SO_RCVBUFFORCE, "cur_rcvbuf", recvq)):
             if not r[key[4:]] and len(data) > s.getsockopt(SOL_SOCKET, name) // 2:
-                s.setsockopt(SOL_SOCKET, force, r[key] // 2)
+                s.setsockopt(SOL_SOCKET, force, max(r[key] // 2, len(data)))  # the kernel doubles it
         s.setsockopt(TCP, lib.TCP_REPAIR, 1)
         s.bind((_unpack_addr(family, local), lport))
         s.setsockopt(TCP, lib.TCP_REPAIR_QUEUE, lib.TCP_SEND_QUEUE)
