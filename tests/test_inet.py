@@ -351,3 +351,42 @@ def test_listener_with_pending_connection_refused(procs, tmp_path):
     err = assert_one_line_error(r)
     assert f"fd 3 of process {pid} is a tcp socket (127.0.0.1:" in err and "waiting to be accepted" in err, err
     progress(out, ("tick",), 5)
+
+
+# One end has sent its last words and shut down writing (FIN_WAIT2), the
+# other has not read them yet (CLOSE_WAIT) and keeps sending numbered lines
+# the first one reads; once told, it reads the last words and end of file.
+HALF_CLOSED = r"""
+import os, socket, sys, time
+out, go = open(sys.argv[1], "a", buffering=1), sys.argv[2]
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+a = socket.create_connection(srv.getsockname()); b, _ = srv.accept(); srv.close()
+a.sendall(b"last words"); a.shutdown(socket.SHUT_WR)
+f = a.makefile("rb")
+n = 0
+while not os.path.exists(go):
+    b.sendall(f"{n}\n".encode())
+    assert f.readline() == f"{n}\n".encode()
+    out.write(f"line {n}\n"); n += 1
+    time.sleep(0.02)
+got = b""
+while chunk := b.recv(100):
+    got += chunk
+out.write(f"read {got.decode()} then EOF\n")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_half_closed_connection(procs, tmp_path):
+    out, go = tmp_path / "out", tmp_path / "go"
+    pid = procs.start([sys.executable, "-c", HALF_CLOSED, str(out), str(go)]).pid
+    for k in range(CYCLES):
+        progress(out, ("line",), 5)
+        img = tmp_path / f"img{k}"
+        pid = cycle(procs, pid, img)
+        states = sorted(s["state"] for s in image_records(img, "INET_SOCK"))
+        assert states == sorted([lib.TCP_FIN_WAIT2, lib.TCP_CLOSE_WAIT])
+    progress(out, ("line",), 5)
+    go.touch()
+    wait_until(lambda: "read last words then EOF" in lines(out), what="the last words and EOF")
