@@ -390,3 +390,24 @@ def test_half_closed_connection(procs, tmp_path):
     progress(out, ("line",), 5)
     go.touch()
     wait_until(lambda: "read last words then EOF" in lines(out), what="the last words and EOF")
+
+
+def test_checkpoint_without_kill_within_the_tree(procs, tmp_path):
+    """ckpt without --kill of connections within the tree: each socket leaves
+    repair mode as it was (SO_REUSEADDR too) and the echoes run on exactly."""
+    out, port = tmp_path / "out", free_port()
+    pid = procs.start([sys.executable, "-c", ASYNCIO, str(out), str(port)]).pid
+    whos = ("task", "child", "tick")
+    for k in range(CYCLES):
+        progress(out, whos, 5)
+        ckpt(pid, tmp_path / f"img{k}")
+    for child, _ in tree(pid):
+        procs.track(child)
+    progress(out, whos, 10)
+    options = [sorted((s["src_port"], s["dst_port"], s["reuseaddr"], s["nodelay"])
+                      for s in image_records(tmp_path / f"img{k}", "INET_SOCK")) for k in range(CYCLES)]
+    assert options[0] == options[1] == options[2]
+    assert sum(o[2] for o in options[0]) >= 2  # the listener and the connection accepted from it
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(b"outside\n")
+        assert c.makefile("rb").readline() == b"echo outside\n"
