@@ -102,7 +102,9 @@ def check_kernel_engine():
 def run_checks():
     """(name, ok, detail, required) rows; the kernel engine and the unmapping
     of the restorer region are optional."""
-    optional = ("kernel engine (linux-cr)", "restorer unmapped after restart")
+    from . import inet
+    optional = ("kernel engine (linux-cr)", "restorer unmapped after restart", "TCP repair mode",
+                "nft for ckpt --tcp-established")
     return [(name, *fn(), name not in optional) for name, fn in (
         ("ptrace seize/interrupt", check_ptrace),
         ("clone3 with set_tid", check_clone3_set_tid),
@@ -113,5 +115,7 @@ def run_checks():
         ("pagemap", check_pagemap),
         ("vDSO layout", check_vdso),
         ("restorer unmapped after restart", check_restorer_cleanup),
+        ("TCP repair mode", inet.check_repair),
+        ("nft for ckpt --tcp-established", inet.check_nft),
         ("kernel engine (linux-cr)", check_kernel_engine),
     )]

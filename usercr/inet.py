@@ -394,10 +394,12 @@ def table_name(family, local, lport, remote, rport):
 
 
 def _rules(family, local, lport, remote, rport):
-    ip = "ip" if local[:12] == V4_MAPPED and family == socket.AF_INET else "ip6"
-    la, ra = _unpack_addr(family, local), _unpack_addr(family, remote)
-    if ip == "ip6" and local[:12] == V4_MAPPED:  # a v6 socket talking IPv4: its packets are IPv4
+    """nft rules dropping the connection's packets coming in and going out
+    (an IPv6 socket talking to an IPv4-mapped address sends IPv4)."""
+    if local[:12] == V4_MAPPED:
         ip, la, ra = "ip", socket.inet_ntop(socket.AF_INET, local[12:]), socket.inet_ntop(socket.AF_INET, remote[12:])
+    else:
+        ip, la, ra = "ip6", socket.inet_ntop(socket.AF_INET6, local), socket.inet_ntop(socket.AF_INET6, remote)
     return (f"{ip} saddr {ra} {ip} daddr {la} tcp sport {rport} tcp dport {lport} drop",
             f"{ip} saddr {la} {ip} daddr {ra} tcp sport {lport} tcp dport {rport} drop")
 
@@ -415,6 +417,23 @@ def _lock(state, d):
 
 def _unlock(name):
     _nft(f"delete table inet {name}\n", f"removing nftables table {name}")
+
+
+def check_repair():
+    """usercr check: TCP connections need repair mode."""
+    with socket.socket() as s:
+        try:
+            s.setsockopt(TCP, lib.TCP_REPAIR, 1)
+        except OSError as e:
+            return False, f"TCP_REPAIR: {e.strerror} (needs CAP_NET_ADMIN): TCP connections cannot be saved"
+    return True, ""
+
+
+def check_nft():
+    """usercr check: ckpt --tcp-established drops a connection's packets with nftables."""
+    if shutil.which("nft") is None:
+        return False, "no nft command (Debian package nftables): ckpt --tcp-established is refused"
+    return True, ""
 
 
 # -- restart ---------------------------------------------------------------
