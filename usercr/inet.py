@@ -230,23 +230,28 @@ def _peek(s, size, what, fin=False):
 
 
 def _repair_state(s, d, what):
-    """The repair state of a connection, with the socket in repair mode."""
-    r, queues = {}, {}
+    """The repair state of a connection, with the socket in repair mode.
+    Its state is read again: a FIN may have come since the scan."""
+    info = s.getsockopt(TCP, lib.TCP_INFO, INFO_LEN)
+    state = info[0]
+    if state not in CONNECTED or (state != lib.TCP_ESTABLISHED and not d["peer"]):
+        raise UcrError(f"{what} went to state {STATE_NAMES.get(state, state)} while frozen; that cannot be "
+                       "checkpointed yet")
+    r, queues = dict(state=state), {}
     for q, ioctl in ((lib.TCP_RECV_QUEUE, lib.SIOCINQ), (lib.TCP_SEND_QUEUE, lib.SIOCOUTQ)):
         s.setsockopt(TCP, lib.TCP_REPAIR_QUEUE, q)
         seq = s.getsockopt(TCP, lib.TCP_QUEUE_SEQ) & 0xFFFFFFFF
         size = I32.unpack(fcntl.ioctl(s.fileno(), ioctl, bytes(4)))[0]
-        queues[q] = _peek(s, size, what, q == lib.TCP_SEND_QUEUE and d["state"] in FIN_SENT_STATES)
+        queues[q] = _peek(s, size, what, q == lib.TCP_SEND_QUEUE and state in FIN_SENT_STATES)
         r["rcv_seq" if q == lib.TCP_RECV_QUEUE else "snd_seq"] = seq
     s.setsockopt(TCP, lib.TCP_REPAIR_QUEUE, lib.TCP_NO_QUEUE)
     unsent = I32.unpack(fcntl.ioctl(s.fileno(), lib.SIOCOUTQNSD, bytes(4)))[0]
-    info = s.getsockopt(TCP, lib.TCP_INFO, INFO_LEN)
     win = WINDOW.unpack(s.getsockopt(TCP, lib.TCP_REPAIR_WINDOW, WINDOW.size))
-    fin_sent = d["state"] in FIN_SENT_STATES
+    fin_sent = state in FIN_SENT_STATES
     if fin_sent:  # the FIN takes one sequence number after the data; rstr sends it again
         r["snd_seq"] = (r["snd_seq"] - 1) & 0xFFFFFFFF
         unsent = max(unsent - 1, 0)
-    if d["state"] in FIN_RCVD_STATES:  # and the peer, restored first, sends it again
+    if state in FIN_RCVD_STATES:  # and the peer sends it again after the restart
         r["rcv_seq"] = (r["rcv_seq"] - 1) & 0xFFFFFFFF
     r.update(mss=s.getsockopt(TCP, lib.TCP_MAXSEG), timestamp=s.getsockopt(TCP, lib.TCP_TIMESTAMP) & 0xFFFFFFFF,
              tcp_options=info[5], snd_wscale=info[6] & 0xF, rcv_wscale=info[6] >> 4,
