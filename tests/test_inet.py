@@ -111,6 +111,10 @@ def test_asyncio_server_and_clients(procs, tmp_path):
         assert len(conns) == 4 and {s["peer"] for s in conns} == {s["ino"] for s in conns}
     for child, _ in tree(pid):  # the client process, killed by PID at the end
         procs.track(child)
+    # options as the program had them, also on restored connections (leaving repair mode clears SO_REUSEADDR)
+    options = [sorted((s["src_port"] == port, s["reuseaddr"], s["nodelay"], s["keepalive"])
+                      for s in image_records(tmp_path / f"img{k}", "INET_SOCK")) for k in range(CYCLES)]
+    assert options[0] == options[1] == options[2]
     progress(out, whos, 10)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:  # the listener answers newcomers
         c.sendall(b"outside\n")

@@ -180,6 +180,8 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, tcp_esta
             inet.release(shared, killed=kill and done)  # sockets out of repair mode, unless they die now
         finally:
             tree.release(kill=kill and done)
+    if kill:
+        inet.wait_closed(shared)  # the killed tree's ports are free once ckpt returns
 
 
 def _sync(fd):

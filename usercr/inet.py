@@ -34,6 +34,7 @@ import struct
 import subprocess
 import time
 
+from . import proc
 from . import records as R
 from .errors import UcrError
 from .native import lib
@@ -58,6 +59,7 @@ STATE_NAMES = {lib.TCP_SYN_SENT: "SYN_SENT", lib.TCP_SYN_RECV: "SYN_RECV", lib.T
                lib.TCP_LAST_ACK: "LAST_ACK", lib.TCP_CLOSING: "CLOSING"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
 SETTLE_ATTEMPTS, SETTLE_WAIT = 20, 0.01
+EXIT_WAIT = 10
 NFT_PREFIX = "usercr_tcp_"
 NFT_PRIORITY = -300                         # before conntrack: a dropped packet is not even tracked
 
@@ -381,6 +383,16 @@ def release(shared, killed):
         raise UcrError(f"taking a socket out of TCP repair mode: {errors[0]}")
 
 
+def wait_closed(shared):
+    """After ckpt --kill: until every process that held a socket has exited
+    (a zombie has closed its files), so that rstr right after finds the ports free."""
+    state = shared.get("inet")
+    pids = {pid for pid, _ in state["held"].values()} if state else ()
+    deadline = time.monotonic() + EXIT_WAIT
+    while any(proc.state(pid) not in ("Z", "X", None) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(SETTLE_WAIT)
+
+
 # -- the network lock: nftables ---------------------------------------------
 
 def _nft(script, what):
@@ -486,6 +498,9 @@ class Restore:
                 if r["flags"] & OUTSIDE:
                     _unlock(table_name(r["family"], *self._names(r)))
                 socks[ino].setsockopt(TCP, lib.TCP_REPAIR, 0)  # TCP_REPAIR_OFF: with a window probe
+                # Leaving repair mode clears SO_REUSEADDR; without it, this connection's TIME_WAIT
+                # would keep its listener from being bound again at the next restart.
+                socks[ino].setsockopt(SOL_SOCKET, socket.SO_REUSEADDR, r["reuseaddr"])
             for ino in repaired:
                 r = current = self.saved[ino]
                 data = self.queues.get((ino, lib.TCP_SEND_QUEUE), b"")
