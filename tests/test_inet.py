@@ -415,3 +415,34 @@ def test_checkpoint_without_kill_within_the_tree(procs, tmp_path):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
         c.sendall(b"outside\n")
         assert c.makefile("rb").readline() == b"echo outside\n"
+
+
+NETNS_PAIR = r"""
+import socket, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+srv = socket.socket(); srv.bind(("10.9.8.7", 4000)); srv.listen(1)
+c = socket.create_connection(("10.9.8.7", 4000)); a, _ = srv.accept()
+f = a.makefile("rb")
+n = 0
+while True:
+    c.sendall(f"{n}\n".encode())
+    assert f.readline() == f"{n}\n".encode()
+    out.write(f"line {n}\n"); n += 1
+    time.sleep(0.02)
+"""
+
+
+def test_connection_in_own_network_namespace(procs, tmp_path):
+    """A tree in a network namespace of its own, talking over an address it
+    added to its loopback: rstr recreates the namespace with the address,
+    then the sockets in it."""
+    out = tmp_path / "out"
+    setup = "ip link set lo up && ip addr add 10.9.8.7/24 dev lo && exec \"$0\" -c \"$1\" \"$2\""
+    pid = procs.start(["unshare", "-n", "sh", "-c", setup, sys.executable, NETNS_PAIR, str(out)]).pid
+    for k in range(CYCLES):
+        progress(out, ("line",), 5)
+        img = tmp_path / f"img{k}"
+        pid = cycle(procs, pid, img)
+        assert {s["src_port"] for s in image_records(img, "INET_SOCK")} >= {4000}
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    progress(out, ("line",), 5)
