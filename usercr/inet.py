@@ -41,7 +41,7 @@ from .native import lib
 
 K = R.FD_KINDS
 KINDS = (K.TCP, K.UDP)
-OUTSIDE, FIN_SENT, PEER_GONE = 1, 2, 4      # INET_SOCK flags
+OUTSIDE, FIN_SENT = 1, 2                   # INET_SOCK flags
 TCP, SOL_SOCKET = socket.IPPROTO_TCP, socket.SOL_SOCKET
 # TCP option kinds (RFC 9293, 7323, 2018), as TCP_REPAIR_OPTIONS takes them
 TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERMITTED, TCPOPT_TIMESTAMP = 2, 3, 4, 8

@@ -376,7 +376,7 @@ INET_SOCK = _rec(711, "INET_SOCK", [
     doc="a TCP or UDP socket the tree holds (FILE records of kind tcp or udp name it by ino): AF_INET or "
         "AF_INET6, SOCK_STREAM or SOCK_DGRAM, TCP_* state (close: bound or not, listen, established; a UDP "
         "socket: established when connected), flags (1: its peer is outside the tree, saved with "
-        "--tcp-established; 2: it had sent its FIN; 4: its peer was closed), the socket of the tree at the "
+        "--tcp-established; 2: it had sent its FIN), the socket of the tree at the "
         "other end (peer ino, 0: none), local and remote port, listen backlog, SO_REUSEADDR, SO_REUSEPORT, "
         "SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT, TCP_NODELAY, IPV6_V6ONLY, SO_SNDBUF/SO_RCVBUF (0: the "
         "kernel's), and for a connection its TCP repair state: the next sequence numbers to send (write_seq) "
