@@ -2,7 +2,7 @@
 # Each installs what it needs (Debian packages, a virtualenv with the PyPI deps).
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PKGS := gcc libc6-dev python3-dev python3-venv iproute2
+APT_PKGS := gcc libc6-dev python3-dev python3-venv iproute2 nftables
 
 .PHONY: demo test deps venv cross-deps bench
 

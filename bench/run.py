@@ -109,6 +109,8 @@ def main():
             print(line, flush=True)
         import tree  # bench/tree.py: trees of 4 and 64 processes
         tree.main(tmp)
+        import tcp  # bench/tcp.py: an asyncio server, 0 and 1,000 TCP connections
+        tcp.main(tmp)
 
 
 if __name__ == "__main__":

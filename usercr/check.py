@@ -155,7 +155,9 @@ def check_kernel_engine():
 def run_checks():
     """(name, ok, detail, required) rows; the kernel engine and the unmapping
     of the restorer region are optional."""
-    optional = ("kernel engine (linux-cr)", "restorer unmapped after restart", "write tracking", "self-checkpoint")
+    from . import inet
+    optional = ("kernel engine (linux-cr)", "restorer unmapped after restart", "write tracking", "self-checkpoint",
+                "TCP repair mode", "nft for ckpt --tcp-established")
     return [(name, *fn(), name not in optional) for name, fn in (
         (f"this user (uid {os.geteuid()})", rootless.check_user),
         ("ptrace seize/interrupt", check_ptrace),
@@ -170,5 +172,7 @@ def run_checks():
         ("write tracking", check_write_tracking),
         ("restorer unmapped after restart", check_restorer_cleanup),
         ("self-checkpoint", check_self_checkpoint),
+        ("TCP repair mode", inet.check_repair),
+        ("nft for ckpt --tcp-established", inet.check_nft),
         ("kernel engine (linux-cr)", check_kernel_engine),
     )]

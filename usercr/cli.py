@@ -65,6 +65,7 @@ CKPT_OPTIONS = [
     Opt("--parent", "FILE", "write only the pages that changed since image FILE (incremental)"),
     Opt("--pre-copy", help="copy memory while the tree runs; freeze it only briefly"),
     Opt("--ext-unix-sk", help="save Unix sockets connected outside the tree, to reconnect them at restart"),
+    Opt("--tcp-established", help="also save TCP connections to a peer outside the tree (kept alive for rstr)"),
     LOGFILE, VERBOSE, DEBUG,
 ]
 RSTR_OPTIONS = [

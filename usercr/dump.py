@@ -3,7 +3,8 @@ write the image."""
 import os
 import time
 
-from . import creds, epoll, eventfd, files, fs, incremental, inotify, ipc, locks, memory, namespaces, pipes, proc, rlimits
+from . import creds, epoll, eventfd, files, fs, incremental, inet, inotify, ipc, locks, memory, namespaces, pipes
+from . import proc, rlimits
 from . import signalfd, signals, tasks, threads, timerfd, timers, tty, unix
 from . import tree as tree_mod
 from . import records as R
@@ -22,7 +23,7 @@ VANISH_SETTLE = 0.2
 # runs inside the frozen task; dump(ctx) yields its records afterwards.
 PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
 # Objects the tree shares, written after every process's records.
-TREE_STATE = (pipes, tty, inotify, unix, eventfd, timerfd, signalfd, epoll)
+TREE_STATE = (pipes, tty, inotify, unix, inet, eventfd, timerfd, signalfd, epoll)
 
 
 def _ancestors():
@@ -147,7 +148,7 @@ class FrozenTree:
 
 
 def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, on_frozen=None, parent=None,
-               pre_copy=False, ext_unix_sk=False, stats=None):
+               pre_copy=False, ext_unix_sk=False, tcp_established=False, stats=None):
     """Writes an image of the process tree rooted at pid to out_fd. On any
     failure every task is released unharmed and UcrError is raised.
     complete() runs once the image is on disk, before kill kills the tree
@@ -156,7 +157,8 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, on_froze
     parent: the path of an image this one is incremental to; pre_copy: copy
     memory first while the tree runs (usercr/incremental.py); ext_unix_sk:
     Unix sockets connected outside the tree are saved to be reattached
-    (unix.py); stats: a usercr.stats.Stats to fill in."""
+    (unix.py); tcp_established: so are TCP connections (inet.py); stats: a
+    usercr.stats.Stats to fill in."""
     validate_target(pid)
     arch = current_arch()
     if parent and pre_copy:
@@ -166,13 +168,14 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, on_froze
         if pre_copy:
             inc = incremental.PreCopy(FrozenTree, pid, arch, log, out_fd)
             inc.rounds()
-        _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix_sk, stats)
+        shared = {"ext_unix_sk": ext_unix_sk, "tcp_established": tcp_established}  # what modules note of the tree
+        _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, stats)
     finally:
         if inc:
             inc.close()
 
 
-def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix_sk, stats):
+def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, stats):
     tree = FrozenTree(pid, arch, log)
 
     def thawed(since):
@@ -195,7 +198,7 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix
         if isinstance(inc, incremental.Parent):
             writer.add(inc.record)
         try:
-            _write_tree(tree, arch, writer, log, inc, ext_unix_sk)
+            _write_tree(tree, arch, writer, log, inc, shared)
         except (UcrError, OSError):  # /proc of a task that is going away fails in many ways
             gone = tree.vanished()
             if gone:
@@ -203,6 +206,7 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix
             raise
         if isinstance(inc, incremental.PreCopy):
             if not kill:  # every page is captured: the tree runs on while the image is completed
+                inet.release(shared, killed=False)
                 tree.release()
                 released = True
                 thawed(frozen)
@@ -215,6 +219,7 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix
         log(f"image complete: {writer.offset} bytes")
     finally:
         try:
+            inet.release(shared, killed=kill and done)  # sockets out of repair mode, unless they die now
             if not released:
                 try:
                     tree.release(kill=kill and done)
@@ -224,6 +229,8 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, ext_unix
             if stats and writer:
                 stats.pages_scanned, stats.pages_written = writer.pages_scanned, writer.pages_written
                 stats.bytes_written = writer.offset
+    if kill:
+        inet.wait_closed(shared)  # the killed tree's ports are free once ckpt returns
 
 
 def _sync(fd):
@@ -233,7 +240,7 @@ def _sync(fd):
         pass  # pipes and ttys cannot be synced; the reader has what was written
 
 
-def _write_tree(tree, arch, writer, log, inc, ext_unix_sk):
+def _write_tree(tree, arch, writer, log, inc, shared):
     ns = tree_mod.Namespace(tree.root, tree.order)
     tree_records = list(tree_mod.dump(tree.root, tree.order, ns))
     tree_mod.check(tree_records)  # before anything is killed: a tree rstr would refuse is refused now
@@ -244,7 +251,7 @@ def _write_tree(tree, arch, writer, log, inc, ext_unix_sk):
     ipc_records = ipc.dump_records(tree.root)
     for rec in ipc_records:
         writer.add(rec)
-    shared = {"sysv": bool(ipc_records), "ext_unix_sk": ext_unix_sk}
+    shared["sysv"] = bool(ipc_records)
     memory_ranges = []
     for pid in tree.order:
         if pid in tree.zombies:

@@ -14,7 +14,7 @@ import os
 import socket
 import stat
 
-from . import epoll, eventfd, inotify, pipes, signalfd, timerfd
+from . import epoll, eventfd, inet, inotify, pipes, signalfd, timerfd
 from . import proc
 from . import records as R
 from . import trust, tty
@@ -23,7 +23,7 @@ from .errors import UcrError
 from .native import lib
 
 K = R.FD_KINDS
-OWNERS = (tty, pipes, inotify, unix, eventfd, timerfd, signalfd, epoll)
+OWNERS = (tty, pipes, inotify, unix, inet, eventfd, timerfd, signalfd, epoll)
 STD_STREAMS = 3
 
 
@@ -58,13 +58,15 @@ def _socket_family(pid, fd):
 
 def file_id(ctx, fd, st):
     """The tree-wide id of the open file description fd of ctx's process is on."""
-    descs = ctx.tree.setdefault("descs", [])   # (pid, fd, dev, ino, file_id)
+    descs = ctx.tree.setdefault("descs", [])   # (pid, fd, dev, ino, file_id), one per file_id
+    same = ctx.tree.setdefault("descs_by_inode", {}).setdefault((st.st_dev, st.st_ino), [])  # so not O(fds²)
     pid, kcmp_file = ctx.pid, ctx.arch.C["UCR_KCMP_FILE"]
-    for opid, ofd, dev, ino, fid in descs:
-        if (dev, ino) == (st.st_dev, st.st_ino) and lib.ucr_kcmp(pid, opid, kcmp_file, fd, ofd) == 0:
+    for opid, ofd, fid in same:
+        if lib.ucr_kcmp(pid, opid, kcmp_file, fd, ofd) == 0:
             return fid
-    fid = len({d[4] for d in descs}) + 1
+    fid = len(descs) + 1
     descs.append((pid, fd, st.st_dev, st.st_ino, fid))
+    same.append((pid, fd, fid))
     return fid
 
 

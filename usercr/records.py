@@ -245,7 +245,7 @@ FILE = _rec(301, "FILE", [
 ], tail="str", many=True, doc="open file descriptor; fds with the same file_id share one open file description "
                    "(offset, flags) across the tree; tail is the path")
 FD_KINDS = Kinds("FD", ["reg", "dir", "chr", "tty", "pipe", "socket", "fifo", "pty-master", "pty-slave",
-                        "inotify", "unix", "epoll", "eventfd", "timerfd", "signalfd"])
+                        "inotify", "unix", "epoll", "eventfd", "timerfd", "signalfd", "tcp", "udp"])
 PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
             scope="tree", doc="a pipe or FIFO used in the tree (FILE records name it by ino); tail is the data "
                 "buffered in it")
@@ -385,6 +385,32 @@ UNIX_EXTERNAL = _rec(704, "UNIX_EXTERNAL", [
     doc="a UNIX_SOCK (ino) connected to a peer outside the tree, saved with ckpt --ext-unix-sk: restart "
         "connects it again to the peer's address (tail: a path or abstract with a leading NUL) as the "
         "process holding it (PID in the tree's namespace, euid, egid)")
+
+# 711-719: TCP and UDP sockets (inet.py)
+INET_SOCK = _rec(711, "INET_SOCK", [
+    ("ino", "u64"), ("peer", "u64"), ("family", "u32"), ("type", "u32"), ("state", "u32"), ("flags", "u32"),
+    ("src_port", "u32"), ("dst_port", "u32"), ("backlog", "u32"), ("reuseaddr", "u32"), ("reuseport", "u32"),
+    ("keepalive", "u32"), ("keepidle", "u32"), ("keepintvl", "u32"), ("keepcnt", "u32"), ("nodelay", "u32"),
+    ("v6only", "u32"), ("sndbuf", "u32"), ("rcvbuf", "u32"), ("snd_seq", "u32"), ("rcv_seq", "u32"),
+    ("mss", "u32"), ("timestamp", "u32"), ("tcp_options", "u32"), ("snd_wscale", "u32"), ("rcv_wscale", "u32"),
+    ("unsent", "u32"), ("snd_wl1", "u32"), ("snd_wnd", "u32"), ("max_window", "u32"), ("rcv_wnd", "u32"),
+    ("rcv_wup", "u32"), ("cur_sndbuf", "u32"), ("cur_rcvbuf", "u32"),
+], tail="bytes", scope="tree", many=True,
+    doc="a TCP or UDP socket the tree holds (FILE records of kind tcp or udp name it by ino): AF_INET or "
+        "AF_INET6, SOCK_STREAM or SOCK_DGRAM, TCP_* state (close: bound or not, listen, established; a UDP "
+        "socket: established when connected), flags (1: its peer is outside the tree, saved with "
+        "--tcp-established; 2: it had sent its FIN), the socket of the tree at the "
+        "other end (peer ino, 0: none), local and remote port, listen backlog, SO_REUSEADDR, SO_REUSEPORT, "
+        "SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT, TCP_NODELAY, IPV6_V6ONLY, SO_SNDBUF/SO_RCVBUF (0: the "
+        "kernel's), and for a connection its TCP repair state: the next sequence numbers to send (write_seq) "
+        "and to receive (rcv_nxt), MSS clamp, TCP timestamp, TCPI_OPT_* options and window scales, bytes of "
+        "the send queue never sent, the window (struct tcp_repair_window), and the buffer sizes it had (given to a "
+        "connection whose queues would not fit the default ones); tail is the local then the "
+        "remote address, 16 bytes each (IPv4 as IPv4-mapped IPv6)")
+INET_QUEUE = _rec(712, "INET_QUEUE", [("ino", "u64"), ("queue", "u32"), ("pad", "u32")], tail="bytes",
+                  scope="tree", many=True,
+                  doc="the data of an INET_SOCK's queue (ino; queue 1: received and not read, 2: sent and not "
+                      "acknowledged, then never sent); tail is the bytes")
 
 FS = _rec(451, "FS", [("umask", "u32"), ("pad", "u32")], tail="strs",
           doc="fs state; tail is [cwd, root]")

@@ -9,8 +9,8 @@ import select
 import signal
 import struct
 
-from . import cleanup, creds, epoll, eventfd, files, fs, inotify, ipc, locks, memory, namespaces, pipes, proc
-from . import incremental, rlimits, rootless, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty
+from . import cleanup, creds, epoll, eventfd, files, fs, incremental, inet, inotify, ipc, locks, memory, namespaces
+from . import pipes, proc, rlimits, rootless, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty
 from . import unix
 from . import records as R
 from .arch import current as current_arch
@@ -30,8 +30,8 @@ POLL_INTERVAL = 0.5
 # standard stream may need the terminal's part). epoll comes after every
 # other kind of fd: files opens each instance when a FILE record names it,
 # and the instance opens its targets (through files) before it adds them.
-PARTS = (incremental, tasks, tty, memory, pipes, inotify, unix, eventfd, timerfd, signalfd, files, epoll, locks, threads, signals,
-         timers, rlimits, fs, creds)
+PARTS = (incremental, tasks, tty, memory, pipes, inotify, unix, inet, eventfd, timerfd, signalfd, files, epoll, locks,
+         threads, signals, timers, rlimits, fs, creds)
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",

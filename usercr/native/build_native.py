@@ -120,6 +120,17 @@ NETLINK_SOCK_DIAG SOCK_DIAG_BY_FAMILY UDIAG_SHOW_NAME UDIAG_SHOW_VFS UDIAG_SHOW_
 UDIAG_SHOW_RQLEN UDIAG_SHOW_UID UNIX_DIAG_NAME UNIX_DIAG_VFS UNIX_DIAG_PEER UNIX_DIAG_ICONS UNIX_DIAG_RQLEN
 UNIX_DIAG_SHUTDOWN UNIX_DIAG_UID SO_PEEK_OFF SO_SNDBUFFORCE SO_RCVBUFFORCE TCP_ESTABLISHED TCP_CLOSE TCP_LISTEN
 """.split()
+# TCP and UDP sockets (inet.py): inet sock_diag, TCP repair mode, queue sizes, TCP states.
+INET_INCLUDES = "#include <sys/ioctl.h>\n#include <linux/inet_diag.h>\n#include <linux/sockios.h>\n#include <netinet/in.h>\n"
+INET_CONSTANTS = """
+INET_DIAG_INFO INET_DIAG_SHUTDOWN INET_DIAG_SKV6ONLY INET_DIAG_MARK INET_DIAG_NOCOOKIE
+TCP_REPAIR TCP_REPAIR_QUEUE TCP_QUEUE_SEQ TCP_REPAIR_OPTIONS TCP_REPAIR_WINDOW TCP_NO_QUEUE TCP_RECV_QUEUE
+TCP_SEND_QUEUE TCP_REPAIR_OFF_NO_WP TCP_INFO TCP_NODELAY TCP_CORK TCP_KEEPIDLE TCP_KEEPINTVL TCP_KEEPCNT
+TCP_MAXSEG TCP_TIMESTAMP TCP_CONGESTION TCP_USER_TIMEOUT TCP_QUICKACK TCP_NOTSENT_LOWAT TCP_DEFER_ACCEPT
+TCPI_OPT_TIMESTAMPS TCPI_OPT_SACK TCPI_OPT_WSCALE
+SIOCINQ SIOCOUTQ SIOCOUTQNSD SO_REUSEPORT IPV6_V6ONLY IP_FREEBIND IP_TRANSPARENT
+TCP_SYN_SENT TCP_SYN_RECV TCP_FIN_WAIT1 TCP_FIN_WAIT2 TCP_TIME_WAIT TCP_CLOSE_WAIT TCP_LAST_ACK TCP_CLOSING
+""".split()
 
 
 def make_ffibuilder():
@@ -130,10 +141,12 @@ def make_ffibuilder():
     build_restorer(cc, arch)
     build_libusercr(cc)
     ffi = FFI()
-    ffi.cdef(cdef_text("plan.h") + cdef_text("core.h") + "".join(f"static const int {n};\n" for n in NET_CONSTANTS + UNIX_CONSTANTS))
+    ffi.cdef(cdef_text("plan.h") + cdef_text("core.h") + "".join(f"static const int {n};\n" for n in NET_CONSTANTS + UNIX_CONSTANTS
+                                                                    + INET_CONSTANTS))
     ffi.set_source(
         "usercr._native",
-        '#include <stdint.h>\n#include <stddef.h>\n#include "plan.h"\n#include "core.h"\n' + NET_INCLUDES + UNIX_INCLUDES,
+        '#include <stdint.h>\n#include <stddef.h>\n#include "plan.h"\n#include "core.h"\n' + NET_INCLUDES + UNIX_INCLUDES
+        + INET_INCLUDES,
         sources=[os.path.join(HERE, "core.c")],
         # the embedded blob and the headers: a change in any rebuilds the module
         depends=[os.path.join(GEN, "restorer_blob.h"), os.path.join(GEN, "records_gen.h"),
