@@ -15,7 +15,7 @@ RUNS = 5
 TMPFS = "/dev/shm"
 HOLDER = """
 import mmap, sys, time
-m = mmap.mmap(-1, {size})
+m = mmap.mmap(-1, {size}, flags=mmap.MAP_PRIVATE)
 for i in range(0, {size}, 4096):
     m[i] = (i // 4096) & 0xff
 print("ready", flush=True)

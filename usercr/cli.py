@@ -74,17 +74,17 @@ def _open_output(fd):
     return out
 
 
-def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose):
+def do_checkpoint(pid, output, output_fd, force, kill, logfile, verbose, compress=False):
     from .dump import checkpoint, validate_target
     from .safeio import AtomicFile
     validate_target(pid)
     log = Log(verbose, logfile)
     if not output:
-        checkpoint(pid, _open_output(output_fd), kill=kill, log=log)
+        checkpoint(pid, _open_output(output_fd), kill=kill, log=log, compress=compress)
         return
     # A temporary file, named output only once complete and before --kill kills anything.
     with AtomicFile(output, 0o600, replace=force) as out:
-        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit)
+        checkpoint(pid, out.fd, kill=kill, log=log, complete=out.commit, compress=compress)
 
 
 def _signal_number(name):
@@ -153,10 +153,11 @@ def do_info(image, verbose, tree, regs, as_json, errors):
 PATH = "path"
 CKPT_PLAIN = {
     "-o": ("output", PATH), "--output": ("output", PATH), "--output-fd": ("output_fd", int),
-    "-f": ("force", True), "--force": ("force", True), "--kill": ("kill", True),
+    "-f": ("force", True), "--force": ("force", True), "--kill": ("kill", True), "--compress": ("compress", True),
     "-l": ("logfile", PATH), "--logfile": ("logfile", PATH), "-v": ("verbose", True), "--verbose": ("verbose", True),
 }
-CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False)
+CKPT_DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, logfile=None, verbose=False,
+                     compress=False)
 RSTR_PLAIN = {
     "-i": ("input", PATH), "--input": ("input", PATH), "--input-fd": ("input_fd", int),
     "--pids": ("pids", True), "--no-pids": ("pids", False), "--pidns": ("pidns", True), "--no-pidns": ("pidns", False),
@@ -242,6 +243,7 @@ def _commands():
         click.option("--output-fd", type=int, help="write the image to this open fd"),
         click.option("-f", "--force", is_flag=True, help="overwrite an existing output file"),
         click.option("--kill", is_flag=True, help="kill the process once the image is complete"),
+        click.option("--compress", is_flag=True, help="write a zstd-compressed image (rstr reads both kinds)"),
         click.option("-l", "--logfile", type=click.Path(dir_okay=False), help="append progress to FILE"),
         click.option("-v", "--verbose", is_flag=True, help="print progress"),
     ]

@@ -10,8 +10,14 @@ BUF_LIMIT = 1 << 16
 
 
 class ImageWriter:
-    def __init__(self, fd):
+    """compress: the stream goes out as zstd (compress.Output)."""
+
+    def __init__(self, fd, compress=False):
         self.fd = fd
+        self.z = None
+        if compress:
+            from .compress import Output
+            self.z = Output(fd)
         self.csum = ffi.new("uint64_t[2]")
         self.buf = bytearray()
         self.offset = 0
@@ -29,6 +35,10 @@ class ImageWriter:
         self.buf = bytearray()
 
     def _write(self, data):
+        if self.z:
+            self.z.write(data)
+            self.offset += len(data)
+            return
         view = memoryview(data)
         while view:
             try:
@@ -45,7 +55,7 @@ class ImageWriter:
         for i, (start, end, mode) in enumerate(ranges):
             arr[i].start, arr[i].end, arr[i].mode = start, end, mode
         written = ffi.new("uint64_t *")
-        r = lib.ucr_dump_pages(pid, pagemap_fd, mem_fd, self.fd, arr, len(ranges), self.csum, page_size, written)
+        r = lib.ucr_dump_pages(pid, pagemap_fd, mem_fd, self.fd, self.z.handle if self.z else ffi.NULL, arr, len(ranges), self.csum, page_size, written)
         self.offset += written[0]
         if r < 0:
             raise UcrError(f"copying memory of process {pid}: {os.strerror(-r)}")
@@ -53,6 +63,12 @@ class ImageWriter:
     def finish(self):
         self.flush()
         self._write(R.TAIL.pack(magic=R.TAIL_MAGIC, csum_a=self.csum[0], csum_b=self.csum[1]))
+        if self.z:
+            self.z.write(b"", end=True)
+
+    def close(self):
+        if self.z:
+            self.z.close()
 
 
 def header_record(arch_id, page_size):
@@ -82,14 +98,16 @@ class ImageReader:
 
     MAX_RECORD = 1 << 26
 
-    def __init__(self, fd):
+    def __init__(self, fd, prefix=b""):
         self.fd = fd
         self.csum = ffi.new("uint64_t[2]")
         self.offset = 0
+        self.prefix = prefix  # the stream's first bytes, already read from fd
 
     def _read(self, n, what):
-        chunks = []
-        left = n
+        chunks = [self.prefix[:n]]
+        self.prefix = self.prefix[n:]
+        left = n - len(chunks[0])
         while left:
             try:
                 data = os.read(self.fd, min(left, 1 << 20))
