@@ -13,7 +13,7 @@ from .native import ffi, lib
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Speed over ratio: memory compresses well even at zstd's fast levels.
-LEVEL = 1
+LEVEL = -1
 PIPE_SIZE = 1 << 20
 
 

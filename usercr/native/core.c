@@ -34,11 +34,10 @@
 #define PM_PRESENT (1ULL << 63)
 #define PM_SWAPPED (1ULL << 62)
 #define PM_FILE (1ULL << 61)
-#define PM_BATCH 65536
+#define PM_BATCH 8192
 #define MAX_RUN_PAGES 1024
-#define OUT_BUF (4UL << 20)
+#define OUT_BUF (1UL << 20)  /* small: ckpt's peak memory stays ~16 MiB */
 #define COPY_CHUNK (256UL << 10)  /* copied, then summed while still in the cache */
-#define HUGE_ALIGN (2UL << 20)
 
 void ucr_csum_update(uint64_t *state, const void *buf, size_t len)
 {
@@ -207,18 +206,14 @@ int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z, con
     o.fd = out_fd;
     o.z = z;
     o.csum = csum;
-    /* Buffers in transparent huge pages where the system allows them: a
-     * handful of faults instead of thousands. */
-    char *mem = mmap(NULL, NBUF * OUT_BUF + HUGE_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *mem = mmap(NULL, NBUF * OUT_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     pm = mmap(NULL, PM_BATCH * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED || pm == MAP_FAILED) {
         r = -ENOMEM;
         goto unmap;
     }
-    char *bufs = (char *)(((uintptr_t)mem + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1));
-    madvise(bufs, NBUF * OUT_BUF, MADV_HUGEPAGE);
     for (int i = 0; i < NBUF; i++)
-        o.bufs[i] = bufs + i * OUT_BUF;
+        o.bufs[i] = mem + i * OUT_BUF;
     o.buf = o.bufs[0];
     pthread_mutex_init(&o.lock, NULL);
     pthread_cond_init(&o.work, NULL);
@@ -265,7 +260,7 @@ int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z, con
 unmap:
     *bytes_written = o.bytes;
     if (mem != MAP_FAILED)
-        munmap(mem, NBUF * OUT_BUF + HUGE_ALIGN);
+        munmap(mem, NBUF * OUT_BUF);
     if (pm != MAP_FAILED)
         munmap(pm, PM_BATCH * 8);
     return r;
