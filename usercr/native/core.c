@@ -36,7 +36,7 @@
 #define PM_FILE (1ULL << 61)
 #define PM_BATCH 8192
 #define MAX_RUN_PAGES 1024
-#define OUT_BUF (1UL << 20)  /* small: ckpt's peak memory stays ~16 MiB */
+#define OUT_BUF (512UL << 10)  /* small: ckpt's peak memory stays within 16 MiB */
 #define COPY_CHUNK (256UL << 10)  /* copied, then summed while still in the cache */
 
 void ucr_csum_update(uint64_t *state, const void *buf, size_t len)
@@ -653,9 +653,11 @@ int ucr_signalfd(uint64_t mask)
  * few declarations below are zstd's stable API (zstd.h, 1.4+). */
 struct zin { const void *src; size_t size, pos; };
 struct zbuf { void *dst; size_t size, pos; };
-enum { ZSTD_c_compressionLevel = 100, ZSTD_c_checksumFlag = 201, ZSTD_c_nbWorkers = 400 };
+enum { ZSTD_c_compressionLevel = 100, ZSTD_c_windowLog = 101, ZSTD_c_checksumFlag = 201, ZSTD_c_nbWorkers = 400, ZSTD_c_jobSize = 401 };
 enum { ZSTD_e_continue = 0, ZSTD_e_end = 2 };
-#define ZSTD_CHUNK (1UL << 20)
+#define ZSTD_CHUNK (256UL << 10)
+#define ZSTD_WINDOW_LOG 17  /* 128 KiB: ckpt's and rstr's memory; pages gain little from more */
+#define ZSTD_JOB (512 << 10)  /* zstd's smallest: less memory than its default */
 
 static struct {
     void *(*createCCtx)(void);
@@ -731,14 +733,15 @@ void *ucr_zout_open(int fd, int level, int workers, int *err)
         return NULL;
     }
     if (Z.isError(r = Z.setParameter(z->cctx, ZSTD_c_compressionLevel, level)) ||
+        Z.isError(r = Z.setParameter(z->cctx, ZSTD_c_windowLog, ZSTD_WINDOW_LOG)) ||
         Z.isError(r = Z.setParameter(z->cctx, ZSTD_c_checksumFlag, 1))) {
         *err = zstd_fail(r);
         ucr_zout_free(z);
         return NULL;
     }
     /* A library built without threads refuses: it then compresses in the caller. */
-    if (workers > 0)
-        Z.setParameter(z->cctx, ZSTD_c_nbWorkers, workers);
+    if (workers > 0 && !Z.isError(Z.setParameter(z->cctx, ZSTD_c_nbWorkers, workers)))
+        Z.setParameter(z->cctx, ZSTD_c_jobSize, ZSTD_JOB);
     return z;
 }
 
