@@ -56,15 +56,18 @@ def start(code):
 
 
 def run(argv, tmp):
-    """(seconds, peak RSS in MiB, stderr) of a command that must succeed."""
-    out = os.path.join(tmp, "peak.out")
-    p = subprocess.run([PEAK, out] + argv, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       text=True)
-    if p.returncode:
-        raise RuntimeError(f"{' '.join(argv)} failed: {p.stderr.strip()}")
+    """(seconds, peak RSS in MiB, stderr) of a command that must succeed. Its
+    stderr goes to a file: a restored program may keep rstr's."""
+    out, err = os.path.join(tmp, "peak.out"), os.path.join(tmp, "stderr")
+    with open(err, "w+") as f:
+        code = subprocess.run([PEAK, out] + argv, timeout=300, stdout=subprocess.DEVNULL, stderr=f).returncode
+        f.seek(0)
+        said = f.read()
+    if code:
+        raise RuntimeError(f"{' '.join(argv)} failed: {said.strip()}")
     with open(out) as f:
         secs, kib = f.read().split()
-    return float(secs), int(kib) / 1024, p.stderr
+    return float(secs), int(kib) / 1024, said
 
 
 def timed(argv):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
 from test_bad_input import running_copies
-from test_tree import checkpoint_killed, family, restored, start, ticked, ticks
+from test_tree import family, restored, start, ticked, ticks
 from usercr.compress import ZSTD_MAGIC
 
 
