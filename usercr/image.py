@@ -55,7 +55,8 @@ class ImageWriter:
         for i, (start, end, mode) in enumerate(ranges):
             arr[i].start, arr[i].end, arr[i].mode = start, end, mode
         written = ffi.new("uint64_t *")
-        r = lib.ucr_dump_pages(pid, pagemap_fd, mem_fd, self.fd, self.z.handle if self.z else ffi.NULL, arr, len(ranges), self.csum, page_size, written)
+        z = self.z.handle if self.z else ffi.NULL
+        r = lib.ucr_dump_pages(pid, pagemap_fd, mem_fd, self.fd, z, arr, len(ranges), self.csum, page_size, written)
         self.offset += written[0]
         if r < 0:
             raise UcrError(f"copying memory of process {pid}: {os.strerror(-r)}")
