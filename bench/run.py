@@ -48,10 +48,22 @@ while True:
 PEAK = None  # the compiled bench/peak.c
 
 
-def start(code):
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                         close_fds=True, start_new_session=True, text=True)
-    assert p.stdout.readline().strip() == "ready"
+def start(code, out=None):
+    """The workload, ready. out: its stdout goes to that file rather than a
+    pipe to us (CRIU refuses a pipe that leads out of the dumped tree)."""
+    if out is None:
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             close_fds=True, start_new_session=True, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        return p
+    with open(out, "w") as f:
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=f, stderr=subprocess.DEVNULL,
+                             stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "ready" not in open(out).read():
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the workload did not get ready")
+        time.sleep(0.05)
     return p
 
 
@@ -180,7 +192,7 @@ def measure_criu(criu, name, code, tmp):
     for _ in range(RUNS):
         shutil.rmtree(imgdir, ignore_errors=True)
         os.mkdir(imgdir)
-        p = start(code)
+        p = start(code, os.path.join(tmp, "criu.out"))
         try:
             secs, rss, _ = run([criu, "dump", "-t", str(p.pid), "-D", imgdir, "--shell-job"], tmp)
             res.dump.append(secs)
@@ -208,7 +220,8 @@ def report(res, criu=None, plain=None):
         ratios.append(f"dump = {d / res.med('limit_w'):.2f} x write()")
     if res.limit_r:
         ratios.append(f"restore = {r / res.med('limit_r'):.2f} x read into fresh memory")
-    ratios.append(f"restore = {r / res.med('limit_p'):.2f} x python3 -c pass")
+    else:  # a small program
+        ratios.append(f"restore = {r / res.med('limit_p'):.2f} x python3 -c pass")
     if plain:
         ratios.append(f"image = {res.size / plain.size:.2f} x plain, dump = {d / plain.med('dump'):.2f} x plain")
     if criu:
