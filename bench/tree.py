@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from run import BIN, RUNS, TMPFS, timed
+from run import BIN, RUNS, TMPFS, pass_limit, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PR_SET_CHILD_SUBREAPER = 36
@@ -110,14 +110,14 @@ def stdout_pos(pid):
 
 
 def measure(exe, fanouts, ntasks, tmp):
-    """(median dump s, median restore s, image bytes) for one tree."""
+    """(median dump s, median restore s, image bytes, median python3 -c pass s) for one tree."""
     out, img, pidfile = (os.path.join(tmp, name) for name in ("tree.out", "tree.img", "tree.pid"))
     # O_APPEND: rstr checks the size of other files, and this one grows. Each copy
     # of the tree still has its own offset, which moves only when that copy writes.
     with open(out, "a") as f:
         p = subprocess.Popen([exe, *fanouts], stdout=f, stdin=subprocess.DEVNULL, close_fds=True,
                              start_new_session=True)
-    dumps, restores = [], []
+    dumps, restores, passes = [], [], []
     try:
         wait_until(lambda: "ready" in lines(out), "the tree to be ready")
         pids = wait_until(lambda: whole_tree(p.pid, ntasks), f"{ntasks} tasks")
@@ -131,6 +131,7 @@ def measure(exe, fanouts, ntasks, tmp):
                 os.unlink(pidfile)
             restores.append(timed([os.path.join(BIN, "rstr"), "-i", img, "--pids", "--pidns", "-W",
                                    "--pidfile", pidfile]))
+            passes.append(pass_limit())
             root = int(open(pidfile).read().split()[0])
             tasks = tree_pids(root)
             reaper = [parent(root)] if parent(root) != os.getpid() else []  # none if the root is PID 1
@@ -140,7 +141,7 @@ def measure(exe, fanouts, ntasks, tmp):
                 wait_until(lambda: stdout_pos(root) > pos, "the restored tree to run", 10)
             finally:
                 kill_all(reaper + tasks)  # the reaper first: the namespace's tasks die with it
-        return statistics.median(dumps), statistics.median(restores), os.path.getsize(img)
+        return statistics.median(dumps), statistics.median(restores), os.path.getsize(img), statistics.median(passes)
     finally:
         kill_all(tree_pids(p.pid))
         p.wait(timeout=30)
@@ -156,10 +157,11 @@ def main(tmp=None):
     exe = build(tmp)
     got = {}
     for name, fanouts, ntasks in TREES:
-        d, r, size = got[ntasks] = measure(exe, fanouts, ntasks, tmp)
+        d, r, size, pass_s = got[ntasks] = measure(exe, fanouts, ntasks, tmp)
         print(f"tree {name:8} dump {d:.3f} s ({d / ntasks * 1000:.1f} ms/task)  "
-              f"restore {r:.3f} s ({r / ntasks * 1000:.1f} ms/task)  image {size / 2**20:.1f} MiB", flush=True)
-    (d4, r4, _), (d64, r64, _) = got[4], got[64]
+              f"restore {r:.3f} s ({r / ntasks * 1000:.1f} ms/task) = {r / pass_s:.2f} x python3 -c pass  "
+              f"image {size / 2**20:.1f} MiB", flush=True)
+    (d4, r4, _, _), (d64, r64, _, _) = got[4], got[64]
     print(f"tree 64/4 tasks: dump x{d64 / d4:.1f}  restore x{r64 / r4:.1f}  (x16 = proportional to tasks)", flush=True)
     dt, rt = (d64 - d4) / 60, (r64 - r4) / 60  # a fixed cost plus this per task
     print(f"tree per extra task: dump {dt * 1000:.1f} ms  restore {rt * 1000:.1f} ms;  "

@@ -47,6 +47,8 @@ CASES = {
     "signal": (["signal"], lambda o: "ready" in o, True, lambda o: "signal ok" in o),
     "sleep": (["sleep", "15"], lambda o: "ready" in o, False, lambda o: "sleep ok" in o),
 }
+CASES["zmemsum"] = CASES["memsum"]
+CKPT_OPTIONS = {"zmemsum": ["--compress"]}  # its image is compressed
 
 
 def run_compat(label, prog):
@@ -324,8 +326,8 @@ def run_case(label, prog, kind):
     if kind == "sleep":
         time.sleep(0.5)
     t0 = time.monotonic()
-    ck = subprocess.run([f"{BIN}/ckpt", str(p.pid), "-o", img, "--kill"], capture_output=True, text=True,
-                        timeout=TIMEOUT)
+    ck = subprocess.run([f"{BIN}/ckpt", str(p.pid), "-o", img, "--kill"] + CKPT_OPTIONS.get(kind, []),
+                        capture_output=True, text=True, timeout=TIMEOUT)
     t_ckpt = time.monotonic() - t0
     try:
         p.wait(timeout=10)

@@ -33,9 +33,11 @@ KINDS = ("epollmix", "epoll", "eventfd", "timerfd", "signalfd")
 # (--parent) and pre-copy cycles, with the write tracking `usercr check` names (arm_vm_driver.py).
 INCR = ("chain", "precopy")
 # armhf: the ARM-state and the Thumb-state build of every workload
+# zmemsum: memsum through a compressed image (ckpt --compress, libzstd of the VM)
 CASES = {
-    "armhf": [f"{mode}-{w}" for w in WORKLOADS for mode in ("arm", "thumb")] + [f"tree-{w}" for w in TREE],
-    "aarch64": [f"a64-{w}" for w in WORKLOADS] + ["armhf-compat"] + [f"tree-{w}" for w in TREE],
+    "armhf": [f"{mode}-{w}" for w in WORKLOADS for mode in ("arm", "thumb")] + ["arm-zmemsum"] +
+             [f"tree-{w}" for w in TREE],
+    "aarch64": [f"a64-{w}" for w in WORKLOADS] + ["a64-zmemsum", "armhf-compat"] + [f"tree-{w}" for w in TREE],
 }
 for _arch in ARCHES:
     CASES[_arch] += [f"kind-{w}" for w in KINDS] + [f"incr-{w}" for w in INCR]

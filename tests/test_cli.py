@@ -16,7 +16,7 @@ CKPT = cli._commands()["checkpoint"]
 RSTR = cli._commands()["restart"]
 DEFAULTS = dict(output=None, output_fd=None, force=False, kill=False, stats=None, logfile=None, verbose=0,
                 debug=False, parent=None, pre_copy=False, ext_unix_sk=False,
-                tcp_established=False)
+                tcp_established=False, compress=False)
 
 
 @pytest.mark.parametrize("args, want", [

@@ -66,6 +66,7 @@ CKPT_OPTIONS = [
     Opt("--pre-copy", help="copy memory while the tree runs; freeze it only briefly"),
     Opt("--ext-unix-sk", help="save Unix sockets connected outside the tree, to reconnect them at restart"),
     Opt("--tcp-established", help="also save TCP connections to a peer outside the tree (kept alive for rstr)"),
+    Opt("--compress", help="write a zstd-compressed image (rstr and ckptinfo read either)"),
     LOGFILE, VERBOSE, DEBUG,
 ]
 RSTR_OPTIONS = [

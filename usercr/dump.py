@@ -148,7 +148,7 @@ class FrozenTree:
 
 
 def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, on_frozen=None, parent=None,
-               pre_copy=False, ext_unix_sk=False, tcp_established=False, stats=None):
+               pre_copy=False, ext_unix_sk=False, tcp_established=False, compress=False, stats=None):
     """Writes an image of the process tree rooted at pid to out_fd. On any
     failure every task is released unharmed and UcrError is raised.
     complete() runs once the image is on disk, before kill kills the tree
@@ -157,25 +157,27 @@ def checkpoint(pid, out_fd, kill=False, log=log_nothing, complete=None, on_froze
     parent: the path of an image this one is incremental to; pre_copy: copy
     memory first while the tree runs (usercr/incremental.py); ext_unix_sk:
     Unix sockets connected outside the tree are saved to be reattached
-    (unix.py); tcp_established: so are TCP connections (inet.py); stats: a
-    usercr.stats.Stats to fill in."""
+    (unix.py); tcp_established: so are TCP connections (inet.py); compress:
+    a zstd stream (compress.py); stats: a usercr.stats.Stats to fill in."""
     validate_target(pid)
     arch = current_arch()
     if parent and pre_copy:
         raise UcrError("--parent and --pre-copy cannot be combined yet")
+    if compress and (parent or pre_copy):  # their images are read by offset, which a zstd stream has not
+        raise UcrError("--compress cannot be combined with --parent or --pre-copy yet")
     inc = incremental.Parent(parent, log) if parent else None
     try:
         if pre_copy:
             inc = incremental.PreCopy(FrozenTree, pid, arch, log, out_fd)
             inc.rounds()
         shared = {"ext_unix_sk": ext_unix_sk, "tcp_established": tcp_established}  # what modules note of the tree
-        _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, stats)
+        _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, compress, stats)
     finally:
         if inc:
             inc.close()
 
 
-def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, stats):
+def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, compress, stats):
     tree = FrozenTree(pid, arch, log)
 
     def thawed(since):
@@ -185,14 +187,13 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, 
             stats.frozen_at, stats.thawed_at = since, now
 
     done = released = False
-    writer = None
+    writer = ImageWriter(out_fd, compress)  # before the freeze: a missing libzstd stops nothing
     frozen = time.monotonic()
     try:
         tree.freeze()
         if on_frozen:
             on_frozen()
         log(f"froze {len(tree.order)} processes, {len(tree.tracees)} threads")
-        writer = ImageWriter(out_fd)
         writer.add(header_record(arch.ARCH_ID, PAGE_SIZE))
         writer.add(arch.dump_header())
         if isinstance(inc, incremental.Parent):
@@ -218,6 +219,7 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, 
         done = True
         log(f"image complete: {writer.offset} bytes")
     finally:
+        writer.close()
         try:
             inet.release(shared, killed=kill and done)  # sockets out of repair mode, unless they die now
             if not released:
@@ -226,7 +228,7 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, 
                 finally:
                     thawed(frozen)
         finally:
-            if stats and writer:
+            if stats:
                 stats.pages_scanned, stats.pages_written = writer.pages_scanned, writer.pages_written
                 stats.bytes_written = writer.offset
     if kill:

@@ -10,8 +10,14 @@ BUF_LIMIT = 1 << 16
 
 
 class ImageWriter:
-    def __init__(self, fd):
+    """compress: the stream goes out as zstd (compress.Output)."""
+
+    def __init__(self, fd, compress=False):
         self.fd = fd
+        self.z = None
+        if compress:
+            from .compress import Output
+            self.z = Output(fd)
         self.csum = ffi.new("uint64_t[2]")
         self.buf = bytearray()
         self.offset = 0
@@ -30,6 +36,10 @@ class ImageWriter:
         self.buf = bytearray()
 
     def _write(self, data):
+        if self.z:
+            self.z.write(data)
+            self.offset += len(data)
+            return
         view = memoryview(data)
         while view:
             try:
@@ -47,8 +57,9 @@ class ImageWriter:
         for i, (start, end, mode) in enumerate(ranges):
             arr[i].start, arr[i].end, arr[i].mode = start, end, mode
         counts = ffi.new("uint64_t[2]")
-        r = lib.ucr_dump_pages_base(pid, pagemap_fd, mem_fd, self.fd, arr, len(ranges), self.csum, page_size, counts,
-                                    base[0] if base else ffi.NULL)
+        z = self.z.handle if self.z else ffi.NULL
+        r = lib.ucr_dump_pages_base(pid, pagemap_fd, mem_fd, self.fd, z, arr, len(ranges), self.csum, page_size,
+                                    counts, base[0] if base else ffi.NULL)
         self.offset += counts[0]
         self.pages_written += counts[1]
         self.pages_scanned += sum(end - start for start, end, _ in ranges) // page_size
@@ -58,6 +69,12 @@ class ImageWriter:
     def finish(self):
         self.flush()
         self._write(R.TAIL.pack(magic=R.TAIL_MAGIC, csum_a=self.csum[0], csum_b=self.csum[1]))
+        if self.z:
+            self.z.write(b"", end=True)
+
+    def close(self):
+        if self.z:
+            self.z.close()
 
 
 def header_record(arch_id, page_size):
@@ -87,14 +104,16 @@ class ImageReader:
 
     MAX_RECORD = 1 << 26
 
-    def __init__(self, fd):
+    def __init__(self, fd, prefix=b""):
         self.fd = fd
         self.csum = ffi.new("uint64_t[2]")
         self.offset = 0
+        self.prefix = prefix  # the stream's first bytes, already read from fd
 
     def _read(self, n, what):
-        chunks = []
-        left = n
+        chunks = [self.prefix[:n]]
+        self.prefix = self.prefix[n:]
+        left = n - len(chunks[0])
         while left:
             try:
                 data = os.read(self.fd, min(left, 1 << 20))

@@ -390,7 +390,7 @@ def _copy_pages(pid, fd, spans, pc):
     with open(proc.path(pid, "pagemap"), "rb", buffering=0) as pm, open(proc.path(pid, "mem"), "rb",
                                                                          buffering=0) as mem:
         os.lseek(fd, start, os.SEEK_SET)
-        r = lib.ucr_dump_pages(pid, pm.fileno(), mem.fileno(), fd, _ranges(spans), len(spans), csum, PAGE_SIZE,
+        r = lib.ucr_dump_pages(pid, pm.fileno(), mem.fileno(), fd, ffi.NULL, _ranges(spans), len(spans), csum, PAGE_SIZE,
                                counts)
     pc.offset += counts[0]
     if r < 0:

@@ -5,6 +5,7 @@ import json
 import os
 
 from . import records as R
+from .compress import Input
 from .errors import UcrError
 from .image import ImageReader
 from .native import lib
@@ -12,10 +13,12 @@ from .native import lib
 
 def read_all(fd):
     """Every record of the image (page data summed, not kept), tail checked."""
-    reader = ImageReader(fd)
-    recs = [reader.header()]
-    while recs[-1].type != R.TAIL.type:
-        recs.append(reader.next(skip_data=True))
+    with Input(fd) as stream:
+        reader = ImageReader(stream.fd, stream.prefix)
+        recs = [reader.header()]
+        while recs[-1].type != R.TAIL.type:
+            recs.append(reader.next(skip_data=True))
+        stream.finish()
     return recs
 
 

@@ -9,7 +9,7 @@ import select
 import signal
 import struct
 
-from . import cleanup, creds, epoll, eventfd, files, fs, incremental, inet, inotify, ipc, locks, memory, namespaces
+from . import cleanup, compress, creds, epoll, eventfd, files, fs, incremental, inet, inotify, ipc, locks, memory, namespaces
 from . import pipes, proc, rlimits, rootless, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty
 from . import unix
 from . import records as R
@@ -562,17 +562,23 @@ def _copy_input(in_fd, offset):
     return fd
 
 
-def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, forward=None, log=log_nothing,
-            strict_files=False, stats=None):
-    """Restores the image read from in_fd, copies times. pids, pidns:
-    True, False or None (decided here, see _pid_mode). Returns (root pids,
-    wait status of the first or None); with a reaper (a new namespace) the
-    status is the reaper's, which mirrors the root's. forward: a signal
-    sent to the roots when rstr gets SIGINT while it waits. strict_files:
-    a file whose size changed since the checkpoint is an error, not a warning.
-    stats: a usercr.stats.RestartStats to fill in."""
+def restart(in_fd, **options):
+    """Restores the image read from in_fd (plain or compressed), copies
+    times. pids, pidns: True, False or None (decided here, see _pid_mode).
+    Returns (root pids, wait status of the first or None); with a reaper (a
+    new namespace) the status is the reaper's, which mirrors the root's.
+    forward: a signal sent to the roots when rstr gets SIGINT while it waits.
+    strict_files: a file whose size changed since the checkpoint is an error,
+    not a warning. stats: a usercr.stats.RestartStats to fill in."""
+    with compress.Input(in_fd) as stream:
+        return _restart(stream, **options)
+
+
+def _restart(stream, pids=None, pidns=None, wait=True, pidfile=None, copies=1, forward=None, log=log_nothing,
+             strict_files=False, stats=None):
     arch = current_arch()
-    reader = ImageReader(in_fd)
+    in_fd = stream.fd
+    reader = ImageReader(in_fd, stream.prefix)
     image = Image(reader, arch)
     creation = Creation(image.shape)
     pids, pidns = _pid_mode(image, creation, pids, pidns, copies, log)
@@ -591,6 +597,7 @@ def restart(in_fd, pids=None, pidns=None, wait=True, pidfile=None, copies=1, for
         if pidfile:
             safeio.write_file(pidfile, "".join(f"{root}\n" for root in roots))
         log(f"restored {copies} x {len(image.procs)} processes, root PID(s) {' '.join(map(str, roots))}")
+        stream.finish()  # a compressed stream is whole and undamaged
         if stats:
             stats.processes, stats.tops = copies * len(image.procs), [copy.top for copy in trees]
             stats.bytes_read = reader.offset + sum(copy.image_end - reader.offset for copy in trees)

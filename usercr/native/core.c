@@ -3,7 +3,9 @@
  * and the hand-over from rstr to the restorer blob in a new task. */
 #define _GNU_SOURCE
 #define UCR_CORE 1
+#include <dlfcn.h>
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -36,11 +38,10 @@
 #define PM_PRESENT (1ULL << 63)
 #define PM_SWAPPED (1ULL << 62)
 #define PM_FILE (1ULL << 61)
-#define PM_BATCH 65536
+#define PM_BATCH 8192
 #define MAX_RUN_PAGES 1024
-#define OUT_BUF (4UL << 20)
+#define OUT_BUF (512UL << 10)  /* small: ckpt's peak memory stays within 16 MiB */
 #define COPY_CHUNK (256UL << 10)  /* copied, then summed while still in the cache */
-#define HUGE_ALIGN (2UL << 20)
 
 void ucr_csum_update(uint64_t *state, const void *buf, size_t len)
 {
@@ -71,6 +72,7 @@ void ucr_arch_info(uint64_t *out)
 
 struct out {
     int fd;
+    void *z;             /* a zstd stream (ucr_zout_open) or NULL: plain */
     char *bufs[NBUF];
     size_t lens[NBUF];
     char *buf;           /* the buffer being filled: bufs[submitted % NBUF] */
@@ -114,7 +116,7 @@ static void *writer_thread(void *arg)
         pthread_mutex_unlock(&o->lock);
         int r = 0;
         if (!failed) {  /* after an error, buffers are only drained */
-            r = write_full(o->fd, o->bufs[k], o->lens[k]);
+            r = o->z ? ucr_zout_write(o->z, o->bufs[k], o->lens[k], 0) : write_full(o->fd, o->bufs[k], o->lens[k]);
             o->bytes += o->lens[k];
         }
         pthread_mutex_lock(&o->lock);
@@ -207,16 +209,17 @@ static int wanted(uint64_t pm, uint32_t mode)
     return (pm & PM_SWAPPED) || ((pm & PM_PRESENT) && !(pm & PM_FILE));
 }
 
-/* counts[0]: bytes written to out_fd, counts[1]: pages saved (also on failure). */
-int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
+/* counts[0]: bytes written to out_fd, counts[1]: pages saved (also on failure);
+ * z: a compressor (ucr_zstd_*) or NULL. */
+int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z, const struct ucr_dump_range *ranges,
                    uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *counts)
 {
-    return ucr_dump_pages_base(pid, pagemap_fd, mem_fd, out_fd, ranges, nranges, csum, page_size, counts, NULL);
+    return ucr_dump_pages_base(pid, pagemap_fd, mem_fd, out_fd, z, ranges, nranges, csum, page_size, counts, NULL);
 }
 
-int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
-                        uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *counts,
-                        const struct ucr_base *base)
+int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z,
+                        const struct ucr_dump_range *ranges, uint32_t nranges, uint64_t *csum, uint64_t page_size,
+                        uint64_t *counts, const struct ucr_base *base)
 {
     struct out o;
     uint64_t *pm;
@@ -225,6 +228,7 @@ int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const s
 
     memset(&o, 0, sizeof(o));
     o.fd = out_fd;
+    o.z = z;
     o.csum = csum;
     o.base = base;
     char *scratch = MAP_FAILED;
@@ -232,18 +236,14 @@ int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const s
                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) == MAP_FAILED)
         return -ENOMEM;
     o.src_vaddr = (uint64_t)(uintptr_t)scratch;  /* emit_run_base's scratch buffer, until it sets src */
-    /* Buffers in transparent huge pages where the system allows them: a
-     * handful of faults instead of thousands. */
-    char *mem = mmap(NULL, NBUF * OUT_BUF + HUGE_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *mem = mmap(NULL, NBUF * OUT_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     pm = mmap(NULL, PM_BATCH * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED || pm == MAP_FAILED) {
         r = -ENOMEM;
         goto unmap;
     }
-    char *bufs = (char *)(((uintptr_t)mem + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1));
-    madvise(bufs, NBUF * OUT_BUF, MADV_HUGEPAGE);
     for (int i = 0; i < NBUF; i++)
-        o.bufs[i] = bufs + i * OUT_BUF;
+        o.bufs[i] = mem + i * OUT_BUF;
     o.buf = o.bufs[0];
     pthread_mutex_init(&o.lock, NULL);
     pthread_cond_init(&o.work, NULL);
@@ -291,7 +291,7 @@ unmap:
     counts[0] = o.bytes;
     counts[1] = o.pages;
     if (mem != MAP_FAILED)
-        munmap(mem, NBUF * OUT_BUF + HUGE_ALIGN);
+        munmap(mem, NBUF * OUT_BUF);
     if (pm != MAP_FAILED)
         munmap(pm, PM_BATCH * 8);
     if (scratch != MAP_FAILED)
@@ -947,4 +947,182 @@ int ucr_probe_write_tracking(void)
     long n = ucr_pagemap_written(pm, 0, 0, 0, out, 1, &walk);
     close(pm);
     return n < 0 ? (int)n : 0;
+}
+
+/* zstd, loaded when first used: libzstd.so.1 is in every Debian base system
+ * (apt needs it), so no build needs its headers or a link against it. The
+ * few declarations below are zstd's stable API (zstd.h, 1.4+). */
+struct zin { const void *src; size_t size, pos; };
+struct zbuf { void *dst; size_t size, pos; };
+enum { ZSTD_c_compressionLevel = 100, ZSTD_c_windowLog = 101, ZSTD_c_checksumFlag = 201, ZSTD_c_nbWorkers = 400, ZSTD_c_jobSize = 401 };
+enum { ZSTD_e_continue = 0, ZSTD_e_end = 2 };
+#define ZSTD_CHUNK (256UL << 10)
+#define ZSTD_WINDOW_LOG 17  /* 128 KiB: ckpt's and rstr's memory; pages gain little from more */
+#define ZSTD_JOB (512 << 10)  /* zstd's smallest: less memory than its default */
+
+static struct {
+    void *(*createCCtx)(void);
+    size_t (*freeCCtx)(void *);
+    size_t (*setParameter)(void *, int, int);
+    size_t (*compressStream2)(void *, struct zbuf *, struct zin *, int);
+    void *(*createDStream)(void);
+    size_t (*freeDStream)(void *);
+    size_t (*decompressStream)(void *, struct zbuf *, struct zin *);
+    unsigned (*isError)(size_t);
+    const char *(*getErrorName)(size_t);
+} Z;
+static pthread_once_t zstd_once = PTHREAD_ONCE_INIT;
+static int zstd_loaded;
+static char zstd_msg[160];
+
+static void zstd_load(void)
+{
+    void *h = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(zstd_msg, sizeof(zstd_msg), "libzstd.so.1 is not installed");
+        return;
+    }
+#define SYM(field, name) if (!(*(void **)&Z.field = dlsym(h, name))) { \
+        snprintf(zstd_msg, sizeof(zstd_msg), "libzstd.so.1 lacks %s (zstd 1.4 or later is needed)", name); \
+        return; }
+    SYM(createCCtx, "ZSTD_createCCtx") SYM(freeCCtx, "ZSTD_freeCCtx") SYM(setParameter, "ZSTD_CCtx_setParameter")
+    SYM(compressStream2, "ZSTD_compressStream2") SYM(createDStream, "ZSTD_createDStream")
+    SYM(freeDStream, "ZSTD_freeDStream") SYM(decompressStream, "ZSTD_decompressStream")
+    SYM(isError, "ZSTD_isError") SYM(getErrorName, "ZSTD_getErrorName")
+#undef SYM
+    zstd_loaded = 1;
+}
+
+static int zstd_ready(void)
+{
+    pthread_once(&zstd_once, zstd_load);
+    return zstd_loaded ? 0 : -ENOSYS;
+}
+
+/* A zstd failure: -EBADMSG, with zstd's words for ucr_zstd_error(). */
+static int zstd_fail(size_t code)
+{
+    snprintf(zstd_msg, sizeof(zstd_msg), "%s", Z.getErrorName(code));
+    return -EBADMSG;
+}
+
+const char *ucr_zstd_error(void) { return zstd_msg; }
+
+struct zout {
+    void *cctx;
+    int fd;
+    char buf[ZSTD_CHUNK];
+};
+
+/* A compressing writer on fd: one frame, with zstd's content checksum;
+ * workers > 0 compresses in that many threads of zstd's own. */
+void *ucr_zout_open(int fd, int level, int workers, int *err)
+{
+    struct zout *z;
+    size_t r;
+    if ((*err = zstd_ready()))
+        return NULL;
+    z = mmap(NULL, sizeof(*z), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (z == MAP_FAILED) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    z->fd = fd;
+    if (!(z->cctx = Z.createCCtx())) {
+        munmap(z, sizeof(*z));
+        *err = -ENOMEM;
+        return NULL;
+    }
+    if (Z.isError(r = Z.setParameter(z->cctx, ZSTD_c_compressionLevel, level)) ||
+        Z.isError(r = Z.setParameter(z->cctx, ZSTD_c_windowLog, ZSTD_WINDOW_LOG)) ||
+        Z.isError(r = Z.setParameter(z->cctx, ZSTD_c_checksumFlag, 1))) {
+        *err = zstd_fail(r);
+        ucr_zout_free(z);
+        return NULL;
+    }
+    /* A library built without threads refuses: it then compresses in the caller. */
+    if (workers > 0 && !Z.isError(Z.setParameter(z->cctx, ZSTD_c_nbWorkers, workers)))
+        Z.setParameter(z->cctx, ZSTD_c_jobSize, ZSTD_JOB);
+    return z;
+}
+
+/* Compresses buf and writes what zstd has ready; end finishes the frame. */
+int ucr_zout_write(void *zp, const void *buf, size_t len, int end)
+{
+    struct zout *z = zp;
+    struct zin in = { buf, len, 0 };
+    for (;;) {
+        struct zbuf out = { z->buf, sizeof(z->buf), 0 };
+        size_t left = Z.compressStream2(z->cctx, &out, &in, end ? ZSTD_e_end : ZSTD_e_continue);
+        int r;
+        if (Z.isError(left))
+            return zstd_fail(left);
+        if (out.pos && (r = write_full(z->fd, z->buf, out.pos)))
+            return r;
+        if (end ? left == 0 : in.pos == in.size)
+            return 0;
+    }
+}
+
+void ucr_zout_free(void *zp)
+{
+    struct zout *z = zp;
+    Z.freeCCtx(z->cctx);
+    munmap(z, sizeof(*z));
+}
+
+/* Decompresses in_fd (after prefix, bytes already read from it) to out_fd
+ * until in_fd ends: 0, or -errno, -EBADMSG (damaged; ucr_zstd_error says
+ * how), -ENODATA (the stream ends inside a frame). */
+int ucr_zstd_pump(int in_fd, int out_fd, const void *prefix, size_t prefix_len)
+{
+    int r;
+    if ((r = zstd_ready()))
+        return r;
+    void *ds = Z.createDStream();
+    char *mem = mmap(NULL, 2 * ZSTD_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (!ds || mem == MAP_FAILED) {
+        r = -ENOMEM;
+        goto out;
+    }
+    char *ibuf = mem, *obuf = mem + ZSTD_CHUNK;
+    size_t left = 1;  /* zstd's hint: 0 once a frame is complete */
+    memcpy(ibuf, prefix, prefix_len);
+    size_t have = prefix_len;
+    for (;;) {
+        if (!have) {
+            ssize_t n = read(in_fd, ibuf, ZSTD_CHUNK);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                r = -errno;
+                break;
+            }
+            if (n == 0) {
+                r = left ? -ENODATA : 0;
+                break;
+            }
+            have = (size_t)n;
+        }
+        struct zin in = { ibuf, have, 0 };
+        int full;  /* zstd may hold more output than one buffer takes */
+        do {
+            struct zbuf out = { obuf, ZSTD_CHUNK, 0 };
+            left = Z.decompressStream(ds, &out, &in);
+            if (Z.isError(left)) {
+                r = zstd_fail(left);
+                goto out;
+            }
+            if (out.pos && (r = write_full(out_fd, obuf, out.pos)))
+                goto out;
+            full = out.pos == out.size;
+        } while (in.pos < in.size || full);
+        have = 0;
+    }
+out:
+    if (ds)
+        Z.freeDStream(ds);
+    if (mem != MAP_FAILED)
+        munmap(mem, 2 * ZSTD_CHUNK);
+    return r;
 }

@@ -29,7 +29,7 @@ const unsigned char *ucr_restorer_blob(void);
 size_t ucr_restorer_size(void);
 const char *ucr_arch_name(void);
 void ucr_arch_info(uint64_t *out);
-int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
+int ucr_dump_pages(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z, const struct ucr_dump_range *ranges,
                    uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *counts);
 int ucr_map_region(uint64_t addr, uint64_t len, int shared);
 int ucr_protect(uint64_t addr, uint64_t len, int prot);
@@ -72,14 +72,20 @@ int ucr_timerfd_get(int fd, int clockid, uint64_t *out);
 int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns);
 int ucr_signalfd(uint64_t mask);
 /* incremental.py */
-int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, const struct ucr_dump_range *ranges,
-                        uint32_t nranges, uint64_t *csum, uint64_t page_size, uint64_t *counts,
-                        const struct ucr_base *base);
+int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z,
+                        const struct ucr_dump_range *ranges, uint32_t nranges, uint64_t *csum, uint64_t page_size,
+                        uint64_t *counts, const struct ucr_base *base);
 int ucr_uffd_flags(void);
 int ucr_probe_write_tracking(void);
 int ucr_uffd_user_mode_only(void);
 int ucr_uffd_wp_start(int uffd, const struct ucr_dump_range *ranges, uint32_t n, uint32_t *ok);
 long ucr_pagemap_written(int pagemap_fd, uint64_t start, uint64_t end, int rearm, uint64_t *out, uint32_t cap,
                          uint64_t *walk_end);
+/* zstd streams (usercr/compress.py) */
+void *ucr_zout_open(int fd, int level, int workers, int *err);
+int ucr_zout_write(void *z, const void *buf, size_t len, int end);
+void ucr_zout_free(void *z);
+int ucr_zstd_pump(int in_fd, int out_fd, const void *prefix, size_t prefix_len);
+const char *ucr_zstd_error(void);
 
 #endif

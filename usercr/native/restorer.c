@@ -50,7 +50,7 @@ static inline long sys5(long n, long a, long b, long c, long d, long e) { return
 #define MMAP_OFF(o, ps) ((long)(o))
 #endif
 
-#define READ_CHUNK (1UL << 20)
+#define READ_CHUNK (256UL << 10)  /* read, then summed while in the cache */
 #ifndef PR_TIMER_CREATE_RESTORE_IDS
 #define PR_TIMER_CREATE_RESTORE_IDS 77  /* Linux 6.14 UAPI, newer than the toolchains' headers */
 #endif
