@@ -74,7 +74,7 @@ def test_ckptinfo_reads_compressed_as_plain(procs, workloads, tmp_path):
     assert r.returncode == 0
     info = [run([tool("ckptinfo"), "--json", str(p)]) for p in (img, decompressed)]
     assert info[0].returncode == 0 and info[1].returncode == 0, info[0].stderr + info[1].stderr
-    assert '"tasks"' in info[0].stdout
+    assert "\"processes\"" in info[0].stdout
     assert info[0].stdout.count('"pid"') == info[1].stdout.count('"pid"')
 
 
