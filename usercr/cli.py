@@ -274,7 +274,8 @@ class _Logger:
         self.logger.propagate = False
         if verbose:
             h = logging.StreamHandler(sys.stderr)
-            h.addFilter(lambda rec: rec.levelno < logging.ERROR)  # errors: _run_reporting's one line
+            # errors and warnings are on stderr already (_run_reporting's one line, rstr's warnings)
+            h.addFilter(lambda rec: rec.levelno < logging.WARNING)
             h.setFormatter(logging.Formatter("%(message)s"))
             self.logger.addHandler(h)
         if logfile:
@@ -298,6 +299,9 @@ class _Logger:
 
     def debug(self, msg):
         self.logger.debug(msg)
+
+    def warning(self, msg):
+        self.logger.warning(msg)
 
     def failed(self, msg):
         if self.file and not self.file.broken:

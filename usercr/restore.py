@@ -611,6 +611,7 @@ def _restart(stream, pids=None, pidns=None, wait=True, pidfile=None, copies=1, f
         signal.signal(signal.SIGINT, lambda *_: [_signal(root, forward) for root in roots])
     for msg in trees[0].warnings:
         _warn(msg)
+        getattr(log, "warning", log_nothing)(msg)  # -l FILE keeps them too
     _set_terminal_modes(trees[0].terminal_modes)
     try:
         for copy in trees:
