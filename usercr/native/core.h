@@ -70,6 +70,8 @@ int ucr_epoll_harvest(int epfd, int max);
 int ucr_timerfd_create(int clockid);
 int ucr_timerfd_get(int fd, int clockid, uint64_t *out);
 int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns);
+int ucr_timerfd_restore(int fd, int clockid, int flags, uint64_t value_ns, uint64_t interval_ns, uint64_t ticks,
+                        uint64_t margin_ns, int *step);
 int ucr_signalfd(uint64_t mask);
 /* incremental.py */
 int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z,
