@@ -47,6 +47,18 @@ def test_memory_through_three_compressed_cycles(procs, workloads, tmp_path):
         assert_checks_pass(out)
 
 
+@pytest.mark.parametrize("other", [["--pre-copy"], ["--parent", "PARENT"]])
+def test_compress_refused_with_offset_readers(procs, workloads, tmp_path, other):
+    """Incremental and pre-copy images are read by offset: --compress with them is one line, the target runs on."""
+    pid, out = memory_workload(procs, workloads, tmp_path)
+    ckpt(pid, tmp_path / "PARENT")
+    args = [str(tmp_path / a) if a == "PARENT" else a for a in other]
+    r = run([tool("ckpt"), str(pid), "-o", str(tmp_path / "img"), "--kill", "--compress", *args])
+    assert "--compress" in assert_one_line_error(r)
+    assert alive(pid) and not (tmp_path / "img").exists()
+    assert_checks_pass(out)
+
+
 def test_tree_reads_one_compressed_stream_in_turn(procs, workloads, tmp_path):
     """Three processes of 64 MiB each (shared copy-on-write and private pages),
     restored from one compressed image with their PIDs, twice."""
