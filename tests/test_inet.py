@@ -4,14 +4,15 @@ on a loopback connection (unread in the receive queue, unsent in the send
 queue); UDP sockets bound on IPv4 and IPv6 and an IPv6 listener with their
 options; a connection to a peer outside the tree, refused in one line
 without --tcp-established and kept alive with it; a listener with a
-connection waiting to be accepted, refused."""
+connection waiting to be accepted, refused; tcploop.c (also run in the ARM
+VMs) streaming checked messages over IPv4 and IPv6 loopback."""
 import os
 import socket
 import sys
 import time
 
 from conftest import alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
-from test_tree import tree
+from test_tree import cycles, start, tree
 from usercr.arch import current
 from usercr.image import ImageReader
 from usercr.model import Image
@@ -178,6 +179,24 @@ def test_data_in_flight_both_ways(procs, tmp_path):
         verified = next(line for line in lines(out) if line.startswith(f"verified {k} ")).split()[2:]
         assert verified == full[::-1]
     assert alive(pid)
+
+
+def test_tcploop_v4_v6(procs, workloads, tmp_path):
+    """Three cycles of tests/workloads/tcploop.c: every message arrives once
+    and in order across them, and each image caught bytes queued both ways
+    on both connections."""
+    out = tmp_path / "out"
+    root = start(procs, workloads["tcploop"], out)
+    assert "families ipv4 ipv6" in lines(out)
+    cycles(procs, tmp_path, root, out)
+    for k in range(CYCLES):
+        socks = image_records(tmp_path / f"img{k}", "INET_SOCK")
+        queued = {(q["ino"], q["queue"]) for q in image_records(tmp_path / f"img{k}", "INET_QUEUE")}
+        conns = [s for s in socks if s["state"] == lib.TCP_ESTABLISHED]
+        assert len(conns) == 4 and sum(s["state"] == lib.TCP_LISTEN for s in socks) == 2
+        assert all((s["ino"], lib.TCP_RECV_QUEUE) in queued for s in conns), f"cycle {k}: a receive queue empty"
+        clients = [s for s in conns if s["dst_port"] in {t["src_port"] for t in socks if t["state"] == lib.TCP_LISTEN}]
+        assert len(clients) == 2 and all((s["ino"], lib.TCP_SEND_QUEUE) in queued for s in clients)
 
 
 # UDP sockets bound on IPv4 and IPv6 and a TCP listener on IPv6 only, each

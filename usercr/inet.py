@@ -510,6 +510,9 @@ class Restore:
                     socks[ino].sendall(data[len(data) - r["unsent"]:])
                 if r["flags"] & FIN_SENT:
                     socks[ino].shutdown(socket.SHUT_WR)
+                for force, key in ((lib.SO_SNDBUFFORCE, "sndbuf"), (lib.SO_RCVBUFFORCE, "rcvbuf")):
+                    if r[key]:
+                        socks[ino].setsockopt(SOL_SOCKET, force, r[key] // 2)
             for ino in list(socks):
                 self.kept[ino] = self.rst.keep(socks.pop(ino).detach())
         except OSError as e:
@@ -566,11 +569,14 @@ class Restore:
         recvq = self.queues.get((ino, lib.TCP_RECV_QUEUE), b"")
         sendq = self.queues.get((ino, lib.TCP_SEND_QUEUE), b"")
         sent = sendq[:len(sendq) - r["unsent"]]
-        # Queues that grew with autotuned buffers need those buffers again (which fixes their size).
-        for name, force, key, data in ((socket.SO_SNDBUF, lib.SO_SNDBUFFORCE, "cur_sndbuf", sendq),
-                                       (socket.SO_RCVBUF, lib.SO_RCVBUFFORCE, "cur_rcvbuf", recvq)):
-            if not r[key[4:]] and len(data) > s.getsockopt(SOL_SOCKET, name) // 2:
-                s.setsockopt(SOL_SOCKET, force, max(r[key] // 2, len(data)))  # the kernel doubles it
+        # Queues that grew with autotuned buffers need those buffers again (which fixes their size);
+        # a queue may hold more than a size the program set counts (the kernel lets a last write
+        # through): it goes in with room enough, and _build gives the program's size back after.
+        buffers = ((socket.SO_SNDBUF, lib.SO_SNDBUFFORCE, "sndbuf", sendq),
+                   (socket.SO_RCVBUF, lib.SO_RCVBUFFORCE, "rcvbuf", recvq))
+        for name, force, key, data in buffers:
+            if len(data) > s.getsockopt(SOL_SOCKET, name) // 2:
+                s.setsockopt(SOL_SOCKET, force, max(r["cur_" + key] // 2, len(data)))  # the kernel doubles it
         s.setsockopt(TCP, lib.TCP_REPAIR, 1)
         s.bind((_unpack_addr(family, local), lport))
         s.setsockopt(TCP, lib.TCP_REPAIR_QUEUE, lib.TCP_SEND_QUEUE)
