@@ -1,6 +1,7 @@
 """TCP and UDP sockets, IPv4 and IPv6 (fd kinds tcp and udp). One INET_SOCK
 record per socket the tree holds, read from a pidfd_getfd copy: its names,
-state and options; for a TCP connection its repair state (TCP_REPAIR:
+state and options (the less common ones that differ from a fresh socket's
+in INET_OPT records); for a TCP connection its repair state (TCP_REPAIR:
 sequence numbers, MSS, window scales, SACK, timestamps, window) and one
 INET_QUEUE record per non-empty queue, peeked in repair mode so nothing is
 consumed. ckpt without --kill takes each socket out of repair mode again
@@ -22,7 +23,8 @@ directions from before it is read until rstr has it back.
 Refused in one line, the tree left running: a listener with connections
 waiting to be accepted (and their client ends), a connection whose other end
 was closed (an orphan in the kernel) or is being set up (SYN_SENT), a
-closed connection, a UDP socket with datagrams queued."""
+closed connection, a UDP socket with datagrams queued, a connection with
+urgent data not read yet."""
 import errno
 import fcntl
 import hashlib

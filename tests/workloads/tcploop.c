@@ -16,9 +16,9 @@
 #define BUF 4096            /* SO_SNDBUF and SO_RCVBUF; the kernel doubles them */
 #define AHEAD 4096          /* messages the child sends ahead of the echoes it has read: more than the buffers hold */
 #define ROOT_BATCH 6        /* messages the root reads per step */
-#define CHILD_BATCH 4       /* echoes the child reads per step */
+#define CHILD_BATCH 2       /* echoes the child reads per step */
 #define STEP_MS 10
-#define TICK_MSGS 100
+#define TICK_MSGS 50
 
 struct end {
     int fd;
