@@ -411,6 +411,15 @@ INET_QUEUE = _rec(712, "INET_QUEUE", [("ino", "u64"), ("queue", "u32"), ("pad", 
                   scope="tree", many=True,
                   doc="the data of an INET_SOCK's queue (ino; queue 1: received and not read, 2: sent and not "
                       "acknowledged, then never sent); tail is the bytes")
+INET_OPT = _rec(713, "INET_OPT", [("ino", "u64"), ("level", "u32"), ("name", "u32")], tail="bytes",
+                scope="tree", many=True,
+                doc="a socket option of an INET_SOCK (ino) that differs from a fresh socket's: level and "
+                    "name as setsockopt takes them (SO_LINGER, SO_PRIORITY, SO_MARK, SO_RCVLOWAT, SO_OOBINLINE, "
+                    "SO_BINDTODEVICE, SO_RCVTIMEO/SNDTIMEO, IP_TOS, IP_TTL, IP_FREEBIND, IP_TRANSPARENT, "
+                    "IP_MULTICAST_*, IP_RECV*, IPV6_TCLASS, IPV6_UNICAST_HOPS, IPV6_MULTICAST_*, IPV6_RECV*, "
+                    "TCP_CORK, TCP_CONGESTION, TCP_USER_TIMEOUT, TCP_NOTSENT_LOWAT, TCP_DEFER_ACCEPT, "
+                    "TCP_FASTOPEN, TCP_FASTOPEN_CONNECT, TCP_LINGER2, TCP_SYNCNT...), in the order rstr sets "
+                    "them; tail is the value as getsockopt gave it")
 
 FS = _rec(451, "FS", [("umask", "u32"), ("pad", "u32")], tail="strs",
           doc="fs state; tail is [cwd, root]")
