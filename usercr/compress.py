@@ -1,6 +1,6 @@
 """Compressed images. `ckpt --compress` writes the stream as a sequence of
 zstd frames, which is one zstd stream: the metadata in frames of its own,
-the page data in one independent frame per 512 KiB buffer, compressed by
+the page data in one independent frame per 256 KiB buffer, compressed by
 whichever of the C core's two dump threads (the one copying memory, the one
 writing the image) has time for it. rstr and ckptinfo recognise a zstd
 stream by its first four bytes and read it through a decompressing child

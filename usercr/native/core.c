@@ -42,8 +42,9 @@
 #define MAX_RUN_PAGES 1024
 #define OUT_BUF (512UL << 10)  /* small: ckpt's peak memory stays within 16 MiB */
 #define COPY_CHUNK (256UL << 10)  /* copied, then summed while still in the cache */
-/* ZSTD_compressBound(OUT_BUF): a frame of incompressible data is a little larger */
-#define ZOUT_FRAME_CAP (OUT_BUF + (OUT_BUF >> 8) + 1024)
+#define ZOUT_BUF (256UL << 10)  /* with compression, each buffer also has its frame's */
+/* ZSTD_compressBound(ZOUT_BUF): a frame of incompressible data is a little larger */
+#define ZOUT_FRAME_CAP (ZOUT_BUF + (ZOUT_BUF >> 8) + 1024)
 
 static int zout_frames_begin(void *z);
 
@@ -82,7 +83,7 @@ struct out {
     char *zbufs[NBUF];   /* with z: each buffer as one zstd frame */
     size_t zlens[NBUF];  /* 0: not compressed yet (the writer does it) */
     char *buf;           /* the buffer being filled: bufs[submitted % NBUF] */
-    size_t used;
+    size_t used, cap;    /* cap: the buffers' size */
     uint64_t *csum;
     uint64_t bytes, pages;  /* written: bytes by the writer thread, pages queued */
     uint64_t submitted, written;
@@ -209,7 +210,7 @@ static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t
         return emit_run_base(o, pid, mem_fd, vaddr, npages, ps);
     struct ucr_rec_pages rec = { { UCR_REC_PAGES, (uint32_t)(sizeof(rec) + npages * ps) }, vaddr, npages };
     int r;
-    if (o->used + sizeof(rec) > OUT_BUF && (r = flush(o)))
+    if (o->used + sizeof(rec) > o->cap && (r = flush(o)))
         return r;
     memcpy(o->buf + o->used, &rec, sizeof(rec));
     o->pages += npages;
@@ -217,7 +218,7 @@ static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t
     o->used += sizeof(rec);
     uint64_t len = npages * ps;
     while (len) {
-        size_t room = OUT_BUF - o->used;
+        size_t room = o->cap - o->used;
         if (!room) {
             if ((r = flush(o)))
                 return r;
@@ -275,7 +276,8 @@ int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z
                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) == MAP_FAILED)
         return -ENOMEM;
     o.src_vaddr = (uint64_t)(uintptr_t)scratch;  /* emit_run_base's scratch buffer, until it sets src */
-    size_t zcap = z ? ZOUT_FRAME_CAP : 0, size = NBUF * (OUT_BUF + zcap);
+    o.cap = z ? ZOUT_BUF : OUT_BUF;
+    size_t zcap = z ? ZOUT_FRAME_CAP : 0, size = NBUF * (o.cap + zcap);
     char *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     pm = mmap(NULL, PM_BATCH * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED || pm == MAP_FAILED) {
@@ -283,8 +285,8 @@ int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z
         goto unmap;
     }
     for (int i = 0; i < NBUF; i++) {
-        o.bufs[i] = mem + i * OUT_BUF;
-        o.zbufs[i] = mem + NBUF * OUT_BUF + i * zcap;
+        o.bufs[i] = mem + i * o.cap;
+        o.zbufs[i] = mem + NBUF * o.cap + i * zcap;
     }
     o.buf = o.bufs[0];
     pthread_mutex_init(&o.lock, NULL);
@@ -832,7 +834,7 @@ static int emit_parent(struct out *o, const struct ucr_base_run *br, uint64_t va
         rec.csum_a = sum[0];
         rec.csum_b = sum[1];
     }
-    if (o->used + sizeof(rec) > OUT_BUF && (r = flush(o)))
+    if (o->used + sizeof(rec) > o->cap && (r = flush(o)))
         return r;
     memcpy(o->buf + o->used, &rec, sizeof(rec));
     ucr_csum_words(o->csum, &rec, sizeof(rec));
