@@ -1056,11 +1056,11 @@ const char *ucr_zstd_error(void) { return zstd_msg; }
  * reads it): the metadata in frames of their own, compressed as it comes
  * (cctx); the page data in frames of one buffer each, compressed by
  * either of the dump's threads (frame_cctx[0] the thread that copies,
- * [1] the writer). */
+ * [1] the writer, which is cctx: the two never compress at once). */
 struct zout {
     void *cctx, *frame_cctx[2];
     int fd, level, open;  /* open: a metadata frame is begun */
-    char buf[ZSTD_CHUNK];
+    char buf[64 << 10];   /* metadata comes in 64 KiB pieces (image.py) */
 };
 
 static void *zout_cctx(int level, int *err)
@@ -1108,9 +1108,9 @@ static int zout_frames_begin(void *zp)
     int r = 0;
     if (z->open && (r = ucr_zout_write(z, NULL, 0, 1)))
         return r;
-    for (int i = 0; i < 2; i++)
-        if (!z->frame_cctx[i] && !(z->frame_cctx[i] = zout_cctx(z->level, &r)))
-            return r;
+    z->frame_cctx[1] = z->cctx;
+    if (!z->frame_cctx[0] && !(z->frame_cctx[0] = zout_cctx(z->level, &r)))
+        return r;
     return 0;
 }
 
@@ -1145,9 +1145,8 @@ void ucr_zout_free(void *zp)
 {
     struct zout *z = zp;
     Z.freeCCtx(z->cctx);
-    for (int i = 0; i < 2; i++)
-        if (z->frame_cctx[i])
-            Z.freeCCtx(z->frame_cctx[i]);
+    if (z->frame_cctx[0])
+        Z.freeCCtx(z->frame_cctx[0]);
     munmap(z, sizeof(*z));
 }
 
