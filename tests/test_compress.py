@@ -188,3 +188,22 @@ def test_damaged_compressed_stream_on_a_pipe(procs, workloads, compressed):
         r = subprocess.run([tool("rstr")], stdin=f, capture_output=True, text=True, timeout=60)
     assert_one_line_error(r)
     assert running_copies(workloads["counter"]) == []
+
+
+@pytest.mark.skipif(not shutil.which("zstd"), reason="the zstd tool is not installed")
+def test_page_data_in_independent_frames(procs, workloads, tmp_path):
+    """The page data goes out as one zstd frame per 256 KiB buffer, compressed
+    by whichever dump thread had time: the zstd tool finds the frames whole
+    and their sum is the plain stream, which restores."""
+    pid, out = memory_workload(procs, workloads, tmp_path)
+    img, plain = tmp_path / "img", tmp_path / "plain"
+    ckpt(pid, img, "--kill", "--compress")
+    procs.kill(pid)
+    listed = run(["zstd", "-lv", str(img)])
+    assert listed.returncode == 0, listed.stderr
+    frames = int(next(x for x in listed.stdout.splitlines() if "Frames:" in x).split(":")[1])
+    with open(plain, "wb") as f:
+        assert subprocess.run(["zstd", "-q", "-d", "-c", str(img)], stdout=f, timeout=60).returncode == 0
+    assert frames > plain.stat().st_size // (256 << 10)
+    pid = rstr(procs, plain)
+    assert_checks_pass(out)

@@ -5,33 +5,49 @@ epoll.py for epoll instances.
 An owner module gives `KINDS`, `classify(ctx, st, target, info)` (the kind, or
 None), `note(ctx, fd, st, info, fields)` at checkpoint, and a Restore part
 with `open(rec)`. A new kind of fd is one module and one entry in OWNERS.
+rstr imports an owner only when the image has an fd it may own (owner()).
 
 Descriptors that share one open file description across the tree (dup,
 fork) get one file_id, found with kcmp, and share one again after restart.
 Standard streams on something that is not the tree's own (a terminal, a
 socket, a pipe the tree holds only one end of) follow rstr's, fd by fd."""
+import importlib
 import os
-import socket
 import stat
 
-from . import epoll, eventfd, inet, inotify, pipes, signalfd, timerfd
 from . import proc
 from . import records as R
-from . import trust, tty
-from . import unix
+from . import trust
 from .errors import UcrError
 from .native import lib
 
 K = R.FD_KINDS
-OWNERS = (tty, pipes, inotify, unix, inet, eventfd, timerfd, signalfd, epoll)
+# The owner modules, by name; the socket ones, dearest to import, last.
+OWNERS = ("tty", "pipes", "inotify", "eventfd", "timerfd", "signalfd", "epoll", "unix", "inet")
 STD_STREAMS = 3
 
 
+OWN_KINDS = (K.REG, K.DIR, K.CHR, K.SOCKET)  # this module's (a socket: a standard stream)
+
+
+def owners():
+    """The owner modules, each imported when the walk reaches it."""
+    for name in OWNERS:
+        yield importlib.import_module(f"{__package__}.{name}")
+
+
+def owner(kind):
+    """The name of the module that owns fd kind, or None for this module's own."""
+    if kind in OWN_KINDS:
+        return None
+    return next((m.__name__.rsplit(".", 1)[1] for m in owners() if kind in m.KINDS), None)
+
+
 def _classify(ctx, st, target, info):
-    for owner in OWNERS:
-        kind = owner.classify(ctx, st, target, info)
+    for module in owners():
+        kind = module.classify(ctx, st, target, info)
         if kind is not None:
-            return kind, owner
+            return kind, module
     if stat.S_ISREG(st.st_mode):
         return K.REG, None
     if stat.S_ISDIR(st.st_mode):
@@ -45,6 +61,7 @@ def _classify(ctx, st, target, info):
 
 def _socket_family(pid, fd):
     """The address family of a socket of another process (netlink, packet...), for a refusal."""
+    import socket
     copy = lib.ucr_pidfd_getfd(pid, fd)
     if copy < 0:
         return "?"
@@ -98,7 +115,7 @@ def _file_record(ctx, fd, target, info):
 
 def dump(ctx):
     ctx.fds = proc.fds(ctx.pid)
-    for owner in OWNERS:
+    for owner in owners():
         if hasattr(owner, "scan"):  # an owner that must look at the whole tree before it can classify
             owner.scan(ctx)
     for fd, target, info in ctx.fds:
@@ -117,7 +134,6 @@ class Restore:
     def __init__(self, rst):
         self.rst = rst
         self.descs = {}   # file_id, or ("std", fd) for a standard stream -> kept fd
-        self.owners = {kind: owner.__name__.rsplit(".", 1)[1] for owner in OWNERS for kind in owner.KINDS}
         self.terminal_modes = {}  # rstr's fd -> termios to put on it before the tree runs
 
     def _external(self, rec):
@@ -181,9 +197,9 @@ class Restore:
     def _open(self, rec):
         if self._external(rec):
             return self._open_external(rec)
-        owner = self.owners.get(rec["kind"])
-        if owner:
-            return self.rst.part(owner).open(rec)
+        name = owner(rec["kind"])
+        if name:
+            return self.rst.part(name).open(rec)
         return self._open_path(rec)
 
     def fd(self, rec):

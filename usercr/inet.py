@@ -27,13 +27,10 @@ closed connection, a UDP socket with datagrams queued, a connection with
 urgent data not read yet."""
 import errno
 import fcntl
-import hashlib
 import os
-import shutil
 import socket
 import stat
 import struct
-import subprocess
 import time
 
 from . import proc
@@ -467,6 +464,7 @@ def wait_closed(shared):
 # -- the network lock: nftables ---------------------------------------------
 
 def _nft(script, what):
+    import shutil, subprocess  # here, as hashlib below: only --tcp-established needs them, not every ckpt
     nft = shutil.which("nft")
     if nft is None:
         raise UcrError(f"{what} needs nftables' nft command (Debian package nftables)")
@@ -477,6 +475,7 @@ def _nft(script, what):
 
 
 def table_name(family, local, lport, remote, rport):
+    import hashlib
     digest = hashlib.sha1(struct.pack("=I", family) + local + remote).hexdigest()[:12]
     return f"{NFT_PREFIX}{lport}_{rport}_{digest}"
 
@@ -519,6 +518,7 @@ def check_repair():
 
 def check_nft():
     """usercr check: ckpt --tcp-established drops a connection's packets with nftables."""
+    import shutil
     if shutil.which("nft") is None:
         return False, "no nft command (Debian package nftables): ckpt --tcp-established is refused"
     return True, ""

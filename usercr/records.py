@@ -75,6 +75,9 @@ class Record:
             self.fields.append((fname, ftype, count))
         self.struct = struct.Struct(fmt)
         assert self.struct.size % ALIGN == 0, f"{name}: fixed part must be 8-byte sized"
+        # Only plain numbers: unpack zips names and values (rstr decodes some 200 records at start)
+        self.plain = tuple(f[0] for f in self.fields) if all(f[1] != "char" and f[2] == 1 for f in self.fields) \
+            else None
         self.tail = tail
         self.doc = doc
         self.c = c
@@ -117,15 +120,18 @@ class Record:
         """Decode the payload (everything after the record header, unpadded)."""
         if len(payload) < self.struct.size:
             raise ValueError(f"{self.name} record too short")
-        flat = iter(self.struct.unpack_from(payload))
-        out = {}
-        for fname, ftype, count in self.fields:
-            if ftype == "char":
-                out[fname] = next(flat).split(b"\0", 1)[0].decode(errors="replace")
-            elif count > 1:
-                out[fname] = [next(flat) for _ in range(count)]
-            else:
-                out[fname] = next(flat)
+        values = self.struct.unpack_from(payload)
+        if self.plain is not None:
+            out = dict(zip(self.plain, values))
+        else:
+            out, flat = {}, iter(values)
+            for fname, ftype, count in self.fields:
+                if ftype == "char":
+                    out[fname] = next(flat).split(b"\0", 1)[0].decode(errors="replace")
+                elif count > 1:
+                    out[fname] = [next(flat) for _ in range(count)]
+                else:
+                    out[fname] = next(flat)
         rest = payload[self.struct.size:]
         if self.tail == "bytes":
             out["tail"] = bytes(rest)

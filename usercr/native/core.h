@@ -84,7 +84,7 @@ int ucr_uffd_wp_start(int uffd, const struct ucr_dump_range *ranges, uint32_t n,
 long ucr_pagemap_written(int pagemap_fd, uint64_t start, uint64_t end, int rearm, uint64_t *out, uint32_t cap,
                          uint64_t *walk_end);
 /* zstd streams (usercr/compress.py) */
-void *ucr_zout_open(int fd, int level, int workers, int *err);
+void *ucr_zout_open(int fd, int level, int *err);
 int ucr_zout_write(void *z, const void *buf, size_t len, int end);
 void ucr_zout_free(void *z);
 int ucr_zstd_pump(int in_fd, int out_fd, const void *prefix, size_t prefix_len);
