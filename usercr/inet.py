@@ -653,9 +653,10 @@ class Restore:
         # through): it goes in with room enough, and _build gives the program's size back after.
         buffers = ((socket.SO_SNDBUF, lib.SO_SNDBUFFORCE, "sndbuf", sendq),
                    (socket.SO_RCVBUF, lib.SO_RCVBUFFORCE, "rcvbuf", recvq))
+        # Room counts the kernel's per-segment overhead too (truesize): twice the data, which the kernel doubles.
         for name, force, key, data in buffers:
-            if len(data) > s.getsockopt(SOL_SOCKET, name) // 2:
-                s.setsockopt(SOL_SOCKET, force, max(r["cur_" + key] // 2, len(data)))  # the kernel doubles it
+            if 2 * len(data) > s.getsockopt(SOL_SOCKET, name) // 2:
+                s.setsockopt(SOL_SOCKET, force, max(r["cur_" + key] // 2, 2 * len(data)))
         s.setsockopt(TCP, lib.TCP_REPAIR, 1)
         s.bind((_unpack_addr(family, local), lport))
         s.setsockopt(TCP, lib.TCP_REPAIR_QUEUE, lib.TCP_SEND_QUEUE)
