@@ -33,7 +33,7 @@ import stat
 import struct
 import time
 
-from . import proc
+from . import netlink, proc
 from . import records as R
 from .errors import UcrError
 from .native import lib
@@ -534,7 +534,9 @@ def _describe(r):
     return f"{'tcp' if r['type'] == socket.SOCK_STREAM else 'udp'} socket {names}"
 
 
-class Restore:
+class Restore(netlink.KeptSockets):
+    RECORD = "INET_SOCK"
+
     def __init__(self, rst):
         self.rst = rst
         self.saved = {rec["ino"]: rec for rec in rst.img.tree_records("INET_SOCK")}
@@ -543,17 +545,6 @@ class Restore:
         for rec in rst.img.tree_records("INET_OPT"):
             self.extra.setdefault(rec["ino"], []).append((rec["level"], rec["name"], rec["tail"]))
         self.kept = None   # ino -> kept fd
-
-    def open(self, rec):
-        if self.kept is None:
-            self.kept = {}
-            self._build()
-        fd = self.kept.get(rec["ino"])
-        if fd is None:
-            raise UcrError(f"image corrupt: no INET_SOCK record for the socket at fd {rec['fd']}")
-        new = os.dup(fd)
-        fcntl.fcntl(new, fcntl.F_SETFL, rec["flags"])
-        return new
 
     def _build(self):
         """Listeners and bound sockets first (a connection accepted from a
