@@ -13,6 +13,7 @@ Standard streams on something that is not the tree's own (a terminal, a
 socket, a pipe the tree holds only one end of) follow rstr's, fd by fd."""
 import importlib
 import os
+import re
 import stat
 
 from . import proc
@@ -28,6 +29,7 @@ STD_STREAMS = 3
 
 
 OWN_KINDS = (K.REG, K.DIR, K.CHR, K.SOCKET)  # this module's (a socket: a standard stream)
+PROC_ENTRY = re.compile(r"(?P<mnt>.*?)/(?P<pid>\d+)(?P<task>/task/(?P<tid>\d+))?(?P<rest>/.*)?$")
 
 
 def owners():
@@ -87,6 +89,30 @@ def file_id(ctx, fd, st):
     return fid
 
 
+def _proc_path(ctx, fd, target, st):
+    """The path to save for a file under /proc: a file of the process's own
+    entry as /proc/self/... (its PID may change); another process's entry is
+    refused, as reopening it by number could name another process."""
+    m = PROC_ENTRY.match(target)
+    if not m:
+        return target
+    if st.st_dev != os.stat(proc.path(ctx.pid)).st_dev:
+        if m["mnt"] != "/proc":
+            return target
+        raise UcrError(f"fd {fd} of process {ctx.pid} is {target}, on a /proc other than the checkpointer's; "
+                       "that cannot be checkpointed yet")
+    pid, rest = int(m["pid"]), m["rest"] or ""
+    if pid != ctx.pid:
+        raise UcrError(f"fd {fd} of process {ctx.pid} is {target}, a file of process {pid}'s /proc entry; "
+                       "only a process's own can be checkpointed")
+    if m["task"] is None:
+        return "/proc/self" + rest
+    if int(m["tid"]) == pid:
+        return "/proc/thread-self" + rest  # the restorer runs in the main thread
+    raise UcrError(f"fd {fd} of process {ctx.pid} is {target}, a file of one of its threads' /proc entry; "
+                   "that cannot be checkpointed yet")
+
+
 def _file_record(ctx, fd, target, info):
     pid = ctx.pid
     try:
@@ -110,6 +136,8 @@ def _file_record(ctx, fd, target, info):
                   size=st.st_size)
     if owner is not None:
         owner.note(ctx, fd, st, info, fields)
+    elif kind in (K.REG, K.DIR):
+        target = _proc_path(ctx, fd, target, st)
     return R.FILE.pack(tail=target, file_id=file_id(ctx, fd, st), **fields)
 
 
@@ -210,7 +238,26 @@ class Restore:
             self.descs[key] = self.rst.keep(self._open(rec))
         return self.descs[key]
 
+    @staticmethod
+    def _own_proc(rec):
+        """A file of the process's own /proc entry, which the task opens itself."""
+        parts = rec["tail"].split("/")
+        return rec["kind"] in (K.REG, K.DIR) and parts[:2] == ["", "proc"] and parts[2:3] in (["self"], ["thread-self"])
+
+    def data_size(self, p):
+        return sum(len(r["tail"]) + 17 for r in p.records("FILE") if self._own_proc(r))
+
     def prepare(self, plan, p):
+        paths = {}  # file_id -> the path string in the region, shared by its fds
+
         def fd(f, rec):
-            f.src, f.dst, f.cloexec = self.fd(rec), rec["fd"], rec["fd_flags"]
+            f.dst, f.cloexec = rec["fd"], rec["fd_flags"]
+            if not self._own_proc(rec):
+                f.src = self.fd(rec)
+                return
+            if rec["file_id"] not in paths:
+                paths[rec["file_id"]] = self.rst.region.put(os.fsencode(rec["tail"]) + b"\0")
+            f.src, f.path = -1, paths[rec["file_id"]]
+            f.flags = rec["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
+            f.pos = rec["pos"] if rec["kind"] == K.REG else 0
         plan.fds, plan.nr_fds = self.rst.region.array("ucr_fd", p.records("FILE"), fd)

@@ -249,7 +249,8 @@ FILE = _rec(301, "FILE", [
     ("pos", "s64"), ("size", "s64"), ("mode", "u32"), ("file_id", "u32"),
     ("dev", "u64"), ("ino", "u64"), ("rdev", "u64"),
 ], tail="str", many=True, doc="open file descriptor; fds with the same file_id share one open file description "
-                   "(offset, flags) across the tree; tail is the path")
+                   "(offset, flags) across the tree; tail is the path (/proc/self/... for a file of the process's "
+                   "own /proc entry)")
 FD_KINDS = Kinds("FD", ["reg", "dir", "chr", "tty", "pipe", "socket", "fifo", "pty-master", "pty-slave",
                         "inotify", "unix", "epoll", "eventfd", "timerfd", "signalfd", "tcp", "udp"])
 PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
