@@ -8,6 +8,7 @@ connection waiting to be accepted, refused; tcploop.c (also run in the ARM
 VMs) streaming checked messages over IPv4 and IPv6 loopback."""
 import os
 import socket
+import struct
 import sys
 import time
 
@@ -516,6 +517,9 @@ while True:
 """
 
 
+TIMESTAMPING_FLAGS = 0x18  # SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
+
+
 def test_socket_options_kept(procs, tmp_path):
     """Each option of inet.EXTRA_OPTIONS, set by the program away from its
     default, reads back the same after three cycles; the images hold them."""
@@ -538,7 +542,13 @@ def test_socket_options_kept(procs, tmp_path):
             ("u4", ip, lib.IP_MULTICAST_ALL, 0), ("u4", ip, lib.IP_PKTINFO, 1), ("u4", ip, lib.IP_RECVTOS, 1),
             ("u4", ip, lib.IP_RECVTTL, 1),
             ("u6", ip6, lib.IPV6_MULTICAST_HOPS, 3), ("u6", ip6, lib.IPV6_MULTICAST_LOOP, 0),
-            ("u6", ip6, lib.IPV6_MULTICAST_IF, socket.if_nametoindex("lo")), ("u6", ip6, lib.IPV6_RECVPKTINFO, 1)]
+            ("u6", ip6, lib.IPV6_MULTICAST_IF, socket.if_nametoindex("lo")), ("u6", ip6, lib.IPV6_RECVPKTINFO, 1),
+            ("u4", ip, lib.IP_MULTICAST_IF, [struct.unpack("=i", socket.inet_aton("127.0.0.1"))[0]]),
+            # one flavour of receive timestamps per socket; SO_TIMESTAMPING as struct so_timestamping
+            ("u4", so, lib.SO_TIMESTAMP_OLD, 1), ("b", so, lib.SO_TIMESTAMP_NEW, 1),
+            ("l6", so, lib.SO_TIMESTAMPNS_OLD, 1), ("u6", so, lib.SO_TIMESTAMPNS_NEW, 1),
+            ("c6", so, lib.SO_TIMESTAMPING_OLD, [TIMESTAMPING_FLAGS, 0]),
+            ("l4", so, lib.SO_TIMESTAMPING_NEW, [TIMESTAMPING_FLAGS, 0])]
     assert {(level, name) for _, level, name, _ in want} == {(level, name) for level, name, *_ in EXTRA_OPTIONS}, \
         "every option of the table is set by the workload"
     out = tmp_path / "out"
@@ -569,4 +579,40 @@ def test_urgent_data_refused(procs, tmp_path):
         wait_until(lambda: "ready" in lines(out), what="the urgent byte sent")
         err = assert_one_line_error(run([tool("ckpt"), str(pid), "-o", str(tmp_path / "img"), "--kill"]))
         assert "urgent (out-of-band) data" in err and f"process {pid}" in err, err
+        assert alive(pid)
+
+
+UNSAVED = r"""
+import ctypes, socket, struct, sys, time
+lo = socket.if_nametoindex("lo")
+socks = []
+if sys.argv[1] == "filter":  # classic BPF "accept everything" on a TCP listener
+    code = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0xffffffff))
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+    attach = int(sys.argv[2])  # SO_ATTACH_FILTER, which Python does not name
+    s.setsockopt(socket.SOL_SOCKET, attach, struct.pack("@HP", 1, ctypes.addressof(code)))
+elif sys.argv[1] == "group4":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, struct.pack("=4s4si", socket.inet_aton("239.7.7.7"),
+                 bytes(4), lo))
+else:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(("::", 0))
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, socket.inet_pton(socket.AF_INET6, "ff02::7:7") +
+                 struct.pack("=I", lo))
+plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); plain.bind(("127.0.0.1", 0))  # not a member: fine
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_unsaved_socket_state_refused(procs, tmp_path):
+    """What ckpt cannot save yet is refused in one line naming it, the
+    program left running: a socket filter, a multicast membership (v4, v6)."""
+    for mode, said in (("filter", "socket filter"), ("group4", "multicast group(s) 239.7.7.7"),
+                       ("group6", "multicast group(s) ff02::7:7")):
+        out = tmp_path / f"out-{mode}"
+        pid = procs.start([sys.executable, "-c", UNSAVED, mode, str(lib.SO_GET_FILTER)], stdout=out).pid
+        wait_until(lambda: "ready" in lines(out), what=f"the {mode} socket set up")
+        err = assert_one_line_error(run([tool("ckpt"), str(pid), "-o", str(tmp_path / "img"), "--kill"]))
+        assert said in err and f"process {pid}" in err, err
         assert alive(pid)

@@ -24,19 +24,21 @@ Refused in one line, the tree left running: a listener with connections
 waiting to be accepted (and their client ends), a connection whose other end
 was closed (an orphan in the kernel) or is being set up (SYN_SENT), a
 closed connection, a UDP socket with datagrams queued, a connection with
-urgent data not read yet."""
+urgent data not read yet, a socket with a filter attached, a UDP socket
+that joined a multicast group."""
 import errno
 import fcntl
 import os
 import socket
 import stat
 import struct
+import sys
 import time
 
 from . import netlink, proc
 from . import records as R
 from .errors import UcrError
-from .native import lib
+from .native import ffi, lib
 
 K = R.FD_KINDS
 KINDS = (K.TCP, K.UDP)
@@ -70,9 +72,13 @@ EXTRA_OPTIONS_SPEC = (
     (SOL_SOCKET, ("SO_BINDTODEVICE",), (V4, V6), (STREAM, DGRAM), "IFNAMSIZ"),
     (SOL_SOCKET, ("SO_RCVTIMEO_NEW", "SO_SNDTIMEO_NEW"), (V4, V6), (STREAM, DGRAM), 16),  # 2 x s64
     (SOL_SOCKET, ("SO_OOBINLINE",), (V4, V6), (STREAM,), INT),
+    # Set in this order, the one of each family that reads non-zero says which flavour the program chose.
+    (SOL_SOCKET, ("SO_TIMESTAMPING_OLD", "SO_TIMESTAMPING_NEW"), (V4, V6), (STREAM, DGRAM), 8),  # flags, bind_phc
+    (SOL_SOCKET, ("SO_TIMESTAMP_OLD", "SO_TIMESTAMPNS_OLD", "SO_TIMESTAMP_NEW", "SO_TIMESTAMPNS_NEW"), (V4, V6),
+     (STREAM, DGRAM), INT),
     (IP, ("IP_TTL", "IP_FREEBIND", "IP_TRANSPARENT", "IP_RECVERR"), (V4, V6), (STREAM, DGRAM), INT),
     (IP, ("IP_MULTICAST_TTL", "IP_MULTICAST_LOOP", "IP_MULTICAST_ALL", "IP_PKTINFO", "IP_RECVTOS",
-          "IP_RECVTTL"), (V4, V6), (DGRAM,), INT),
+          "IP_RECVTTL", "IP_MULTICAST_IF"), (V4, V6), (DGRAM,), INT),  # IP_MULTICAST_IF: a struct in_addr
     (IPV6, ("IPV6_TCLASS", "IPV6_UNICAST_HOPS", "IPV6_TRANSPARENT", "IPV6_RECVERR"), (V6,),
      (STREAM, DGRAM), INT),
     (IPV6, ("IPV6_MULTICAST_HOPS", "IPV6_MULTICAST_LOOP", "IPV6_MULTICAST_IF", "IPV6_RECVPKTINFO"), (V6,),
@@ -85,6 +91,8 @@ EXTRA_OPTIONS_SPEC = (
 EXTRA_OPTIONS = [(level, getattr(lib, n), fams, types, getattr(lib, size) if isinstance(size, str) else size)
                  for level, names, fams, types, size in EXTRA_OPTIONS_SPEC for n in names]
 OPTION_NAMES = {(level, getattr(lib, n)): n for level, names, *_ in EXTRA_OPTIONS_SPEC for n in names}
+GROUP_FILTER = struct.Struct("@I0P128sII0P128s")  # struct group_filter with one source slot
+SOCKADDR_IN, SOCKADDR_IN6 = struct.Struct("=HH4s8x"), struct.Struct("=HHI16sI")
 SETTLE_ATTEMPTS, SETTLE_WAIT = 20, 0.01
 EXIT_WAIT = 10
 NFT_PREFIX = "usercr_tcp_"
@@ -223,6 +231,70 @@ def note(ctx, fd, st, info, fields):
     state["held"].setdefault(st.st_ino, (pid, fd))
 
 
+def _joined_groups(pid):
+    """[(level, ifindex, sockaddr)] of every multicast group joined on an
+    interface of pid's network namespace (some socket's, or the kernel's own)."""
+    groups = []
+    try:
+        text = proc.read_text(pid, "net/igmp")
+    except FileNotFoundError:
+        text = ""
+    index = None
+    for line in text.splitlines()[1:]:
+        if line[:1].isdigit():  # "Idx Device : Count Querier", then one tab-indented line per group
+            index = int(line.split()[0])
+        elif line.strip() and index is not None:
+            addr = int(line.split()[0], 16).to_bytes(4, sys.byteorder)  # the __be32 printed as a number
+            groups.append((IP, index, SOCKADDR_IN.pack(socket.AF_INET, 0, addr)))
+    try:
+        text = proc.read_text(pid, "net/igmp6")
+    except FileNotFoundError:
+        text = ""
+    for line in text.splitlines():
+        index, _, group = line.split()[:3]
+        groups.append((IPV6, int(index), SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, bytes.fromhex(group), 0)))
+    return groups
+
+
+def _memberships(s, d, groups, what):
+    """The groups of `groups` that socket s joined: MCAST_MSFILTER asked
+    group by group (no getsockopt lists them)."""
+    buf, size = ffi.new("char[]", GROUP_FILTER.size), ffi.new("uint32_t *")
+    joined = []
+    for level, index, addr in groups:
+        if level == IPV6 and d["family"] != socket.AF_INET6:
+            continue
+        ffi.memmove(buf, GROUP_FILTER.pack(index, addr, 0, 0, b""), GROUP_FILTER.size)
+        size[0] = GROUP_FILTER.size
+        r = lib.ucr_getsockopt(s.fileno(), level, lib.MCAST_MSFILTER, buf, size)
+        if r == 0:
+            joined.append(socket.inet_ntop(socket.AF_INET, addr[4:8]) if level == IP else
+                          socket.inet_ntop(socket.AF_INET6, addr[8:24]))
+        elif r != -errno.EADDRNOTAVAIL:
+            raise UcrError(f"{what}: cannot tell whether it joined multicast groups: {os.strerror(-r)}")
+    return joined
+
+
+def _has_filter(s):
+    """Whether a socket filter is attached: SO_GET_FILTER with length 0
+    says how many classic blocks (EACCES: an eBPF program)."""
+    size = ffi.new("uint32_t *", 0)
+    r = lib.ucr_getsockopt(s.fileno(), SOL_SOCKET, lib.SO_GET_FILTER, ffi.NULL, size)
+    return r == -errno.EACCES or (r == 0 and size[0] > 0)
+
+
+def _refuse_unsaved(s, d, what, groups):
+    """State of a socket that is not saved: refused, as losing it would be silent."""
+    if _has_filter(s):
+        raise UcrError(f"{what} has a socket filter attached (SO_ATTACH_FILTER/SO_ATTACH_BPF); that cannot be "
+                       "checkpointed yet")
+    if d["type"] == socket.SOCK_DGRAM:
+        joined = _memberships(s, d, groups, what)
+        if joined:
+            raise UcrError(f"{what} is a member of multicast group(s) {', '.join(joined)}; that cannot be "
+                           "checkpointed yet")
+
+
 def _options(s, d, defaults):
     opt = lambda level, name: s.getsockopt(level, name)  # noqa: E731
     o = dict(reuseaddr=opt(SOL_SOCKET, socket.SO_REUSEADDR), reuseport=opt(SOL_SOCKET, lib.SO_REUSEPORT),
@@ -335,11 +407,15 @@ def tree_records(tree):
             if d["type"] == socket.SOCK_STREAM and d["rport"] and not d["peer"]:
                 _lock(state, d)
     got, extra = {}, {}  # ino -> (fields, queues); ino -> [(level, name, value)]
+    groups = None
     for ino, (pid, fd) in state["held"].items():
         d = socks[ino]
         what = _where(fd, pid, d)
         s = _copy(pid, fd, what)
         with s:
+            if groups is None:
+                groups = _joined_groups(pid)
+            _refuse_unsaved(s, d, what, groups)
             fields = dict(ino=ino, peer=d["peer"], family=d["family"], type=d["type"], state=d["state"],
                           src_port=d["lport"], dst_port=d["rport"], **_options(s, d, defaults))
             extra[ino] = _extra_options(s, d, defaults)

@@ -564,6 +564,19 @@ int ucr_pidfd_getfd(int pid, int fd)
     return r < 0 ? -err : r;
 }
 
+/* A socket option whose query needs input in the buffer (MCAST_MSFILTER
+ * names the group), or whose reply is longer than its length says
+ * (SO_GET_FILTER answers in filter blocks); Python's getsockopt can do
+ * neither. */
+int ucr_getsockopt(int fd, int level, int name, void *buf, uint32_t *len)
+{
+    socklen_t l = *len;
+    if (getsockopt(fd, level, name, buf, &l))
+        return -errno;
+    *len = l;
+    return 0;
+}
+
 /* Namespaces: ckpt reads SysV IPC inside the tree's IPC namespace, rstr
  * recreates it in a new one. */
 int ucr_setns(int fd, int nstype)

@@ -44,6 +44,7 @@ long ucr_kcmp(int pid1, int pid2, int type, long idx1, long idx2);
 int ucr_pipe_capacity(int fd);
 long ucr_pipe_peek(int fd, char *buf, size_t cap);
 int ucr_pidfd_getfd(int pid, int fd);
+int ucr_getsockopt(int fd, int level, int name, void *buf, uint32_t *len);
 int ucr_setns(int fd, int nstype);
 int ucr_unshare(int flags);
 int ucr_own_proc(void);
