@@ -1,6 +1,7 @@
 """The Python API (docs/api.md): checkpoint, restart, open_image. ckpt, rstr
 and ckptinfo are thin layers over it. Options the API does not know are
 passed on to usercr.dump.checkpoint and usercr.restore.restart."""
+import sys
 import os
 import stat
 
@@ -10,8 +11,8 @@ from .stats import Progress, RestartStats, Stats, bytes_written_by_self
 
 
 def _default_log(msg):
-    import logging
-    logging.getLogger("usercr").info(msg)
+    if "logging" in sys.modules:  # else no handler is set up to take it, and importing it costs more than the restart
+        sys.modules["logging"].getLogger("usercr").info(msg)
 
 
 def _image_fd(fd):

@@ -13,7 +13,6 @@ Standard streams on something that is not the tree's own (a terminal, a
 socket, a pipe the tree holds only one end of) follow rstr's, fd by fd."""
 import importlib
 import os
-import re
 import stat
 
 from . import proc
@@ -29,7 +28,6 @@ STD_STREAMS = 3
 
 
 OWN_KINDS = (K.REG, K.DIR, K.CHR, K.SOCKET)  # this module's (a socket: a standard stream)
-PROC_ENTRY = re.compile(r"(?P<mnt>.*?)/(?P<pid>\d+)(?P<task>/task/(?P<tid>\d+))?(?P<rest>/.*)?$")
 
 
 def owners():
@@ -93,22 +91,23 @@ def _proc_path(ctx, fd, target, st):
     """The path to save for a file under /proc: a file of the process's own
     entry as /proc/self/... (its PID may change); another process's entry is
     refused, as reopening it by number could name another process."""
-    m = PROC_ENTRY.match(target)
-    if not m:
+    parts = target.split("/")
+    at = next((i for i, part in enumerate(parts) if part.isdigit()), None)  # /proc's PID directory
+    if at is None:
         return target
     if st.st_dev != os.stat(proc.path(ctx.pid)).st_dev:
-        if m["mnt"] != "/proc":
+        if "/".join(parts[:at]) != "/proc":
             return target
         raise UcrError(f"fd {fd} of process {ctx.pid} is {target}, on a /proc other than the checkpointer's; "
                        "that cannot be checkpointed yet")
-    pid, rest = int(m["pid"]), m["rest"] or ""
+    pid, rest = int(parts[at]), parts[at + 1:]
     if pid != ctx.pid:
         raise UcrError(f"fd {fd} of process {ctx.pid} is {target}, a file of process {pid}'s /proc entry; "
                        "only a process's own can be checkpointed")
-    if m["task"] is None:
-        return "/proc/self" + rest
-    if int(m["tid"]) == pid:
-        return "/proc/thread-self" + rest  # the restorer runs in the main thread
+    if rest[:1] != ["task"] or len(rest) < 2 or not rest[1].isdigit():
+        return "/".join(["/proc/self"] + rest)
+    if int(rest[1]) == pid:
+        return "/".join(["/proc/thread-self"] + rest[2:])  # the restorer runs in the main thread
     raise UcrError(f"fd {fd} of process {ctx.pid} is {target}, a file of one of its threads' /proc entry; "
                    "that cannot be checkpointed yet")
 
