@@ -9,7 +9,8 @@ import select
 import signal
 import struct
 
-from . import cleanup, compress, creds, epoll, eventfd, files, fs, incremental, inet, inotify, ipc, locks, memory, namespaces
+from . import cleanup, compress, creds, epoll, eventfd, files, fs, incremental, inet, inotify, inplace, ipc, locks, memory
+from . import namespaces
 from . import pipes, proc, rlimits, rootless, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty
 from . import unix
 from . import records as R
@@ -30,7 +31,7 @@ POLL_INTERVAL = 0.5
 # standard stream may need the terminal's part). epoll comes after every
 # other kind of fd: files opens each instance when a FILE record names it,
 # and the instance opens its targets (through files) before it adds them.
-PARTS = (incremental, tasks, tty, memory, pipes, inotify, unix, inet, eventfd, timerfd, signalfd, files, epoll, locks,
+PARTS = (inplace, incremental, tasks, tty, memory, pipes, inotify, unix, inet, eventfd, timerfd, signalfd, files, epoll, locks,
          threads, signals, timers, rlimits, fs, creds)
 
 STEP_TEXT = {
@@ -141,6 +142,7 @@ class Restorer:
         self.log = log
         self.strict_files = strict_files
         self.same_pidns = False  # the tree keeps its PIDs in rstr's own namespace (set by _restore_tree)
+        self.forked = False   # no clone3 here: a lone process made by fork (inplace.py)
         self.opened = []      # fds rstr opened for the tasks, at fd_base or above
         self.region = None
         self.status_r = self.go_w = None
@@ -489,9 +491,10 @@ class Copy:
         self.leave = cleanup.Leave(rst.arch, region.start, region.end, rst.syscall_addr, root, rst.log)
 
 
-def _restore_tree(image, creation, reader, arch, in_fd, pids, pidns, log, strict_files):
+def _restore_tree(image, creation, reader, arch, in_fd, pids, pidns, log, strict_files, forked=False):
     """Creates one copy of the tree and waits until it is ready."""
     rst = Restorer(image, creation, arch, in_fd, pids, log, strict_files)
+    rst.forked = forked
     rst.same_pidns = bool(pids and not pidns)
     rst.reader_csum = (reader.csum[0], reader.csum[1])
     rst.reader_offset = reader.offset
@@ -581,14 +584,16 @@ def _restart(stream, pids=None, pidns=None, wait=True, pidfile=None, copies=1, f
     reader = ImageReader(in_fd, stream.prefix)
     image = Image(reader, arch)
     creation = Creation(image.shape)
-    pids, pidns = _pid_mode(image, creation, pids, pidns, copies, log)
+    forked = inplace.needed(image, arch, pids, pidns)
+    pids, pidns = (False, False) if forked else _pid_mode(image, creation, pids, pidns, copies, log)
     rootless.check_restart(image, pids, pidns)
     trees = []
     try:
         for k in range(copies):
             fd = _copy_input(in_fd, reader.offset) if copies > 1 else in_fd
             try:
-                trees.append(_restore_tree(image, creation, reader, arch, fd, pids, pidns, log, strict_files))
+                trees.append(_restore_tree(image, creation, reader, arch, fd, pids, pidns, log, strict_files,
+                                           forked))
             finally:
                 if fd != in_fd:
                     os.close(fd)

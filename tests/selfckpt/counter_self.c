@@ -1,8 +1,9 @@
-/* Self-checkpointing counter (C API): two threads count; every EVERY ticks the
- * main thread writes an image of the process with usercr_checkpoint_self().
- * Log lines (O_APPEND): "tick N A B" (A: main's count, B: the thread's),
- * "ckpt N R" (R: 0 here, 1 in a restored copy), "error N MESSAGE".
- *     counter_self IMAGE LOG [EVERY] */
+/* Self-checkpointing counter (C API): two threads count (one with THREADS 0);
+ * every EVERY ticks the main thread writes an image of the process with
+ * usercr_checkpoint_self(). Log lines (O_APPEND): "tick N A B" (A: main's
+ * count, B: the thread's), "ckpt N R" (R: 0 here, 1 in a restored copy),
+ * "error N MESSAGE".
+ *     counter_self IMAGE LOG [EVERY [THREADS]] */
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -29,7 +30,7 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s IMAGE LOG [EVERY]\n", argv[0]);
+        fprintf(stderr, "usage: %s IMAGE LOG [EVERY [THREADS]]\n", argv[0]);
         return 2;
     }
     long every = argc > 3 ? atol(argv[3]) : 10;
@@ -39,7 +40,8 @@ int main(int argc, char **argv)
         return 1;
     }
     pthread_t t;
-    pthread_create(&t, NULL, worker, NULL);
+    if (argc < 5 || atoi(argv[4]))
+        pthread_create(&t, NULL, worker, NULL);
     struct timespec ts = {0, 20000000L};
     for (unsigned long n = 1;; n++) {
         dprintf(log, "tick %lu %lu %lu\n", n, n, thread_count);

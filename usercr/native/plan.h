@@ -180,6 +180,14 @@ struct ucr_plan {
      * its parent), read by PAGES_PARENT records; at most 32 */
     uint32_t nr_chain, pad7;
     int32_t chain_fds[32];
+
+    /* inplace.py: a lone process created by fork where clone3 is missing
+     * (qemu-user): it unmaps only what its /proc/self/maps lists (qemu-user
+     * keeps memory of its own in the guest's range), read into maps_buf;
+     * sets the brk with brk(); skip_mm: no PR_SET_MM_MAP (it fails there). */
+    uint32_t forked, skip_mm;
+    uint64_t maps_buf;
+    uint32_t maps_size, pad8;
 };
 
 #endif

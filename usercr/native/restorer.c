@@ -294,6 +294,57 @@ static void read_pages_in_turn(struct ucr_plan *p)
 }
 
 
+static uint64_t parse_hex(const char **s)
+{
+    uint64_t v = 0;
+    for (;; (*s)++) {
+        char c = **s;
+        uint32_t d = c >= '0' && c <= '9' ? (uint32_t)(c - '0') : c >= 'a' && c <= 'f' ? (uint32_t)(c - 'a' + 10) : 16;
+        if (d == 16)
+            return v;
+        v = (v << 4) | d;
+    }
+}
+
+static void unmap_range(struct ucr_plan *p, uint64_t lo, uint64_t hi)
+{
+    if (hi > lo) {
+        long r = sys2(__NR_munmap, A(lo), A(hi - lo));
+        if (is_err(r))
+            fail(p, UCR_STEP_UNMAP, r, lo);
+    }
+}
+
+/* Unmaps every mapping /proc/self/maps lists outside the region (and below
+ * unmap_end, where the gate mappings begin), all read before the first goes. */
+static void unmap_listed(struct ucr_plan *p)
+{
+    char *buf = (char *)(uintptr_t)p->maps_buf;
+    uint32_t len = 0;
+    long fd = sys4(__NR_openat, AT_FDCWD, A("/proc/self/maps"), O_RDONLY, 0), r;
+    if (is_err(fd))
+        fail(p, UCR_STEP_UNMAP, fd, 0);
+    while (len < p->maps_size - 1 && (r = sys3(__NR_read, fd, A(buf + len), p->maps_size - 1 - len)) > 0)
+        len += (uint32_t)r;
+    sys1(__NR_close, fd);
+    if (len >= p->maps_size - 1)
+        fail(p, UCR_STEP_UNMAP, -E2BIG, 0);
+    buf[len] = 0;
+    for (const char *s = buf; *s;) {
+        uint64_t lo = parse_hex(&s);
+        s++;
+        uint64_t hi = parse_hex(&s);
+        while (*s && *s != '\n')
+            s++;
+        if (*s)
+            s++;
+        if (hi > p->unmap_end)
+            hi = p->unmap_end;
+        unmap_range(p, lo, hi < p->region_start ? hi : p->region_start);
+        unmap_range(p, lo > p->region_end ? lo : p->region_end, hi);
+    }
+}
+
 static void replace_address_space(struct ucr_plan *p)
 {
     struct ucr_vma *v = vmas(p);
@@ -309,13 +360,18 @@ static void replace_address_space(struct ucr_plan *p)
         if (is_err(r))
             fail(p, UCR_STEP_PARK, r, v[i].cur);
     }
-    r = sys2(__NR_munmap, 0, A(p->region_start));
-    if (is_err(r))
-        fail(p, UCR_STEP_UNMAP, r, 0);
-    if (p->unmap_end > p->region_end) {
-        r = sys2(__NR_munmap, A(p->region_end), A(p->unmap_end - p->region_end));
+    if (p->forked) {
+        unmap_listed(p);
+        sys1(__NR_brk, A(p->mm[5]));  /* with nothing mapped, the emulator's brk can move anywhere */
+    } else {
+        r = sys2(__NR_munmap, 0, A(p->region_start));
         if (is_err(r))
-            fail(p, UCR_STEP_UNMAP, r, p->region_end);
+            fail(p, UCR_STEP_UNMAP, r, 0);
+        if (p->unmap_end > p->region_end) {
+            r = sys2(__NR_munmap, A(p->region_end), A(p->unmap_end - p->region_end));
+            if (is_err(r))
+                fail(p, UCR_STEP_UNMAP, r, p->region_end);
+        }
     }
     for (uint32_t i = 0; i < p->nr_vmas; i++) {
         uint64_t len = v[i].end - v[i].start;
@@ -397,7 +453,7 @@ static void restore_task_state(struct ucr_plan *p)
         .arg_end = p->mm[8], .env_start = p->mm[9], .env_end = p->mm[10],
         .auxv = (__u64 *)(uintptr_t)p->auxv, .auxv_size = p->auxv_size, .exe_fd = (uint32_t)p->exe_fd,
     };
-    r = sys5(__NR_prctl, PR_SET_MM, PR_SET_MM_MAP, A(&map), sizeof(map), 0);
+    r = p->skip_mm ? 0 : sys5(__NR_prctl, PR_SET_MM, PR_SET_MM_MAP, A(&map), sizeof(map), 0);
     if (r)
         fail(p, UCR_STEP_MM, r, 0);
 
