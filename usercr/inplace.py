@@ -9,6 +9,7 @@ it is skipped, and what it sets stays rstr's: said once."""
 import errno
 
 from .errors import UcrError
+from .records import VMA_KINDS
 from .native import lib
 
 MAPS_SIZE = 256 * 1024   # rstr's /proc/self/maps, read by the restorer before it unmaps
@@ -34,6 +35,11 @@ def needed(image, arch, pids, pidns):
     return True
 
 
+def _same_kind(v, m):
+    """The image's own trampoline page at that place: the same code, whoever wrote it."""
+    return (v["start"], v["end"]) == (m.start, m.end) and v["kind"] == VMA_KINDS.ANON and v["prot"] == m.prot
+
+
 class Restore:
     def __init__(self, rst):
         self.rst = rst
@@ -41,11 +47,25 @@ class Restore:
     def data_size(self, p):
         return MAPS_SIZE if self.rst.forked else 0
 
+    def _trampoline(self, p):
+        """qemu-user returns from guest signal handlers through a page of its
+        own (aarch64): it stays, where the image has nothing else."""
+        at = lib.ucr_sigreturn_address()
+        m = next((m for m in self.rst.mine if m.start <= at < m.end), None)
+        if m is None or m.name:
+            return 0, 0
+        for v in p.records("VMA"):
+            if v["start"] < m.end and m.start < v["end"] and not _same_kind(v, m):
+                raise UcrError(f"the image maps 0x{v['start']:x}, where the emulator's signal return code lies "
+                               "here (qemu-user); it cannot be restored in this process")
+        return m.start, m.end
+
     def prepare(self, plan, p):
         if not self.rst.forked:
             return
         plan.forked = 1
         plan.maps_buf, plan.maps_size = self.rst.region.put(bytes(MAPS_SIZE)), MAPS_SIZE
+        plan.keep_start, plan.keep_end = self._trampoline(p)
         self.rst.warn(f"note: no clone3 here (qemu-user?): process {p.pid} was restored with a new PID")
         if lib.ucr_probe_mm_map_size() < 0:
             plan.skip_mm = 1

@@ -133,7 +133,7 @@ def _exe(prog, auxv):
     name = b""
     while b"\0" not in name and len(name) < PATH_MAX:
         name += prog.read(addr + len(name), PAGE_SIZE - (addr + len(name)) % PAGE_SIZE)
-    return os.path.normpath(os.path.join(os.readlink(f"/proc/{prog.pid}/cwd"), name.split(b"\0")[0].decode()))
+    return os.path.realpath(os.path.join(os.readlink(f"/proc/{prog.pid}/cwd"), name.split(b"\0")[0].decode()))
 
 
 def _signals(ctx):

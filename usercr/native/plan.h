@@ -184,10 +184,12 @@ struct ucr_plan {
     /* inplace.py: a lone process created by fork where clone3 is missing
      * (qemu-user): it unmaps only what its /proc/self/maps lists (qemu-user
      * keeps memory of its own in the guest's range), read into maps_buf;
-     * sets the brk with brk(); skip_mm: no PR_SET_MM_MAP (it fails there). */
+     * sets the brk with brk(); skip_mm: no PR_SET_MM_MAP (it fails there);
+     * keep_start..keep_end: the emulator's signal return trampoline, kept. */
     uint32_t forked, skip_mm;
     uint64_t maps_buf;
     uint32_t maps_size, pad8;
+    uint64_t keep_start, keep_end;
 };
 
 #endif

@@ -340,6 +340,8 @@ static void unmap_listed(struct ucr_plan *p)
             s++;
         if (hi > p->unmap_end)
             hi = p->unmap_end;
+        if (lo >= p->keep_start && hi <= p->keep_end)
+            continue;
         unmap_range(p, lo, hi < p->region_start ? hi : p->region_start);
         unmap_range(p, lo > p->region_end ? lo : p->region_end, hi);
     }
