@@ -16,8 +16,6 @@ wait_for() {  # FILE REGEX SECONDS
         sleep 0.1
     done
 }
-"$@" "$d/img" "$d/log" 5 > "$d/out" 2>&1 &
-pid=$!
 if [ "$mode" = qemu ]; then
     # no ptrace, no clone3: the single-threaded program dumps itself, rstr
     # restores it by fork (a new PID); three cycles, each restored copy goes on
@@ -53,6 +51,8 @@ if [ "$mode" = qemu ]; then
     echo "RESULT $name PASS$seen $(head -n 2 "$d/rstr.err" | tr '\n' ' ')"
     exit 0
 fi
+"$@" "$d/img" "$d/log" 5 > "$d/out" 2>&1 &
+pid=$!
 if ! wait_for "$d/log" "^ckpt 5 " 120; then
     echo "RESULT $name FAIL no checkpoint: $(tail -n 3 "$d/log" "$d/out" | tr '\n' ' ')"
     kill -9 $pid
