@@ -23,15 +23,13 @@ from .image import ImageWriter, header_record
 from .inject import ProcessDump, Session
 
 MAGIC = 0x55435253
-HELLO = struct.Struct("<II7Q")   # struct self_hello
+HELLO = struct.Struct("<II8Q")   # struct self_hello
 REQ = struct.Struct("<II7Q")     # struct self_req
 INT64 = struct.Struct("<q")
 VERDICT = struct.Struct("<ii")
 OP_SYSCALL, OP_READ, OP_FILE = 1, 2, 3
 MASK64 = 2**64 - 1
 CHUNK = 1 << 20
-AT_EXECFN = 31
-PATH_MAX = 4096
 
 
 class Program:
@@ -57,7 +55,8 @@ class Program:
         magic, uc_size, *rest = HELLO.unpack(self._read(HELLO.size))
         if magic != MAGIC:
             raise UcrError("the program does not speak the self-checkpoint protocol of this usercr")
-        return dict(zip(("scratch", "scratch_size", "pid", "tid", "tls", "fd0", "fd1"), rest)), self._read(uc_size)
+        return dict(zip(("scratch", "scratch_size", "pid", "tid", "tls", "fd0", "fd1", "exe_link"), rest)), \
+            self._read(uc_size)
 
     def syscall(self, nr, *args):
         self._ask(OP_SYSCALL, nr, *args)
@@ -122,18 +121,13 @@ def _refuse_what_cannot_be_saved(pid):
         raise UcrError("POSIX timers cannot be saved by a self-checkpoint without ptrace yet")
 
 
-def _exe(prog, auxv):
-    """The executable as the program was started with it (AT_EXECFN): its
-    /proc/PID/exe names qemu under qemu-user."""
-    from .inject import LONG
-    words = struct.iter_unpack(f"<{LONG.format[-1]}{LONG.format[-1]}", auxv)
-    addr = next((v for k, v in words if k == AT_EXECFN), 0)
-    if not addr:
-        raise UcrError("the program's auxiliary vector has no AT_EXECFN")
-    name = b""
-    while b"\0" not in name and len(name) < PATH_MAX:
-        name += prog.read(addr + len(name), PAGE_SIZE - (addr + len(name)) % PAGE_SIZE)
-    return os.path.realpath(os.path.join(os.readlink(f"/proc/{prog.pid}/cwd"), name.split(b"\0")[0].decode()))
+def _exe(ctx, hello):
+    """The executable as the program sees it: its /proc/PID/exe names qemu
+    for the helper under qemu-user."""
+    s = ctx.session
+    n = s.call(ctx.main, "reading /proc/self/exe", "readlinkat", ctx.arch.C["AT_FDCWD"], hello["exe_link"],
+               s.scratch, hello["scratch_size"])
+    return s.read(ctx.main, n).decode(errors="surrogateescape")
 
 
 def _signals(ctx):
@@ -219,7 +213,7 @@ def dump(prog, out_fd):
         ctx.injected[module.__name__.rsplit(".", 1)[1]] = module.inject(ctx)
     brk = prog.syscall(arch.SYSCALLS["brk"], 0) & MASK64
     auxv = prog.file("/proc/self/auxv")
-    exe = _exe(prog, auxv)
+    exe = _exe(ctx, hello)
 
     writer = ImageWriter(out_fd)
     writer.add(header_record(arch.ARCH_ID, PAGE_SIZE))

@@ -37,7 +37,10 @@ struct self_hello {
     uint64_t scratch, scratch_size;
     uint64_t pid, tid, tls;
     uint64_t fds[2];      /* the pipe ends of this exchange, not part of the image */
+    uint64_t exe_link;    /* "/proc/self/exe", for readlinkat run here (qemu-user answers it for the guest) */
 };
+
+static const char exe_link[] = "/proc/self/exe";
 
 static char scratch[4096] __attribute__((aligned(64)));
 static char filebuf[4096];
@@ -170,7 +173,7 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
     sigaction(SELF_SIG, &old_action, NULL);  /* the helper must see the program's own action */
     struct self_hello h = { SELF_HELLO_MAGIC, sizeof(ucontext_t), (uint64_t)(uintptr_t)scratch, sizeof(scratch),
                             (uint64_t)getpid(), (uint64_t)syscall(SYS_gettid), thread_pointer(),
-                            { (uint64_t)req_fd, (uint64_t)rep_fd } };
+                            { (uint64_t)req_fd, (uint64_t)rep_fd }, (uint64_t)(uintptr_t)exe_link };
     if (write_all(rep_fd, &h, sizeof(h)) == 0 && write_all(rep_fd, uc, sizeof(ucontext_t)) == 0)
         serve();
     dumped = 1;  /* after the copy: a restored copy sees 0 */
