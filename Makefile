@@ -17,6 +17,7 @@ venv: deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat || $(PY) -m pip install -q -e '.[test]'
+	$(PY) -m compileall -q usercr  # as an installed package is: with PYTHONDONTWRITEBYTECODE set, nothing else would
 
 cross-deps:
 	bash cross/install-deps.sh

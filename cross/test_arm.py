@@ -28,7 +28,9 @@ TREE = ("multitask", "pipes", "pipes2", "shmem", "zombie", "pgrp", "orphans", "t
 # Workloads of tests/workloads for the fd kinds with layouts of their own per arch (epoll_event,
 # signalfd_siginfo, itimerspec, sockaddr_un...), run as the tree ones are: `-k kind` selects them.
 # A new kind is one more name here (its workload in tests/workloads, tick protocol of wl.h).
-KINDS = ("epollmix", "epoll", "eventfd", "timerfd", "signalfd")
+# tcploop: TCP on loopback (IPv4, and IPv6 where the VM has it), data queued both ways (struct
+# tcp_repair_window, tcp_info and sock_diag layouts of the arch).
+KINDS = ("epollmix", "epoll", "eventfd", "timerfd", "signalfd", "tcploop")
 # Incremental images and pre-copy with tests/workloads/dirty.c (`-k incr`): a chain of three images
 # (--parent) and pre-copy cycles, with the write tracking `usercr check` names (arm_vm_driver.py).
 INCR = ("chain", "precopy")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import assert_one_line_error, ckpt, lines, run, tool, wait_until
+from conftest import assert_one_line_error, ckpt, files_image, lines, run, tool, wait_until
 from usercr import cli
 from usercr.errors import UsageError
 
@@ -158,6 +158,20 @@ def test_verbose_levels_and_logfile(procs, workloads, tmp_path):
     assert log.read_text().splitlines()[-1].endswith("ERROR " + err), log.read_text()
     r = run([tool("rstr"), "-i", str(tmp_path / "none"), "-l", str(log)])
     assert log.read_text().splitlines()[-1].endswith("ERROR " + assert_one_line_error(r))
+
+
+def test_restart_warnings_in_logfile(procs, workloads, tmp_path):
+    """rstr's warnings go to stderr once, and into -l FILE."""
+    img, src = files_image(procs, workloads, tmp_path)
+    with open(src, "ab") as f:
+        f.write(b"y")  # the input the program reads changed size: a warning
+    log, pidfile = tmp_path / "rstr.log", tmp_path / "pid"
+    r = run([tool("rstr"), "-i", str(img), "-W", "--pidfile", str(pidfile), "-v", "-l", str(log)])
+    assert r.returncode == 0, r.stderr
+    procs.track(int(pidfile.read_text()))
+    warned = [ln for ln in r.stderr.splitlines() if "changed size" in ln]
+    assert len(warned) == 1, r.stderr
+    assert any("WARNING" in ln and "changed size" in ln for ln in lines(log)), log.read_text()
 
 
 def test_bash_completion(tmp_path):

@@ -8,7 +8,7 @@ import sys
 import termios
 import threading
 
-from conftest import Appender, ckpt, lines, rstr_said, wait_until
+from conftest import Appender, alive, assert_one_line_error, ckpt, lines, rstr_said, run, tool, wait_until
 
 
 def numbers(text):
@@ -140,3 +140,64 @@ def test_terminal_modes_follow_to_another_terminal(procs, tmp_path):
     finally:
         first.close()
         second.close()
+
+
+OWN_PROC_FILES = r"""
+import ctypes, mmap, os, sys, time
+area = mmap.mmap(-1, 3 * mmap.PAGESIZE)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(area))
+maps = open("/proc/self/maps", "rb", buffering=0)
+maps.read(40)  # a seq_file held part-read
+cmdline = os.open("/proc/self/cmdline", os.O_RDONLY)
+os.read(cmdline, 5)
+cmdline_dup = os.dup(cmdline)  # one open file description, two fds
+me = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY)
+n = 0
+while True:
+    n += 1
+    assert maps.tell() == 40 and os.lseek(cmdline_dup, 0, os.SEEK_CUR) == 5, "offsets lost"
+    text = b""
+    while chunk := os.pread(maps.fileno(), 1 << 16, len(text)):
+        text += chunk
+    text = text.decode()
+    assert f"{addr:x}-" in text, "maps is not this process's"
+    with open("status", opener=lambda p, f: os.open(p, f, dir_fd=me)) as status:
+        nspid = next(l for l in status if l.startswith("NSpid:")).split()[-1]
+    assert int(nspid) == os.getpid(), f"/proc/self dir is process {nspid}'s"
+    print(n, flush=True)
+    time.sleep(0.05)
+"""
+
+
+def test_own_proc_files_follow_the_process(procs, tmp_path):
+    """A program holding files of its own /proc entry (maps part-read, a dup,
+    the /proc/self directory) gets its own entry's files back, at the same
+    offsets, whatever its PID on the host after each of three restarts."""
+    out = tmp_path / "out"
+    pid = procs.start([sys.executable, "-c", OWN_PROC_FILES], stdout=out).pid
+    for cycle in range(3):
+        wait_until(lambda: len(lines(out)) >= 3 * (cycle + 1), what="the loop")
+        img = tmp_path / f"img{cycle}"
+        ckpt(pid, img, "--kill")
+        procs.kill(pid)
+        pid, _ = rstr_said(procs, img)
+    wait_until(lambda: len(lines(out)) >= 12, what="the loop after the last restart")
+    assert all(x.isdigit() for x in lines(out)), lines(out)[-5:]
+
+
+def test_another_process_proc_file_refused(procs, tmp_path):
+    """A parent holding its child's /proc/PID/stat open: reopening that by
+    number could name another process, so ckpt refuses in one line and the
+    tree runs on."""
+    script = ("import subprocess, sys, time\n"
+              "child = subprocess.Popen(['sleep', '1000'])\n"
+              "held = open(f'/proc/{child.pid}/stat')\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(1000)\n")
+    out = tmp_path / "out"
+    pid = procs.start([sys.executable, "-c", script], stdout=out).pid
+    wait_until(lambda: lines(out) == ["ready"], what="the child to start")
+    r = run([tool("ckpt"), str(pid), "-o", str(tmp_path / "img"), "--kill"])
+    err = assert_one_line_error(r)
+    assert "/stat" in err and "own" in err, err
+    assert alive(pid)

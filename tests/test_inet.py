@@ -4,14 +4,15 @@ on a loopback connection (unread in the receive queue, unsent in the send
 queue); UDP sockets bound on IPv4 and IPv6 and an IPv6 listener with their
 options; a connection to a peer outside the tree, refused in one line
 without --tcp-established and kept alive with it; a listener with a
-connection waiting to be accepted, refused."""
+connection waiting to be accepted, refused; tcploop.c (also run in the ARM
+VMs) streaming checked messages over IPv4 and IPv6 loopback."""
 import os
 import socket
 import sys
 import time
 
 from conftest import alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
-from test_tree import tree
+from test_tree import cycles, start, tree
 from usercr.arch import current
 from usercr.image import ImageReader
 from usercr.model import Image
@@ -178,6 +179,23 @@ def test_data_in_flight_both_ways(procs, tmp_path):
         verified = next(line for line in lines(out) if line.startswith(f"verified {k} ")).split()[2:]
         assert verified == full[::-1]
     assert alive(pid)
+
+
+def test_tcploop_v4_v6(procs, workloads, tmp_path):
+    """Three cycles of tests/workloads/tcploop.c: every message arrives once
+    and in order across them, and each image caught bytes on their way in
+    both directions of both connections."""
+    out = tmp_path / "out"
+    root = start(procs, workloads["tcploop"], out)
+    assert "families ipv4 ipv6" in lines(out)
+    cycles(procs, tmp_path, root, out)
+    for k in range(CYCLES):
+        socks = image_records(tmp_path / f"img{k}", "INET_SOCK")
+        queued = {(q["ino"], q["queue"]) for q in image_records(tmp_path / f"img{k}", "INET_QUEUE")}
+        conns = [s for s in socks if s["state"] == lib.TCP_ESTABLISHED]
+        assert len(conns) == 4 and sum(s["state"] == lib.TCP_LISTEN for s in socks) == 2
+        for s in conns:  # bytes from s to its peer: in s's send queue or in the peer's receive queue
+            assert {(s["ino"], lib.TCP_SEND_QUEUE), (s["peer"], lib.TCP_RECV_QUEUE)} & queued, f"cycle {k}: {s}"
 
 
 # UDP sockets bound on IPv4 and IPv6 and a TCP listener on IPv6 only, each
@@ -446,3 +464,109 @@ def test_connection_in_own_network_namespace(procs, tmp_path):
         assert {s["src_port"] for s in image_records(img, "INET_SOCK")} >= {4000}
         assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
     progress(out, ("line",), 5)
+
+
+# Sockets with every option of inet.EXTRA_OPTIONS set away from its default (argv[2]: JSON
+# [[socket, level, name, value]...], a value an int or [ints] packed as such, or a string); each
+# tick reads them all back and compares them with what they were at the start, and pings over IPv6.
+OPTIONS = r"""
+import json, socket, struct, sys, time
+out, want = open(sys.argv[1], "a", buffering=1), json.loads(sys.argv[2])
+l4 = socket.socket(); l4.bind(("127.0.0.1", 0))
+b = socket.socket(); b.bind(("127.0.0.1", 0))
+l6 = socket.socket(socket.AF_INET6); l6.bind(("::1", 0)); l6.listen(4)
+u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u4.bind(("127.0.0.1", 0))
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u6.bind(("::1", 0))
+socks = dict(l4=l4, b=b, l6=l6, u4=u4, u6=u6, c4=socket.socket(), c6=socket.socket(socket.AF_INET6))
+
+def setall(names):
+    for name, level, opt, v in want:
+        if name in names:
+            if isinstance(v, list) and v[0] == "q":
+                v = struct.pack("=qq", *v[1:])
+            elif isinstance(v, list):
+                v = struct.pack("=%di" % len(v), *v)
+            elif isinstance(v, str):
+                v = v.encode()
+            socks[name].setsockopt(level, opt, v)
+
+setall(("l4", "b", "l6", "u4", "u6", "c4", "c6"))
+l4.listen(4)
+socks["c4"].connect(l4.getsockname()); socks["a4"] = l4.accept()[0]
+socks["c6"].connect(l6.getsockname()[:2]); socks["a6"] = l6.accept()[0]
+socks["a4"].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("=ii", 1, 4))
+socks["a4"].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("=ii", 0, 0))  # off, its time kept
+table = json.loads(sys.argv[3])
+def snapshot():
+    return {(n, l, o): s.getsockopt(l, o, size) for n, s in socks.items() for l, o, fams, types, size in table
+            if s.family in fams and s.type in types}
+first = snapshot()
+out.write("ready\n")
+n = 0
+while True:
+    now = snapshot()
+    bad = [(k, first[k], now[k]) for k in first if now[k] != first[k]]
+    if bad:
+        out.write(f"BAD options: {bad}\n"); sys.exit(1)
+    socks["c6"].sendall(b"%d\n" % n)
+    if socks["a6"].recv(100) != b"%d\n" % n:
+        out.write("BAD ping\n"); sys.exit(1)
+    out.write(f"tick {n}\n"); n += 1
+    time.sleep(0.05)
+"""
+
+
+def test_socket_options_kept(procs, tmp_path):
+    """Each option of inet.EXTRA_OPTIONS, set by the program away from its
+    default, reads back the same after three cycles; the images hold them."""
+    import json
+    from usercr.inet import EXTRA_OPTIONS
+    ip, ip6, so, tcp = socket.IPPROTO_IP, socket.IPPROTO_IPV6, socket.SOL_SOCKET, socket.IPPROTO_TCP
+    want = [("l4", tcp, lib.TCP_DEFER_ACCEPT, 5), ("l4", tcp, lib.TCP_FASTOPEN, 8), ("l4", ip, lib.IP_FREEBIND, 1),
+            ("l4", so, lib.SO_BINDTODEVICE, "lo"), ("l4", tcp, lib.TCP_CONGESTION, "reno"),
+            ("b", tcp, lib.TCP_FASTOPEN_CONNECT, 1),
+            ("c4", ip, lib.IP_TOS, 0x10), ("c4", so, lib.SO_PRIORITY, 3), ("c4", so, lib.SO_MARK, 7),
+            ("c4", so, lib.SO_RCVLOWAT, 5), ("c4", so, lib.SO_LINGER, [1, 3]),
+            ("c4", so, lib.SO_RCVTIMEO_NEW, ["q", 2, 500000]), ("c4", so, lib.SO_SNDTIMEO_NEW, ["q", 1, 250000]),
+            ("c4", so, lib.SO_OOBINLINE, 1), ("c4", ip, lib.IP_TTL, 33), ("c4", ip, lib.IP_TRANSPARENT, 1),
+            ("c4", ip, lib.IP_RECVERR, 1), ("c4", tcp, lib.TCP_CORK, 1), ("c4", tcp, lib.TCP_USER_TIMEOUT, 12345),
+            ("c4", tcp, lib.TCP_NOTSENT_LOWAT, 9999), ("c4", tcp, lib.TCP_LINGER2, 7), ("c4", tcp, lib.TCP_SYNCNT, 3),
+            ("c4", tcp, lib.TCP_THIN_LINEAR_TIMEOUTS, 1), ("c4", tcp, lib.TCP_CONGESTION, "reno"),
+            ("c6", ip6, lib.IPV6_TCLASS, 0x20), ("c6", ip6, lib.IPV6_UNICAST_HOPS, 17),
+            ("c6", ip6, lib.IPV6_TRANSPARENT, 1), ("c6", ip6, lib.IPV6_RECVERR, 1),
+            ("u4", ip, lib.IP_MULTICAST_TTL, 5), ("u4", ip, lib.IP_MULTICAST_LOOP, 0),
+            ("u4", ip, lib.IP_MULTICAST_ALL, 0), ("u4", ip, lib.IP_PKTINFO, 1), ("u4", ip, lib.IP_RECVTOS, 1),
+            ("u4", ip, lib.IP_RECVTTL, 1),
+            ("u6", ip6, lib.IPV6_MULTICAST_HOPS, 3), ("u6", ip6, lib.IPV6_MULTICAST_LOOP, 0),
+            ("u6", ip6, lib.IPV6_MULTICAST_IF, socket.if_nametoindex("lo")), ("u6", ip6, lib.IPV6_RECVPKTINFO, 1)]
+    assert {(level, name) for _, level, name, _ in want} == {(level, name) for level, name, *_ in EXTRA_OPTIONS}, \
+        "every option of the table is set by the workload"
+    out = tmp_path / "out"
+    root = start(procs, sys.executable, out, "-c", OPTIONS, str(out), json.dumps(want), json.dumps(EXTRA_OPTIONS))
+    cycles(procs, tmp_path, root, out)
+    saved = {(r["level"], r["name"]) for r in image_records(tmp_path / "img2", "INET_OPT")}
+    assert saved >= {(level, name) for _, level, name, _ in want}, "every option set is in the image"
+
+
+# The reader has not read the urgent byte (and with SO_OOBINLINE, a second one).
+URGENT = r"""
+import socket, sys, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); a = l.accept()[0]
+if sys.argv[1] == "inline":
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+c.send(b"data"); c.send(b"!", socket.MSG_OOB)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_urgent_data_refused(procs, tmp_path):
+    """Urgent data not read yet: refused in one line, the program left running."""
+    for mode in ("oob", "inline"):
+        out = tmp_path / f"out-{mode}"
+        pid = procs.start([sys.executable, "-c", URGENT, mode], stdout=out).pid
+        wait_until(lambda: "ready" in lines(out), what="the urgent byte sent")
+        err = assert_one_line_error(run([tool("ckpt"), str(pid), "-o", str(tmp_path / "img"), "--kill"]))
+        assert "urgent (out-of-band) data" in err and f"process {pid}" in err, err
+        assert alive(pid)

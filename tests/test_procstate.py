@@ -96,9 +96,12 @@ def test_capabilities_and_seccomp_three_cycles(procs, workloads, tmp_path, mode)
     acting every tick. A checkpoint without --kill leaves them on."""
     out = tmp_path / "out"
     root = start(procs, workloads["procstate"], out, mode)
+    filters = f"Seccomp_filters:\t{3 if mode == 'threads' else 2}"
+    # the thread installs its own filter as it starts
+    wait_until(lambda: len(security(root)) == 2 and security(root)[1][-1] == filters, what="the thread's filters")
     before = security(root)
     assert before[0][-2:] == ["Seccomp:\t2", "Seccomp_filters:\t2"] and len(before) == 2
-    assert before[1][-1] == f"Seccomp_filters:\t{3 if mode == 'threads' else 2}"
+    assert before[1][-1] == filters
     ckpt(root, tmp_path / "plain")
     ticked(out, ticks(out)[-1] + 5)
     for k in range(3):

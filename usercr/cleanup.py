@@ -20,7 +20,7 @@ Where ptrace is not available (qemu-user has none; Yama or seccomp may
 forbid it) the tree is released as before and the region stays mapped."""
 import errno
 import os
-import signal
+import _signal as signal  # the signal module without its enums, which cost every rstr ~2 ms to import
 
 from . import proc
 from .errors import UcrError

@@ -1,9 +1,12 @@
-"""Compressed images. `ckpt --compress` writes the whole stream as one zstd
-frame (compressed in the C core's writer thread, by zstd's own threads);
-rstr and ckptinfo recognise a zstd stream by its first four bytes and read
-it through a decompressing child process and a pipe, so that the restorer,
-which reads page data straight from its fd, sees the plain stream. An image
-compressed by the zstd tool (`ckpt ... | zstd`) reads the same way."""
+"""Compressed images. `ckpt --compress` writes the stream as a sequence of
+zstd frames, which is one zstd stream: the metadata in frames of its own,
+the page data in one independent frame per 256 KiB buffer, compressed by
+whichever of the C core's two dump threads (the one copying memory, the one
+writing the image) has time for it. rstr and ckptinfo recognise a zstd
+stream by its first four bytes and read it through a decompressing child
+process and a pipe, so that the restorer, which reads page data straight
+from its fd, sees the plain stream. An image compressed by the zstd tool
+(`ckpt ... | zstd`) reads the same way."""
 import errno
 import fcntl
 import os
@@ -24,20 +27,12 @@ def _zstd_error(ret, what):
     return UcrError(f"{what}: {os.strerror(-ret)}")
 
 
-def _workers():
-    """zstd threads beside the two of the dump (reading memory, compressing
-    and writing): none on two CPUs, where they only compete with those; up to
-    4 where CPUs are left over (each costs about 1.5 MiB)."""
-    spare = len(os.sched_getaffinity(0)) - 2
-    return min(spare, 4) if spare >= 2 else 0
-
-
 class Output:
     """A zstd stream on fd; handle goes to the C core's page writer."""
 
     def __init__(self, fd):
         err = ffi.new("int *")
-        self.handle = lib.ucr_zout_open(fd, LEVEL, _workers(), err)
+        self.handle = lib.ucr_zout_open(fd, LEVEL, err)
         if self.handle == ffi.NULL:
             raise _zstd_error(err[0], "cannot compress the image")
 

@@ -22,7 +22,6 @@ the instance and fails the restart if any registration differs (EPOLLWAKEUP
 without CAP_BLOCK_SUSPEND)."""
 import fcntl
 import os
-import re
 
 from . import proc
 from . import records as R
@@ -33,8 +32,8 @@ from .native import lib
 K = R.FD_KINDS
 KINDS = (K.EPOLL,)
 TARGET = "anon_inode:[eventpoll]"
-TFD_LINE = re.compile(r"tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s+pos:\s*\d+\s+"
-                      r"ino:\s*([0-9a-f]+)\s+sdev:\s*([0-9a-f]+)")
+TFD_LINE = (r"tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s+pos:\s*\d+\s+"
+            r"ino:\s*([0-9a-f]+)\s+sdev:\s*([0-9a-f]+)")
 KDEV_MINOR_BITS = 20   # the kernel's internal dev_t, as fdinfo's sdev shows it
 
 
@@ -44,8 +43,9 @@ def classify(ctx, st, target, info):
 
 def registrations(text):
     """[(tfd, events, data, ino, sdev)] of an epoll fd's fdinfo, in its order."""
+    import re  # here: only a tree with an epoll needs it, and every ckpt would import it
     return [(int(m[1]), int(m[2], 16), int(m[3], 16), int(m[4], 16), int(m[5], 16))
-            for m in TFD_LINE.finditer(text)]
+            for m in re.finditer(TFD_LINE, text)]
 
 
 def note(ctx, fd, st, info, fields):

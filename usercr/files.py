@@ -5,33 +5,51 @@ epoll.py for epoll instances.
 An owner module gives `KINDS`, `classify(ctx, st, target, info)` (the kind, or
 None), `note(ctx, fd, st, info, fields)` at checkpoint, and a Restore part
 with `open(rec)`. A new kind of fd is one module and one entry in OWNERS.
+rstr imports an owner only when the image has an fd it may own (owner()).
 
 Descriptors that share one open file description across the tree (dup,
 fork) get one file_id, found with kcmp, and share one again after restart.
 Standard streams on something that is not the tree's own (a terminal, a
 socket, a pipe the tree holds only one end of) follow rstr's, fd by fd."""
+import importlib
 import os
-import socket
+import re
 import stat
 
-from . import epoll, eventfd, inet, inotify, pipes, signalfd, timerfd
 from . import proc
 from . import records as R
-from . import trust, tty
-from . import unix
+from . import trust
 from .errors import UcrError
 from .native import lib
 
 K = R.FD_KINDS
-OWNERS = (tty, pipes, inotify, unix, inet, eventfd, timerfd, signalfd, epoll)
+# The owner modules, by name; the socket ones, dearest to import, last.
+OWNERS = ("tty", "pipes", "inotify", "eventfd", "timerfd", "signalfd", "epoll", "unix", "inet")
 STD_STREAMS = 3
 
 
+OWN_KINDS = (K.REG, K.DIR, K.CHR, K.SOCKET)  # this module's (a socket: a standard stream)
+PROC_ENTRY = re.compile(r"(?P<mnt>.*?)/(?P<pid>\d+)(?P<task>/task/(?P<tid>\d+))?(?P<rest>/.*)?$")
+
+
+def owners():
+    """The owner modules, each imported when the walk reaches it."""
+    for name in OWNERS:
+        yield importlib.import_module(f"{__package__}.{name}")
+
+
+def owner(kind):
+    """The name of the module that owns fd kind, or None for this module's own."""
+    if kind in OWN_KINDS:
+        return None
+    return next((m.__name__.rsplit(".", 1)[1] for m in owners() if kind in m.KINDS), None)
+
+
 def _classify(ctx, st, target, info):
-    for owner in OWNERS:
-        kind = owner.classify(ctx, st, target, info)
+    for module in owners():
+        kind = module.classify(ctx, st, target, info)
         if kind is not None:
-            return kind, owner
+            return kind, module
     if stat.S_ISREG(st.st_mode):
         return K.REG, None
     if stat.S_ISDIR(st.st_mode):
@@ -45,6 +63,7 @@ def _classify(ctx, st, target, info):
 
 def _socket_family(pid, fd):
     """The address family of a socket of another process (netlink, packet...), for a refusal."""
+    import socket
     copy = lib.ucr_pidfd_getfd(pid, fd)
     if copy < 0:
         return "?"
@@ -70,6 +89,30 @@ def file_id(ctx, fd, st):
     return fid
 
 
+def _proc_path(ctx, fd, target, st):
+    """The path to save for a file under /proc: a file of the process's own
+    entry as /proc/self/... (its PID may change); another process's entry is
+    refused, as reopening it by number could name another process."""
+    m = PROC_ENTRY.match(target)
+    if not m:
+        return target
+    if st.st_dev != os.stat(proc.path(ctx.pid)).st_dev:
+        if m["mnt"] != "/proc":
+            return target
+        raise UcrError(f"fd {fd} of process {ctx.pid} is {target}, on a /proc other than the checkpointer's; "
+                       "that cannot be checkpointed yet")
+    pid, rest = int(m["pid"]), m["rest"] or ""
+    if pid != ctx.pid:
+        raise UcrError(f"fd {fd} of process {ctx.pid} is {target}, a file of process {pid}'s /proc entry; "
+                       "only a process's own can be checkpointed")
+    if m["task"] is None:
+        return "/proc/self" + rest
+    if int(m["tid"]) == pid:
+        return "/proc/thread-self" + rest  # the restorer runs in the main thread
+    raise UcrError(f"fd {fd} of process {ctx.pid} is {target}, a file of one of its threads' /proc entry; "
+                   "that cannot be checkpointed yet")
+
+
 def _file_record(ctx, fd, target, info):
     pid = ctx.pid
     try:
@@ -93,13 +136,15 @@ def _file_record(ctx, fd, target, info):
                   size=st.st_size)
     if owner is not None:
         owner.note(ctx, fd, st, info, fields)
+    elif kind in (K.REG, K.DIR):
+        target = _proc_path(ctx, fd, target, st)
     return R.FILE.pack(tail=target, file_id=file_id(ctx, fd, st), **fields)
 
 
 def dump(ctx):
     hidden = getattr(ctx, "hidden_fds", ())  # a ptrace-free self-checkpoint's own pipes (selfdump.py)
     ctx.fds = [f for f in proc.fds(ctx.pid) if f[0] not in hidden]
-    for owner in OWNERS:
+    for owner in owners():
         if hasattr(owner, "scan"):  # an owner that must look at the whole tree before it can classify
             owner.scan(ctx)
     for fd, target, info in ctx.fds:
@@ -118,7 +163,6 @@ class Restore:
     def __init__(self, rst):
         self.rst = rst
         self.descs = {}   # file_id, or ("std", fd) for a standard stream -> kept fd
-        self.owners = {kind: owner.__name__.rsplit(".", 1)[1] for owner in OWNERS for kind in owner.KINDS}
         self.terminal_modes = {}  # rstr's fd -> termios to put on it before the tree runs
 
     def _external(self, rec):
@@ -182,9 +226,9 @@ class Restore:
     def _open(self, rec):
         if self._external(rec):
             return self._open_external(rec)
-        owner = self.owners.get(rec["kind"])
-        if owner:
-            return self.rst.part(owner).open(rec)
+        name = owner(rec["kind"])
+        if name:
+            return self.rst.part(name).open(rec)
         return self._open_path(rec)
 
     def fd(self, rec):
@@ -195,7 +239,26 @@ class Restore:
             self.descs[key] = self.rst.keep(self._open(rec))
         return self.descs[key]
 
+    @staticmethod
+    def _own_proc(rec):
+        """A file of the process's own /proc entry, which the task opens itself."""
+        parts = rec["tail"].split("/")
+        return rec["kind"] in (K.REG, K.DIR) and parts[:2] == ["", "proc"] and parts[2:3] in (["self"], ["thread-self"])
+
+    def data_size(self, p):
+        return sum(len(r["tail"]) + 17 for r in p.records("FILE") if self._own_proc(r))
+
     def prepare(self, plan, p):
+        paths = {}  # file_id -> the path string in the region, shared by its fds
+
         def fd(f, rec):
-            f.src, f.dst, f.cloexec = self.fd(rec), rec["fd"], rec["fd_flags"]
+            f.dst, f.cloexec = rec["fd"], rec["fd_flags"]
+            if not self._own_proc(rec):
+                f.src = self.fd(rec)
+                return
+            if rec["file_id"] not in paths:
+                paths[rec["file_id"]] = self.rst.region.put(os.fsencode(rec["tail"]) + b"\0")
+            f.src, f.path = -1, paths[rec["file_id"]]
+            f.flags = rec["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
+            f.pos = rec["pos"] if rec["kind"] == K.REG else 0
         plan.fds, plan.nr_fds = self.rst.region.array("ucr_fd", p.records("FILE"), fd)

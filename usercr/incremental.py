@@ -14,7 +14,6 @@ completed from the copy after the tree runs on. See docs/architecture.md."""
 import mmap
 import os
 import struct
-import tempfile
 import time
 
 from . import proc
@@ -405,6 +404,7 @@ def _copy_pages(pid, fd, spans, pc):
 
 def _staging_file(out_fd):
     """An unnamed file next to the image (or in TMPDIR when the image goes to a pipe)."""
+    import tempfile  # here: ~10 ms to import, which every rstr would pay
     where = os.readlink(f"/proc/self/fd/{out_fd}")
     d = os.path.dirname(where) if where.startswith("/") else None
     try:

@@ -1,6 +1,7 @@
 """TCP and UDP sockets, IPv4 and IPv6 (fd kinds tcp and udp). One INET_SOCK
 record per socket the tree holds, read from a pidfd_getfd copy: its names,
-state and options; for a TCP connection its repair state (TCP_REPAIR:
+state and options (the less common ones that differ from a fresh socket's
+in INET_OPT records); for a TCP connection its repair state (TCP_REPAIR:
 sequence numbers, MSS, window scales, SACK, timestamps, window) and one
 INET_QUEUE record per non-empty queue, peeked in repair mode so nothing is
 consumed. ckpt without --kill takes each socket out of repair mode again
@@ -22,19 +23,17 @@ directions from before it is read until rstr has it back.
 Refused in one line, the tree left running: a listener with connections
 waiting to be accepted (and their client ends), a connection whose other end
 was closed (an orphan in the kernel) or is being set up (SYN_SENT), a
-closed connection, a UDP socket with datagrams queued."""
+closed connection, a UDP socket with datagrams queued, a connection with
+urgent data not read yet."""
 import errno
 import fcntl
-import hashlib
 import os
-import shutil
 import socket
 import stat
 import struct
-import subprocess
 import time
 
-from . import proc
+from . import netlink, proc
 from . import records as R
 from .errors import UcrError
 from .native import lib
@@ -58,6 +57,34 @@ STATE_NAMES = {lib.TCP_SYN_SENT: "SYN_SENT", lib.TCP_SYN_RECV: "SYN_RECV", lib.T
                lib.TCP_FIN_WAIT1: "FIN_WAIT1", lib.TCP_FIN_WAIT2: "FIN_WAIT2", lib.TCP_CLOSE_WAIT: "CLOSE_WAIT",
                lib.TCP_LAST_ACK: "LAST_ACK", lib.TCP_CLOSING: "CLOSING"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
+V4, V6, STREAM, DGRAM = socket.AF_INET, socket.AF_INET6, socket.SOCK_STREAM, socket.SOCK_DGRAM
+IP, IPV6 = socket.IPPROTO_IP, socket.IPPROTO_IPV6
+LINGER = struct.Struct("=ii")               # struct linger
+# More options, saved (INET_OPT) when they differ from a fresh socket's and set again in this
+# order (IP_TOS sets SO_PRIORITY too): (level, name, families, types, getsockopt buffer size).
+INT = 4
+EXTRA_OPTIONS_SPEC = (
+    (IP, ("IP_TOS",), (V4, V6), (STREAM, DGRAM), INT),
+    (SOL_SOCKET, ("SO_PRIORITY", "SO_MARK", "SO_RCVLOWAT"), (V4, V6), (STREAM, DGRAM), INT),
+    (SOL_SOCKET, ("SO_LINGER",), (V4, V6), (STREAM, DGRAM), LINGER.size),
+    (SOL_SOCKET, ("SO_BINDTODEVICE",), (V4, V6), (STREAM, DGRAM), "IFNAMSIZ"),
+    (SOL_SOCKET, ("SO_RCVTIMEO_NEW", "SO_SNDTIMEO_NEW"), (V4, V6), (STREAM, DGRAM), 16),  # 2 x s64
+    (SOL_SOCKET, ("SO_OOBINLINE",), (V4, V6), (STREAM,), INT),
+    (IP, ("IP_TTL", "IP_FREEBIND", "IP_TRANSPARENT", "IP_RECVERR"), (V4, V6), (STREAM, DGRAM), INT),
+    (IP, ("IP_MULTICAST_TTL", "IP_MULTICAST_LOOP", "IP_MULTICAST_ALL", "IP_PKTINFO", "IP_RECVTOS",
+          "IP_RECVTTL"), (V4, V6), (DGRAM,), INT),
+    (IPV6, ("IPV6_TCLASS", "IPV6_UNICAST_HOPS", "IPV6_TRANSPARENT", "IPV6_RECVERR"), (V6,),
+     (STREAM, DGRAM), INT),
+    (IPV6, ("IPV6_MULTICAST_HOPS", "IPV6_MULTICAST_LOOP", "IPV6_MULTICAST_IF", "IPV6_RECVPKTINFO"), (V6,),
+     (DGRAM,), INT),
+    (TCP, ("TCP_CORK", "TCP_USER_TIMEOUT", "TCP_NOTSENT_LOWAT", "TCP_DEFER_ACCEPT", "TCP_FASTOPEN",
+           "TCP_FASTOPEN_CONNECT", "TCP_LINGER2", "TCP_SYNCNT", "TCP_THIN_LINEAR_TIMEOUTS"), (V4, V6),
+     (STREAM,), INT),
+    (TCP, ("TCP_CONGESTION",), (V4, V6), (STREAM,), 16),  # TCP_CA_NAME_MAX (not in the UAPI headers)
+)
+EXTRA_OPTIONS = [(level, getattr(lib, n), fams, types, getattr(lib, size) if isinstance(size, str) else size)
+                 for level, names, fams, types, size in EXTRA_OPTIONS_SPEC for n in names]
+OPTION_NAMES = {(level, getattr(lib, n)): n for level, names, *_ in EXTRA_OPTIONS_SPEC for n in names}
 SETTLE_ATTEMPTS, SETTLE_WAIT = 20, 0.01
 EXIT_WAIT = 10
 NFT_PREFIX = "usercr_tcp_"
@@ -217,6 +244,40 @@ def _options(s, d, defaults):
     return o
 
 
+def _extra_options(s, d, defaults):
+    """[(level, name, value)] of EXTRA_OPTIONS that differ from a fresh socket's."""
+    key = ("extra", d["family"], d["type"])
+    if key not in defaults:
+        with socket.socket(d["family"], d["type"]) as fresh:
+            defaults[key] = [(level, name, size, fresh.getsockopt(level, name, size))
+                             for level, name, fams, types, size in EXTRA_OPTIONS
+                             if d["family"] in fams and d["type"] in types]
+    out = []
+    for level, name, size, default in defaults[key]:
+        v = s.getsockopt(level, name, size)
+        if v != default:
+            out.append((level, name, v))
+    return out
+
+
+def _urgent(s):
+    """Whether urgent (out-of-band) data waits to be read, or was announced
+    and has not come yet: a mark repair mode cannot set again. Peeked with
+    SO_OOBINLINE off for the moment (with it on, the byte is also inline)."""
+    inline = s.getsockopt(SOL_SOCKET, lib.SO_OOBINLINE)
+    if inline:
+        s.setsockopt(SOL_SOCKET, lib.SO_OOBINLINE, 0)
+    try:
+        return s.recv(1, socket.MSG_OOB | socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:  # EINVAL: no urgent data, or it was read
+        return False
+    finally:
+        if inline:
+            s.setsockopt(SOL_SOCKET, lib.SO_OOBINLINE, inline)
+
+
 def _peek(s, size, what, fin=False):
     """A queue's bytes (repair mode selects which queue); the size the
     kernel counts for a send queue includes a FIN not yet acknowledged."""
@@ -273,7 +334,7 @@ def tree_records(tree):
             d = socks[ino]
             if d["type"] == socket.SOCK_STREAM and d["rport"] and not d["peer"]:
                 _lock(state, d)
-    got = {}  # ino -> (fields, queues)
+    got, extra = {}, {}  # ino -> (fields, queues); ino -> [(level, name, value)]
     for ino, (pid, fd) in state["held"].items():
         d = socks[ino]
         what = _where(fd, pid, d)
@@ -281,6 +342,7 @@ def tree_records(tree):
         with s:
             fields = dict(ino=ino, peer=d["peer"], family=d["family"], type=d["type"], state=d["state"],
                           src_port=d["lport"], dst_port=d["rport"], **_options(s, d, defaults))
+            extra[ino] = _extra_options(s, d, defaults)
             queues = {}
             if d["type"] == socket.SOCK_DGRAM:
                 try:
@@ -299,6 +361,9 @@ def tree_records(tree):
                 if closed:
                     raise UcrError(f"{what} whose connection is closed; that cannot be checkpointed yet")
             else:
+                if _urgent(s):
+                    raise UcrError(f"{what} has urgent (out-of-band) data to be read; that cannot be "
+                                   "checkpointed yet")
                 state["repaired"].append((pid, fd, fields["reuseaddr"]))
                 try:
                     s.setsockopt(TCP, lib.TCP_REPAIR, 1)
@@ -314,6 +379,7 @@ def tree_records(tree):
     for ino, (fields, queues) in got.items():
         d = socks[ino]
         out.append(R.INET_SOCK.pack(tail=d["local"] + d["remote"], **fields))
+        out += [R.INET_OPT.pack(ino=ino, level=level, name=name, tail=v) for level, name, v in extra[ino]]
         for q, data in sorted(queues.items()):
             if data:
                 out.append(R.INET_QUEUE.pack(ino=ino, queue=q, tail=data))
@@ -398,6 +464,7 @@ def wait_closed(shared):
 # -- the network lock: nftables ---------------------------------------------
 
 def _nft(script, what):
+    import shutil, subprocess  # here, as hashlib below: only --tcp-established needs them, not every ckpt
     nft = shutil.which("nft")
     if nft is None:
         raise UcrError(f"{what} needs nftables' nft command (Debian package nftables)")
@@ -408,6 +475,7 @@ def _nft(script, what):
 
 
 def table_name(family, local, lport, remote, rport):
+    import hashlib
     digest = hashlib.sha1(struct.pack("=I", family) + local + remote).hexdigest()[:12]
     return f"{NFT_PREFIX}{lport}_{rport}_{digest}"
 
@@ -450,6 +518,7 @@ def check_repair():
 
 def check_nft():
     """usercr check: ckpt --tcp-established drops a connection's packets with nftables."""
+    import shutil
     if shutil.which("nft") is None:
         return False, "no nft command (Debian package nftables): ckpt --tcp-established is refused"
     return True, ""
@@ -465,23 +534,17 @@ def _describe(r):
     return f"{'tcp' if r['type'] == socket.SOCK_STREAM else 'udp'} socket {names}"
 
 
-class Restore:
+class Restore(netlink.KeptSockets):
+    RECORD = "INET_SOCK"
+
     def __init__(self, rst):
         self.rst = rst
         self.saved = {rec["ino"]: rec for rec in rst.img.tree_records("INET_SOCK")}
         self.queues = {(rec["ino"], rec["queue"]): rec["tail"] for rec in rst.img.tree_records("INET_QUEUE")}
+        self.extra = {}
+        for rec in rst.img.tree_records("INET_OPT"):
+            self.extra.setdefault(rec["ino"], []).append((rec["level"], rec["name"], rec["tail"]))
         self.kept = None   # ino -> kept fd
-
-    def open(self, rec):
-        if self.kept is None:
-            self.kept = {}
-            self._build()
-        fd = self.kept.get(rec["ino"])
-        if fd is None:
-            raise UcrError(f"image corrupt: no INET_SOCK record for the socket at fd {rec['fd']}")
-        new = os.dup(fd)
-        fcntl.fcntl(new, fcntl.F_SETFL, rec["flags"])
-        return new
 
     def _build(self):
         """Listeners and bound sockets first (a connection accepted from a
@@ -510,6 +573,9 @@ class Restore:
                     socks[ino].sendall(data[len(data) - r["unsent"]:])
                 if r["flags"] & FIN_SENT:
                     socks[ino].shutdown(socket.SHUT_WR)
+                for force, key in ((lib.SO_SNDBUFFORCE, "sndbuf"), (lib.SO_RCVBUFFORCE, "rcvbuf")):
+                    if r[key]:
+                        socks[ino].setsockopt(SOL_SOCKET, force, r[key] // 2)
             for ino in list(socks):
                 self.kept[ino] = self.rst.keep(socks.pop(ino).detach())
         except OSError as e:
@@ -546,6 +612,13 @@ class Restore:
                 s.setsockopt(TCP, lib.TCP_KEEPIDLE, r["keepidle"])
                 s.setsockopt(TCP, lib.TCP_KEEPINTVL, r["keepintvl"])
                 s.setsockopt(TCP, lib.TCP_KEEPCNT, r["keepcnt"])
+            for level, name, v in self.extra.get(r["ino"], ()):
+                try:
+                    if (level, name) == (SOL_SOCKET, lib.SO_LINGER) and v[:4] == bytes(4) and v[4:] != bytes(4):
+                        s.setsockopt(level, name, LINGER.pack(1, LINGER.unpack(v)[1]))  # a time set, then off
+                    s.setsockopt(level, name, v)
+                except OSError as e:
+                    raise OSError(e.errno, f"{OPTION_NAMES.get((level, name), (level, name))}: {e.strerror}") from None
             if self._connection(r):
                 self._repair(s, r)
                 return s
@@ -566,11 +639,15 @@ class Restore:
         recvq = self.queues.get((ino, lib.TCP_RECV_QUEUE), b"")
         sendq = self.queues.get((ino, lib.TCP_SEND_QUEUE), b"")
         sent = sendq[:len(sendq) - r["unsent"]]
-        # Queues that grew with autotuned buffers need those buffers again (which fixes their size).
-        for name, force, key, data in ((socket.SO_SNDBUF, lib.SO_SNDBUFFORCE, "cur_sndbuf", sendq),
-                                       (socket.SO_RCVBUF, lib.SO_RCVBUFFORCE, "cur_rcvbuf", recvq)):
-            if not r[key[4:]] and len(data) > s.getsockopt(SOL_SOCKET, name) // 2:
-                s.setsockopt(SOL_SOCKET, force, max(r[key] // 2, len(data)))  # the kernel doubles it
+        # Queues that grew with autotuned buffers need those buffers again (which fixes their size);
+        # a queue may hold more than a size the program set counts (the kernel lets a last write
+        # through): it goes in with room enough, and _build gives the program's size back after.
+        buffers = ((socket.SO_SNDBUF, lib.SO_SNDBUFFORCE, "sndbuf", sendq),
+                   (socket.SO_RCVBUF, lib.SO_RCVBUFFORCE, "rcvbuf", recvq))
+        # Room counts the kernel's per-segment overhead too (truesize): twice the data, which the kernel doubles.
+        for name, force, key, data in buffers:
+            if 2 * len(data) > s.getsockopt(SOL_SOCKET, name) // 2:
+                s.setsockopt(SOL_SOCKET, force, max(r["cur_" + key] // 2, 2 * len(data)))
         s.setsockopt(TCP, lib.TCP_REPAIR, 1)
         s.bind((_unpack_addr(family, local), lport))
         s.setsockopt(TCP, lib.TCP_REPAIR_QUEUE, lib.TCP_SEND_QUEUE)

@@ -159,6 +159,8 @@ class Restore:
         return {name: m.start for name, m in here.items()}
 
     def _open_file(self, rec):
+        """An fd of its own for each mapping: two mappings of one open file
+        that meet would be merged into one by the kernel."""
         path = rec["tail"]
         try:
             st = os.stat(path)

@@ -1,5 +1,7 @@
 """Netlink over a Python AF_NETLINK socket: requests, dumps and rtattrs,
-for rtnetlink (namespaces.py) and sock_diag (unix.py)."""
+for rtnetlink (namespaces.py) and sock_diag (unix.py, inet.py); and the
+restore side the socket kinds share (KeptSockets)."""
+import fcntl
 import os
 import struct
 
@@ -53,3 +55,21 @@ def talk(sock, type_, flags, body, what):
                     raise UcrError(f"{what}: {os.strerror(err)}")
                 return out
             out.append((mtype, payload))
+
+
+class KeptSockets:
+    """A socket fd kind's restore: every socket of the image is made at the
+    first FILE record naming one (_build fills kept: ino -> fd kept by rstr);
+    each FILE record gets a new fd on it with its own status flags."""
+    RECORD = None  # the socket record's name, for the error
+
+    def open(self, rec):
+        if self.kept is None:
+            self.kept = {}
+            self._build()
+        fd = self.kept.get(rec["ino"])
+        if fd is None:
+            raise UcrError(f"image corrupt: no {self.RECORD} record for the socket at fd {rec['fd']}")
+        new = os.dup(fd)
+        fcntl.fcntl(new, fcntl.F_SETFL, rec["flags"])
+        return new

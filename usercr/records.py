@@ -75,6 +75,9 @@ class Record:
             self.fields.append((fname, ftype, count))
         self.struct = struct.Struct(fmt)
         assert self.struct.size % ALIGN == 0, f"{name}: fixed part must be 8-byte sized"
+        # Only plain numbers: unpack zips names and values (rstr decodes some 200 records at start)
+        self.plain = tuple(f[0] for f in self.fields) if all(f[1] != "char" and f[2] == 1 for f in self.fields) \
+            else None
         self.tail = tail
         self.doc = doc
         self.c = c
@@ -117,15 +120,18 @@ class Record:
         """Decode the payload (everything after the record header, unpadded)."""
         if len(payload) < self.struct.size:
             raise ValueError(f"{self.name} record too short")
-        flat = iter(self.struct.unpack_from(payload))
-        out = {}
-        for fname, ftype, count in self.fields:
-            if ftype == "char":
-                out[fname] = next(flat).split(b"\0", 1)[0].decode(errors="replace")
-            elif count > 1:
-                out[fname] = [next(flat) for _ in range(count)]
-            else:
-                out[fname] = next(flat)
+        values = self.struct.unpack_from(payload)
+        if self.plain is not None:
+            out = dict(zip(self.plain, values))
+        else:
+            out, flat = {}, iter(values)
+            for fname, ftype, count in self.fields:
+                if ftype == "char":
+                    out[fname] = next(flat).split(b"\0", 1)[0].decode(errors="replace")
+                elif count > 1:
+                    out[fname] = [next(flat) for _ in range(count)]
+                else:
+                    out[fname] = next(flat)
         rest = payload[self.struct.size:]
         if self.tail == "bytes":
             out["tail"] = bytes(rest)
@@ -243,7 +249,8 @@ FILE = _rec(301, "FILE", [
     ("pos", "s64"), ("size", "s64"), ("mode", "u32"), ("file_id", "u32"),
     ("dev", "u64"), ("ino", "u64"), ("rdev", "u64"),
 ], tail="str", many=True, doc="open file descriptor; fds with the same file_id share one open file description "
-                   "(offset, flags) across the tree; tail is the path")
+                   "(offset, flags) across the tree; tail is the path (/proc/self/... for a file of the process's "
+                   "own /proc entry)")
 FD_KINDS = Kinds("FD", ["reg", "dir", "chr", "tty", "pipe", "socket", "fifo", "pty-master", "pty-slave",
                         "inotify", "unix", "epoll", "eventfd", "timerfd", "signalfd", "tcp", "udp"])
 PIPE = _rec(302, "PIPE", [("ino", "u64"), ("capacity", "u32"), ("pad", "u32")], tail="bytes",
@@ -411,6 +418,15 @@ INET_QUEUE = _rec(712, "INET_QUEUE", [("ino", "u64"), ("queue", "u32"), ("pad", 
                   scope="tree", many=True,
                   doc="the data of an INET_SOCK's queue (ino; queue 1: received and not read, 2: sent and not "
                       "acknowledged, then never sent); tail is the bytes")
+INET_OPT = _rec(713, "INET_OPT", [("ino", "u64"), ("level", "u32"), ("name", "u32")], tail="bytes",
+                scope="tree", many=True,
+                doc="a socket option of an INET_SOCK (ino) that differs from a fresh socket's: level and "
+                    "name as setsockopt takes them (SO_LINGER, SO_PRIORITY, SO_MARK, SO_RCVLOWAT, SO_OOBINLINE, "
+                    "SO_BINDTODEVICE, SO_RCVTIMEO/SNDTIMEO, IP_TOS, IP_TTL, IP_FREEBIND, IP_TRANSPARENT, "
+                    "IP_MULTICAST_*, IP_RECV*, IPV6_TCLASS, IPV6_UNICAST_HOPS, IPV6_MULTICAST_*, IPV6_RECV*, "
+                    "TCP_CORK, TCP_CONGESTION, TCP_USER_TIMEOUT, TCP_NOTSENT_LOWAT, TCP_DEFER_ACCEPT, "
+                    "TCP_FASTOPEN, TCP_FASTOPEN_CONNECT, TCP_LINGER2, TCP_SYNCNT...), in the order rstr sets "
+                    "them; tail is the value as getsockopt gave it")
 
 FS = _rec(451, "FS", [("umask", "u32"), ("pad", "u32")], tail="strs",
           doc="fs state; tail is [cwd, root]")

@@ -4,15 +4,13 @@ clone3, and let the restorer blob rebuild the tree from there. Each kind of
 kernel state prepares its own part of every plan (PARTS, in order)."""
 import errno
 import fcntl
+import importlib
 import os
 import select
-import signal
+import _signal as signal  # the signal module without its enums, which cost every rstr ~2 ms to import
 import struct
 
-from . import cleanup, compress, creds, epoll, eventfd, files, fs, incremental, inet, inotify, inplace, ipc, locks, memory
-from . import namespaces
-from . import pipes, proc, rlimits, rootless, safeio, signalfd, signals, tasks, threads, timerfd, timers, trust, tty
-from . import unix
+from . import cleanup, compress, inplace, proc, rootless, safeio, threads, trust
 from . import records as R
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
@@ -26,13 +24,14 @@ MIN_REGION_ADDR = 1 << 30
 STATUS = struct.Struct("<iiQii")
 PLACE_ATTEMPTS = 5
 POLL_INTERVAL = 0.5
-# The restore-side parts, in the order they prepare each plan. Files come
-# after memory (mapped files are opened first) and tty before files (a
-# standard stream may need the terminal's part). epoll comes after every
-# other kind of fd: files opens each instance when a FILE record names it,
-# and the instance opens its targets (through files) before it adds them.
-PARTS = (inplace, incremental, tasks, tty, memory, pipes, inotify, unix, inet, eventfd, timerfd, signalfd, files, epoll, locks,
-         threads, signals, timers, rlimits, fs, creds)
+# The restore-side parts (modules), in the order they prepare each plan. Files
+# come after memory (mapped files are opened first) and tty before files (a
+# standard stream may need the terminal's part). The other kinds of fd
+# (files.OWNERS) prepare nothing: their parts are imported and made when a
+# FILE record of theirs is opened (Restorer.part), so that rstr does not
+# import what the image does not use.
+PARTS = ("inplace", "incremental", "tasks", "tty", "memory", "files", "locks", "threads", "signals", "timers",
+         "rlimits", "fs", "creds")
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",
@@ -157,7 +156,11 @@ class Restorer:
         return new
 
     def part(self, name):
-        return self.parts[name]
+        """The Restore part of module name, made when first asked for."""
+        got = self.parts.get(name)
+        if got is None:
+            got = self.parts[name] = importlib.import_module(f"{__package__}.{name}").Restore(self)
+        return got
 
     def warn(self, msg):
         if msg not in self.warnings:
@@ -176,7 +179,7 @@ class Restorer:
             size += len(p.records("POSIX_TIMER")) * sizes["ucr_timer"]
             size += len(p.threads) * (sizes["ucr_thread"] + 32 * 1024)  # with its signal frame
             size += 2 * (sizes["ucr_child"] + 64)
-            size += sum(part.data_size(p) for part in self.parts.values() if hasattr(part, "data_size"))
+            size += sum(self.parts[name].data_size(p) for name in PARTS if hasattr(self.parts[name], "data_size"))
             if "MM" in p.one:
                 size += len(p["MM"]["tail"]) + 4 * len(p["CREDS"]["tail"])
         return page_up(size)
@@ -198,7 +201,9 @@ class Restorer:
         self.image_fd = self.keep(os.dup(self.in_fd))
         self.status_w = self.keep(status_w)
         self.go_r = self.keep(go_r)
-        self.parts = {m.__name__.rsplit(".", 1)[1]: m.Restore(self) for m in PARTS}
+        self.parts = {}
+        for name in PARTS:
+            self.part(name)
         mem = self.part("memory")
         mem.prepare_tree()
 
@@ -229,7 +234,7 @@ class Restorer:
             if not p.zombie:
                 plan.pages_turn, plan.last_pages = turn, turn == len(self.live) - 1
                 turn += 1
-            for part in self.parts.values():
+            for part in map(self.parts.get, PARTS):
                 if hasattr(part, "prepare") and (not p.zombie or getattr(part, "for_zombies", False)):
                     part.prepare(plan, p)
             if p.zombie:
@@ -319,7 +324,8 @@ class Restorer:
         if step == lib.UCR_STEP_CHECKSUM:
             return UcrError(what)
         if step == lib.UCR_STEP_LOCK and task < n:
-            return locks.failure(self.img.procs[task], detail, err)
+            from .locks import failure
+            return failure(self.img.procs[task], detail, err)
         if step == lib.UCR_STEP_READ and err == errno.ENODATA:
             return UcrError(f"image truncated at offset {detail}")
         reason = ERRNO_TEXT.get(err) or (os.strerror(err) if err else "")
@@ -504,8 +510,10 @@ def _restore_tree(image, creation, reader, arch, in_fd, pids, pidns, log, strict
     top = None
     try:
         sysv = image.tree_records("IPC_SHM", "IPC_MSG", "IPC_SEM")
-        namespaces.restore(image.tree_records(*namespaces.RECORDS), sysv=bool(sysv))
-        ipc.restore(sysv)
+        if sysv or any(r["tail"] for r in image.tree_records("NAMESPACES")):  # else they have nothing to do
+            from . import ipc, namespaces
+            namespaces.restore(image.tree_records(*namespaces.RECORDS), sysv=bool(sysv))
+            ipc.restore(sysv)
         rst.prepare()
         if pids and pidns and not reaper:
             top = rst.spawn([1], arch.C["CLONE_NEWPID"])
@@ -616,6 +624,7 @@ def _restart(stream, pids=None, pidns=None, wait=True, pidfile=None, copies=1, f
         signal.signal(signal.SIGINT, lambda *_: [_signal(root, forward) for root in roots])
     for msg in trees[0].warnings:
         _warn(msg)
+        getattr(log, "warning", log_nothing)(msg)  # -l FILE keeps them too
     _set_terminal_modes(trees[0].terminal_modes)
     try:
         for copy in trees:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from . import proc
 from .errors import UcrError
 
 PENDING, RESTORED, DONE, FAILED = 0, 1, 2, 3
@@ -148,7 +149,7 @@ def _own_proc():
     namespaces.BASE["mnt"] = namespaces.ns_id("self", "mnt")
     r = lib.ucr_own_proc()
     if r < 0:
-        os._exit(1)  # without CAP_SYS_ADMIN there: the program hears the helper died
+        raise UcrError(f"cannot mount a /proc of this PID namespace for the helper: {os.strerror(-r)}")
 
 
 def helper_main(argv=None):
@@ -163,6 +164,10 @@ def helper_main(argv=None):
         sys.stderr.write("usage: usercr-selfckpt PID ADDR DEST (run by checkpoint_self)\n")
         return 2
     pid, addr, dest = int(argv[0]), int(argv[1]), argv[2]
+    try:  # as the program's child (Yama lets a descendant), by the PID /proc knows it by
+        mem = os.open(f"/proc/{proc.status('self')['PPid']}/mem", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return 1  # the program is gone, or refused: it sees the helper gone
     child = os.fork()
     if child:
         try:
@@ -174,14 +179,8 @@ def helper_main(argv=None):
     os.dup2(null, 1)
     os.close(null)
     os.setsid()  # no terminal signal may kill the helper while the program is frozen
-    if os.readlink("/proc/self") != str(os.getpid()):
-        _own_proc()
     if os.read(0, 2) != b"go":
         os._exit(1)
-    try:
-        mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        os._exit(1)  # the program is gone, or refused: it sees the helper gone
 
     def mark(state, err=0, msg=""):
         data = struct.pack("Ii", state, err)
@@ -192,6 +191,8 @@ def helper_main(argv=None):
     from .dump import checkpoint
     from .safeio import AtomicFile
     try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            _own_proc()
         with AtomicFile(dest, 0o600, replace=True) as out:
             def complete():
                 out.commit()

@@ -1,7 +1,7 @@
 """Signals: the actions (SIGHAND, read inside the task) and the queued
 signals (SIGPENDING: process-wide ones here, each thread's after its THREAD
 record)."""
-import signal
+import _signal as signal  # the signal module without its enums, which cost every rstr ~2 ms to import
 
 from . import proc
 from . import records as R

@@ -11,10 +11,7 @@ while the tree was gone fires at restart, with every period that passed
 counted. A relative timer keeps its time left: for it, time stops from
 the checkpoint to the restart, as for POSIX timers. An expiry due at the
 restart (or within MARGIN_NS of it) is counted by rstr, not raced with."""
-import fcntl
 import os
-import struct
-import time
 
 from . import records as R
 from .errors import UcrError
@@ -87,30 +84,17 @@ class Restore:
         if new < 0:
             raise UcrError(f"cannot recreate {where} (clock {clockid}): {os.strerror(-new)}")
         try:
-            ticks, value, interval = saved["ticks"], saved["value_ns"], saved["interval_ns"]
-            left = 0
-            if value:
-                now = time.clock_gettime_ns(clockid)
-                absolute = flags & C["TFD_TIMER_ABSTIME"]
-                deadline = saved["now_ns"] + value if absolute else now + value
-                if deadline <= now + MARGIN_NS:  # due now: counted here
-                    missed = (now + MARGIN_NS - deadline) // interval + 1 if interval else 1
-                    ticks += missed
-                    deadline += missed * interval
-                if deadline > now + MARGIN_NS:
-                    left = deadline if absolute else deadline - now
-            # Set also when it stays disarmed (expired, or due now): an expired timer keeps the flags
-            # it was set with (fdinfo, TFD_TIMER_CANCEL_ON_SET) and its interval (timerfd_gettime).
-            if left or flags or interval:
-                err = lib.ucr_timerfd_set(new, flags, left, interval)
-                if err < 0:
-                    raise UcrError(f"cannot set {where}: {os.strerror(-err)}")
-            if ticks:
-                try:
-                    fcntl.ioctl(new, C["TFD_IOC_SET_TICKS"], struct.pack("=Q", ticks))
-                except OSError as e:
-                    raise UcrError(f"cannot give {where} its {ticks} unread expirations back (TFD_IOC_SET_TICKS "
-                                   f"needs CONFIG_CHECKPOINT_RESTORE): {e.strerror}") from None
+            value = saved["value_ns"]
+            if value and flags & C["TFD_TIMER_ABSTIME"]:
+                value += saved["now_ns"]  # the deadline it had
+            step = ffi.new("int *")
+            err = lib.ucr_timerfd_restore(new, clockid, flags, value, saved["interval_ns"], saved["ticks"], MARGIN_NS,
+                                          step)
+            if err < 0 and step[0] == 1:
+                raise UcrError(f"cannot set {where}: {os.strerror(-err)}")
+            if err < 0:
+                raise UcrError(f"cannot give {where} its unread expirations back (TFD_IOC_SET_TICKS needs "
+                               f"CONFIG_CHECKPOINT_RESTORE): {os.strerror(-err)}")
         except BaseException:
             os.close(new)
             raise

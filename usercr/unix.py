@@ -23,7 +23,6 @@ client sent on a connection not accepted yet, descriptors in flight
 (SCM_RIGHTS in a queue), datagrams from a sender outside the tree, and a
 bound path whose file now is something else than a socket."""
 import errno
-import fcntl
 import os
 import socket
 import stat
@@ -368,7 +367,9 @@ def _creds(r, prefix="peer_"):
     return r[prefix + "pid"], r[prefix + "uid"], r[prefix + "gid"]
 
 
-class Restore:
+class Restore(netlink.KeptSockets):
+    RECORD = "UNIX_SOCK"
+
     def __init__(self, rst):
         self.rst = rst
         self.saved = {rec["ino"]: rec for rec in rst.img.tree_records("UNIX_SOCK")}
@@ -380,17 +381,6 @@ class Restore:
         self.kept = None   # ino -> kept fd
         self.socks = {}    # ino -> socket object while they are made
         self.gone = set()  # paths bound whose file was removed before the checkpoint
-
-    def open(self, rec):
-        if self.kept is None:
-            self.kept = {}
-            self._build()
-        fd = self.kept.get(rec["ino"])
-        if fd is None:
-            raise UcrError(f"image corrupt: no UNIX_SOCK record for the socket at fd {rec['fd']}")
-        new = os.dup(fd)
-        fcntl.fcntl(new, fcntl.F_SETFL, rec["flags"])
-        return new
 
     def _as(self, creds, op, sock, other=None, arg=0, address=b""):
         """A listen/connect/socketpair made by a helper task with the PID,

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
@@ -42,6 +43,11 @@
 #define MAX_RUN_PAGES 1024
 #define OUT_BUF (512UL << 10)  /* small: ckpt's peak memory stays within 16 MiB */
 #define COPY_CHUNK (256UL << 10)  /* copied, then summed while still in the cache */
+#define ZOUT_BUF (256UL << 10)  /* with compression, each buffer also has its frame's */
+/* ZSTD_compressBound(ZOUT_BUF): a frame of incompressible data is a little larger */
+#define ZOUT_FRAME_CAP (ZOUT_BUF + (ZOUT_BUF >> 8) + 1024)
+
+static int zout_frames_begin(void *z);
 
 void ucr_csum_update(uint64_t *state, const void *buf, size_t len)
 {
@@ -75,8 +81,10 @@ struct out {
     void *z;             /* a zstd stream (ucr_zout_open) or NULL: plain */
     char *bufs[NBUF];
     size_t lens[NBUF];
+    char *zbufs[NBUF];   /* with z: each buffer as one zstd frame */
+    size_t zlens[NBUF];  /* 0: not compressed yet (the writer does it) */
     char *buf;           /* the buffer being filled: bufs[submitted % NBUF] */
-    size_t used;
+    size_t used, cap;    /* cap: the buffers' size */
     uint64_t *csum;
     uint64_t bytes, pages;  /* written: bytes by the writer thread, pages queued */
     uint64_t submitted, written;
@@ -103,6 +111,24 @@ static int write_full(int fd, const char *b, size_t n)
     return 0;
 }
 
+static long zout_frame(void *z, int which, void *dst, const void *src, size_t len);
+
+/* Writes buffer k: with compression, as one zstd frame, compressed here
+ * unless the filling thread did it (flush). */
+static int write_buffer(struct out *o, int k)
+{
+    if (!o->z)
+        return write_full(o->fd, o->bufs[k], o->lens[k]);
+    size_t n = o->zlens[k];
+    if (!n) {
+        long r = zout_frame(o->z, 1, o->zbufs[k], o->bufs[k], o->lens[k]);
+        if (r < 0)
+            return (int)r;
+        n = (size_t)r;
+    }
+    return write_full(o->fd, o->zbufs[k], n);
+}
+
 static void *writer_thread(void *arg)
 {
     struct out *o = arg;
@@ -116,7 +142,7 @@ static void *writer_thread(void *arg)
         pthread_mutex_unlock(&o->lock);
         int r = 0;
         if (!failed) {  /* after an error, buffers are only drained */
-            r = o->z ? ucr_zout_write(o->z, o->bufs[k], o->lens[k], 0) : write_full(o->fd, o->bufs[k], o->lens[k]);
+            r = write_buffer(o, k);
             o->bytes += o->lens[k];
         }
         pthread_mutex_lock(&o->lock);
@@ -129,12 +155,25 @@ static void *writer_thread(void *arg)
     return NULL;
 }
 
-/* Hands the filled buffer to the writer and waits for a free one. */
+/* Hands the filled buffer to the writer and waits for a free one. With
+ * compression, a writer that still has buffers to write is the slower of
+ * the two threads: this one then compresses the buffer itself, so that the
+ * work shares itself out between the two CPUs. */
 static int flush(struct out *o)
 {
-    int err;
+    int err, k = (int)(o->submitted % NBUF);
+    o->lens[k] = o->used;
+    o->zlens[k] = 0;
+    if (o->z) {
+        pthread_mutex_lock(&o->lock);
+        int busy = o->written != o->submitted;
+        pthread_mutex_unlock(&o->lock);
+        long r = busy ? zout_frame(o->z, 0, o->zbufs[k], o->bufs[k], o->used) : 0;
+        if (r < 0)
+            return (int)r;
+        o->zlens[k] = (size_t)r;
+    }
     pthread_mutex_lock(&o->lock);
-    o->lens[o->submitted % NBUF] = o->used;
     o->submitted++;
     pthread_cond_signal(&o->work);
     while (o->submitted - o->written >= NBUF && !o->err)
@@ -172,7 +211,7 @@ static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t
         return emit_run_base(o, pid, mem_fd, vaddr, npages, ps);
     struct ucr_rec_pages rec = { { UCR_REC_PAGES, (uint32_t)(sizeof(rec) + npages * ps) }, vaddr, npages };
     int r;
-    if (o->used + sizeof(rec) > OUT_BUF && (r = flush(o)))
+    if (o->used + sizeof(rec) > o->cap && (r = flush(o)))
         return r;
     memcpy(o->buf + o->used, &rec, sizeof(rec));
     o->pages += npages;
@@ -180,7 +219,7 @@ static int emit_run(struct out *o, int pid, int mem_fd, uint64_t vaddr, uint64_t
     o->used += sizeof(rec);
     uint64_t len = npages * ps;
     while (len) {
-        size_t room = OUT_BUF - o->used;
+        size_t room = o->cap - o->used;
         if (!room) {
             if ((r = flush(o)))
                 return r;
@@ -231,19 +270,25 @@ int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z
     o.z = z;
     o.csum = csum;
     o.base = base;
+    if (z && (r = zout_frames_begin(z)))
+        return r;
     char *scratch = MAP_FAILED;
     if (base && (scratch = mmap(NULL, MAX_RUN_PAGES * page_size, PROT_READ | PROT_WRITE,
                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) == MAP_FAILED)
         return -ENOMEM;
     o.src_vaddr = (uint64_t)(uintptr_t)scratch;  /* emit_run_base's scratch buffer, until it sets src */
-    char *mem = mmap(NULL, NBUF * OUT_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    o.cap = z ? ZOUT_BUF : OUT_BUF;
+    size_t zcap = z ? ZOUT_FRAME_CAP : 0, size = NBUF * (o.cap + zcap);
+    char *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     pm = mmap(NULL, PM_BATCH * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED || pm == MAP_FAILED) {
         r = -ENOMEM;
         goto unmap;
     }
-    for (int i = 0; i < NBUF; i++)
-        o.bufs[i] = mem + i * OUT_BUF;
+    for (int i = 0; i < NBUF; i++) {
+        o.bufs[i] = mem + i * o.cap;
+        o.zbufs[i] = mem + NBUF * o.cap + i * zcap;
+    }
     o.buf = o.bufs[0];
     pthread_mutex_init(&o.lock, NULL);
     pthread_cond_init(&o.work, NULL);
@@ -291,7 +336,7 @@ unmap:
     counts[0] = o.bytes;
     counts[1] = o.pages;
     if (mem != MAP_FAILED)
-        munmap(mem, NBUF * OUT_BUF);
+        munmap(mem, size);
     if (pm != MAP_FAILED)
         munmap(pm, PM_BATCH * 8);
     if (scratch != MAP_FAILED)
@@ -777,6 +822,45 @@ int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns)
     return timerfd_settime(fd, flags, &its, NULL) ? -errno : 0;
 }
 
+#ifndef TFD_IOC_SET_TICKS
+#define TFD_IOC_SET_TICKS _IOW('T', 0, uint64_t)  /* linux/timerfd.h, which clashes with glibc's */
+#endif
+
+/* Arms a restored timerfd and gives it its unread expirations in one go.
+ * value_ns: the time left (relative timers) or the absolute deadline
+ * (TFD_TIMER_ABSTIME). An expiry due within margin_ns is counted here: the
+ * timer must not fire between the arming and TFD_IOC_SET_TICKS, which
+ * replaces the count. *step: 1 the arming failed, 2 the ticks. */
+int ucr_timerfd_restore(int fd, int clockid, int flags, uint64_t value_ns, uint64_t interval_ns, uint64_t ticks,
+                        uint64_t margin_ns, int *step)
+{
+    struct timespec ts;
+    uint64_t left = 0;
+    *step = 1;
+    if (clock_gettime(clockid, &ts))
+        return -errno;
+    if (value_ns) {
+        uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+        int absolute = flags & TFD_TIMER_ABSTIME;
+        uint64_t deadline = absolute ? value_ns : now + value_ns;
+        if (deadline <= now + margin_ns) {
+            uint64_t missed = interval_ns ? (now + margin_ns - deadline) / interval_ns + 1 : 1;
+            ticks += missed;
+            deadline += missed * interval_ns;
+        }
+        if (deadline > now + margin_ns)
+            left = absolute ? deadline : deadline - now;
+    }
+    /* Set also when it stays disarmed: an expired timer keeps the flags it
+     * was set with (fdinfo, TFD_TIMER_CANCEL_ON_SET) and its interval. */
+    if ((left || flags || interval_ns) && ucr_timerfd_set(fd, flags, left, interval_ns))
+        return -errno;
+    *step = 2;
+    if (ticks && ioctl(fd, TFD_IOC_SET_TICKS, &ticks))
+        return -errno;
+    return 0;
+}
+
 /* The kernel's sigset is 64 bits on every arch usercr runs on; glibc's
  * signalfd() would refuse its own signals (32, 33) in the mask. */
 int ucr_signalfd(uint64_t mask)
@@ -829,7 +913,7 @@ static int emit_parent(struct out *o, const struct ucr_base_run *br, uint64_t va
         rec.csum_a = sum[0];
         rec.csum_b = sum[1];
     }
-    if (o->used + sizeof(rec) > OUT_BUF && (r = flush(o)))
+    if (o->used + sizeof(rec) > o->cap && (r = flush(o)))
         return r;
     memcpy(o->buf + o->used, &rec, sizeof(rec));
     ucr_csum_words(o->csum, &rec, sizeof(rec));
@@ -993,11 +1077,10 @@ int ucr_probe_write_tracking(void)
  * few declarations below are zstd's stable API (zstd.h, 1.4+). */
 struct zin { const void *src; size_t size, pos; };
 struct zbuf { void *dst; size_t size, pos; };
-enum { ZSTD_c_compressionLevel = 100, ZSTD_c_windowLog = 101, ZSTD_c_checksumFlag = 201, ZSTD_c_nbWorkers = 400, ZSTD_c_jobSize = 401 };
+enum { ZSTD_c_compressionLevel = 100, ZSTD_c_windowLog = 101, ZSTD_c_checksumFlag = 201 };
 enum { ZSTD_e_continue = 0, ZSTD_e_end = 2 };
 #define ZSTD_CHUNK (256UL << 10)
 #define ZSTD_WINDOW_LOG 17  /* 128 KiB: ckpt's and rstr's memory; pages gain little from more */
-#define ZSTD_JOB (512 << 10)  /* zstd's smallest: less memory than its default */
 
 static struct {
     void *(*createCCtx)(void);
@@ -1007,6 +1090,7 @@ static struct {
     void *(*createDStream)(void);
     size_t (*freeDStream)(void *);
     size_t (*decompressStream)(void *, struct zbuf *, struct zin *);
+    size_t (*compress2)(void *, void *, size_t, const void *, size_t);
     unsigned (*isError)(size_t);
     const char *(*getErrorName)(size_t);
 } Z;
@@ -1027,7 +1111,7 @@ static void zstd_load(void)
     SYM(createCCtx, "ZSTD_createCCtx") SYM(freeCCtx, "ZSTD_freeCCtx") SYM(setParameter, "ZSTD_CCtx_setParameter")
     SYM(compressStream2, "ZSTD_compressStream2") SYM(createDStream, "ZSTD_createDStream")
     SYM(freeDStream, "ZSTD_freeDStream") SYM(decompressStream, "ZSTD_decompressStream")
-    SYM(isError, "ZSTD_isError") SYM(getErrorName, "ZSTD_getErrorName")
+    SYM(isError, "ZSTD_isError") SYM(getErrorName, "ZSTD_getErrorName") SYM(compress2, "ZSTD_compress2")
 #undef SYM
     zstd_loaded = 1;
 }
@@ -1047,18 +1131,39 @@ static int zstd_fail(size_t code)
 
 const char *ucr_zstd_error(void) { return zstd_msg; }
 
+/* The image as a sequence of zstd frames (one zstd stream, as the zstd tool
+ * reads it): the metadata in frames of their own, compressed as it comes
+ * (cctx); the page data in frames of one buffer each, compressed by
+ * either of the dump's threads (frame_cctx[0] the thread that copies,
+ * [1] the writer, which is cctx: the two never compress at once). */
 struct zout {
-    void *cctx;
-    int fd;
-    char buf[ZSTD_CHUNK];
+    void *cctx, *frame_cctx[2];
+    int fd, level, open;  /* open: a metadata frame is begun */
+    char buf[64 << 10];   /* metadata comes in 64 KiB pieces (image.py) */
 };
 
-/* A compressing writer on fd: one frame, with zstd's content checksum;
- * workers > 0 compresses in that many threads of zstd's own. */
-void *ucr_zout_open(int fd, int level, int workers, int *err)
+static void *zout_cctx(int level, int *err)
+{
+    size_t r;
+    void *c = Z.createCCtx();
+    if (!c) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    if (Z.isError(r = Z.setParameter(c, ZSTD_c_compressionLevel, level)) ||
+        Z.isError(r = Z.setParameter(c, ZSTD_c_windowLog, ZSTD_WINDOW_LOG)) ||
+        Z.isError(r = Z.setParameter(c, ZSTD_c_checksumFlag, 1))) {
+        *err = zstd_fail(r);
+        Z.freeCCtx(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* A compressing writer on fd, with zstd's content checksum in every frame. */
+void *ucr_zout_open(int fd, int level, int *err)
 {
     struct zout *z;
-    size_t r;
     if ((*err = zstd_ready()))
         return NULL;
     z = mmap(NULL, sizeof(*z), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -1067,22 +1172,33 @@ void *ucr_zout_open(int fd, int level, int workers, int *err)
         return NULL;
     }
     z->fd = fd;
-    if (!(z->cctx = Z.createCCtx())) {
+    z->level = level;
+    if (!(z->cctx = zout_cctx(level, err))) {
         munmap(z, sizeof(*z));
-        *err = -ENOMEM;
         return NULL;
     }
-    if (Z.isError(r = Z.setParameter(z->cctx, ZSTD_c_compressionLevel, level)) ||
-        Z.isError(r = Z.setParameter(z->cctx, ZSTD_c_windowLog, ZSTD_WINDOW_LOG)) ||
-        Z.isError(r = Z.setParameter(z->cctx, ZSTD_c_checksumFlag, 1))) {
-        *err = zstd_fail(r);
-        ucr_zout_free(z);
-        return NULL;
-    }
-    /* A library built without threads refuses: it then compresses in the caller. */
-    if (workers > 0 && !Z.isError(Z.setParameter(z->cctx, ZSTD_c_nbWorkers, workers)))
-        Z.setParameter(z->cctx, ZSTD_c_jobSize, ZSTD_JOB);
     return z;
+}
+
+/* Before page data: the metadata frame ends, and both threads have a context. */
+static int zout_frames_begin(void *zp)
+{
+    struct zout *z = zp;
+    int r = 0;
+    if (z->open && (r = ucr_zout_write(z, NULL, 0, 1)))
+        return r;
+    z->frame_cctx[1] = z->cctx;
+    if (!z->frame_cctx[0] && !(z->frame_cctx[0] = zout_cctx(z->level, &r)))
+        return r;
+    return 0;
+}
+
+/* src as one frame into dst (ZOUT_FRAME_CAP bytes): its length, or -errno. */
+static long zout_frame(void *zp, int which, void *dst, const void *src, size_t len)
+{
+    struct zout *z = zp;
+    size_t r = Z.compress2(z->frame_cctx[which], dst, ZOUT_FRAME_CAP, src, len);
+    return Z.isError(r) ? zstd_fail(r) : (long)r;
 }
 
 /* Compresses buf and writes what zstd has ready; end finishes the frame. */
@@ -1090,6 +1206,7 @@ int ucr_zout_write(void *zp, const void *buf, size_t len, int end)
 {
     struct zout *z = zp;
     struct zin in = { buf, len, 0 };
+    z->open = !end;
     for (;;) {
         struct zbuf out = { z->buf, sizeof(z->buf), 0 };
         size_t left = Z.compressStream2(z->cctx, &out, &in, end ? ZSTD_e_end : ZSTD_e_continue);
@@ -1107,6 +1224,8 @@ void ucr_zout_free(void *zp)
 {
     struct zout *z = zp;
     Z.freeCCtx(z->cctx);
+    if (z->frame_cctx[0])
+        Z.freeCCtx(z->frame_cctx[0]);
     munmap(z, sizeof(*z));
 }
 

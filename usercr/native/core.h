@@ -72,6 +72,8 @@ int ucr_epoll_harvest(int epfd, int max);
 int ucr_timerfd_create(int clockid);
 int ucr_timerfd_get(int fd, int clockid, uint64_t *out);
 int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns);
+int ucr_timerfd_restore(int fd, int clockid, int flags, uint64_t value_ns, uint64_t interval_ns, uint64_t ticks,
+                        uint64_t margin_ns, int *step);
 int ucr_signalfd(uint64_t mask);
 /* incremental.py */
 int ucr_dump_pages_base(int pid, int pagemap_fd, int mem_fd, int out_fd, void *z,
@@ -84,7 +86,7 @@ int ucr_uffd_wp_start(int uffd, const struct ucr_dump_range *ranges, uint32_t n,
 long ucr_pagemap_written(int pagemap_fd, uint64_t start, uint64_t end, int rearm, uint64_t *out, uint32_t cap,
                          uint64_t *walk_end);
 /* zstd streams (usercr/compress.py) */
-void *ucr_zout_open(int fd, int level, int workers, int *err);
+void *ucr_zout_open(int fd, int level, int *err);
 int ucr_zout_write(void *z, const void *buf, size_t len, int end);
 void ucr_zout_free(void *z);
 int ucr_zstd_pump(int in_fd, int out_fd, const void *prefix, size_t prefix_len);

@@ -29,8 +29,9 @@ struct ucr_vma {
 };
 
 struct ucr_fd {
-    int32_t src, dst;
-    uint32_t cloexec, pad;
+    int32_t src, dst;     /* src -1: the task opens path itself (its own /proc entry) */
+    uint32_t cloexec, flags;
+    uint64_t path, pos;   /* entries of one open file description share one path string */
 };
 
 struct ucr_sigaction {

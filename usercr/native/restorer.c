@@ -429,6 +429,32 @@ static int fd_is_target(struct ucr_plan *p, int fd)
     return 0;
 }
 
+/* A file of the task's own /proc entry names the task by its new PID only
+ * once the task exists, so the task opens it (after its memory is back, so
+ * that a seq_file's offset is replayed against the final mappings). */
+static void open_own_proc_file(struct ucr_plan *p, struct ucr_fd *f, uint32_t i)
+{
+    long r = -1, opened = -1;
+    for (uint32_t j = 0; j < i && r < 0; j++)
+        if (f[j].path == f[i].path)
+            r = sys3(__NR_dup3, f[j].dst, f[i].dst, f[i].cloexec ? O_CLOEXEC : 0);
+    if (r < 0) {
+        opened = sys4(__NR_openat, AT_FDCWD, f[i].path, f[i].flags | O_CLOEXEC, 0);
+        if (is_err(opened))
+            fail(p, UCR_STEP_FDS, opened, (uint64_t)f[i].dst);
+        if (opened == f[i].dst)
+            r = f[i].cloexec ? 0 : sys3(__NR_fcntl, opened, F_SETFD, 0);
+        else {
+            r = sys3(__NR_dup3, opened, f[i].dst, f[i].cloexec ? O_CLOEXEC : 0);
+            sys1(__NR_close, opened);
+        }
+        if (!is_err(r) && f[i].pos)
+            r = seek_to(f[i].dst, f[i].pos);
+    }
+    if (is_err(r))
+        fail(p, UCR_STEP_FDS, r, (uint64_t)f[i].dst);
+}
+
 static void restore_fds(struct ucr_plan *p)
 {
     struct ucr_fd *f = (struct ucr_fd *)(uintptr_t)p->fds;
@@ -437,6 +463,8 @@ static void restore_fds(struct ucr_plan *p)
         if (!fd_is_target(p, fd))
             sys1(__NR_close, fd);
     for (uint32_t i = 0; i < p->nr_fds; i++) {
+        if (f[i].path)
+            continue;
         if (f[i].src != f[i].dst)
             r = sys3(__NR_dup3, f[i].src, f[i].dst, f[i].cloexec ? O_CLOEXEC : 0);
         else
@@ -444,6 +472,9 @@ static void restore_fds(struct ucr_plan *p)
         if (is_err(r))
             fail(p, UCR_STEP_FDS, r, (uint64_t)f[i].dst);
     }
+    for (uint32_t i = 0; i < p->nr_fds; i++)
+        if (f[i].path)
+            open_own_proc_file(p, f, i);
 }
 
 static void restore_task_state(struct ucr_plan *p)
