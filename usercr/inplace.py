@@ -35,6 +35,20 @@ def needed(image, arch, pids, pidns):
     return True
 
 
+def brk_failure(addr, err):
+    """The restorer could not make qemu-user's brk the image's (restorer.c brk_to)."""
+    if err == errno.EEXIST:
+        return UcrError(f"the image maps 0x{addr:x}, inside the heap room qemu-user keeps for rstr's own brk "
+                        "(growing the brk there would zero it); it cannot be restored under qemu-user")
+    return UcrError(f"qemu-user could not grow rstr's brk to the program's 0x{addr:x}; it cannot be restored "
+                    "under qemu-user")
+
+
+def brk_note(pid, raised):
+    return (f"note: qemu-user takes no brk below rstr's own first one: process {pid}'s brk() answers at least "
+            f"0x{raised:x} (the memory up to it mapped empty)")
+
+
 def _same_kind(v, m):
     """The image's own trampoline page at that place: the same code, whoever wrote it."""
     return (v["start"], v["end"]) == (m.start, m.end) and v["kind"] == VMA_KINDS.ANON and v["prot"] == m.prot

@@ -60,6 +60,7 @@ STEP_TEXT = {
     lib.UCR_STEP_CAPS: "restoring capabilities, securebits or no_new_privs (stage {detail})",
     lib.UCR_STEP_SECCOMP: "installing seccomp filter {detail}",
     lib.UCR_STEP_LOCK: "taking file lock {detail} again",
+    lib.UCR_STEP_BRK: "setting the brk to 0x{detail:x}",
     lib.UCR_STEP_PARENT: "page data from ancestor image {detail} (1: the parent) does not match: it changed",
 }
 ERRNO_TEXT = {errno.ENODATA: "image truncated"}  # the restorer's reader
@@ -328,6 +329,8 @@ class Restorer:
             return failure(self.img.procs[task], detail, err)
         if step == lib.UCR_STEP_READ and err == errno.ENODATA:
             return UcrError(f"image truncated at offset {detail}")
+        if step == lib.UCR_STEP_BRK:
+            return inplace.brk_failure(detail, err)
         reason = ERRNO_TEXT.get(err) or (os.strerror(err) if err else "")
         return UcrError(f"restart failed {what}{where}" + (f": {reason}" if reason else ""))
 
@@ -349,8 +352,11 @@ class Restorer:
             data += chunk
             while len(data) >= STATUS.size:
                 msg, data = data[:STATUS.size], data[STATUS.size:]
-                if STATUS.unpack(msg)[0] != lib.UCR_STEP_READY:
+                step, _, detail, task, _ = STATUS.unpack(msg)
+                if step != lib.UCR_STEP_READY:
                     raise self._failure(msg)
+                if detail:  # only a forked restore sets it (inplace.py)
+                    self.warn(inplace.brk_note(self.img.procs[task].pid, detail))
                 want -= 1
 
     def _check_alive(self, top):

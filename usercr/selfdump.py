@@ -157,8 +157,9 @@ def _memory(ctx, prog, brk, auxv):
     """MM, VMA and SPECIAL_DATA records from the program's own view of itself."""
     ctx.maps = proc.parse_maps(prog.file("/proc/self/maps").decode())
     sizes = ctx.tree.setdefault("mapped_sizes", {})
-    for m in ctx.maps:  # by path: /proc/PID/map_files is the emulator's view under qemu-user
-        if m.name.startswith("/") and not m.shared and (m.dev, m.inode) not in sizes and not m.deleted:
+    for m in ctx.maps:  # by path: /proc/PID/map_files has the emulator's (host) addresses under qemu-user
+        if m.name.startswith("/") and not m.name.startswith(("/memfd:", "/SYSV")) and not m.deleted \
+                and (m.dev, m.inode) not in sizes:
             sizes[(m.dev, m.inode)] = memory._size_by_path(ctx.pid, m)
     vmas, specials, ctx.ranges = memory._vmas(ctx, sysv=ctx.tree["sysv"])
     sf = prog.file("/proc/self/stat").decode().rsplit(")", 1)[1].split()

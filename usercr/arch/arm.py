@@ -169,13 +169,9 @@ def _auxv_platform():
     fmt = "<2I" if word == 4 else "<2Q"
     for i in range(0, len(data) - 2 * word + 1, 2 * word):
         key, val = struct.unpack_from(fmt, data, i)
-        if key == 15:  # AT_PLATFORM
-            try:
-                with open("/proc/self/mem", "rb") as m:
-                    m.seek(val)
-                    return m.read(32).split(b"\0", 1)[0].decode()
-            except OSError:
-                return ""
+        if key == 15:  # AT_PLATFORM, a string on this process's own stack
+            from ..native import ffi  # not /proc/self/mem: under qemu-user that is the emulator's memory
+            return ffi.string(ffi.cast("char *", val), 32).decode()
     return ""
 
 
