@@ -35,6 +35,7 @@ if [ "$mode" = qemu ]; then
             echo "RESULT $name FAIL rstr: $(cat "$d/rstr.err")"
             exit 0
         fi
+        cat "$d/rstr.err" >> "$d/notes"
         pid=$(cat "$d/pid")
         if ! wait_for "$d/log" "^ckpt $n $yes\$" 120; then
             echo "RESULT $name FAIL restored copy $n: $(tail -n 3 "$d/log" "$d/out" | tr '\n' ' ')"
@@ -48,7 +49,7 @@ if [ "$mode" = qemu ]; then
         seen="$seen $n:${after:-none}"
     done
     kill -9 $pid
-    echo "RESULT $name PASS$seen $(head -n 2 "$d/rstr.err" | tr '\n' ' ')"
+    echo "RESULT $name PASS$seen $(sort -u "$d/notes" | tr '\n' ' ')"
     exit 0
 fi
 "$@" "$d/img" "$d/log" 5 > "$d/out" 2>&1 &

@@ -4,7 +4,8 @@ rstr, which then becomes the program through the restorer as usual. Its PID
 is new (fork cannot choose one). It unmaps only what its /proc/self/maps
 lists (qemu-user keeps memory of its own in the guest's address range, which
 a blanket munmap would take from under it) and sets the brk with brk(),
-which is the emulator's own. Where PR_SET_MM_MAP fails (qemu-user: EINVAL)
+which is the emulator's own (restorer.c brk_to: docs/self-checkpoint.md,
+"The brk under qemu-user"). Where PR_SET_MM_MAP fails (qemu-user: EINVAL)
 it is skipped, and what it sets stays rstr's: said once."""
 import errno
 
