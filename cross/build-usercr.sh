@@ -40,7 +40,7 @@ build_native.ffibuilder.emit_c_code(sys.argv[1])' "$OUT/build/_native.c")
 
 N=$OUT/usercr/native
 "$HERE/build.sh" "$ARCH" --pyext -o "$OUT/usercr/_native.abi3.so" \
-    "$OUT/build/_native.c" "$N/core.c" -- -I"$N/gen" -I"$N" -I"$N/arch/$AD" "${EXTRA[@]}"
+    "$OUT/build/_native.c" "$N/core.c" "$N/selfdump.c" -- -I"$N/gen" -I"$N" -I"$N/arch/$AD" "${EXTRA[@]}"
 
 for tool in ckpt:cli:ckpt_main rstr:cli:rstr_main ckptinfo:cli:ckptinfo_main usercr:cli:usercr_main \
             usercr-selfckpt:selfckpt:helper_main; do

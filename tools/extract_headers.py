@@ -64,6 +64,7 @@ CONST_PREFIXES = (
     "IN_", "FIONREAD",
     "EPOLL",
     "TFD_",
+    "AT_FDCWD",
 )
 CONST_EXCLUDE = {"SIG_DFL", "SIG_IGN", "SIG_ERR", "EPOLL_PACKED"}
 

@@ -142,8 +142,10 @@ def check_self_checkpoint():
     ok, why = check_ptrace()
     if ok:
         return True, "ptrace engine run by a helper outside the program's tree (usercr-selfckpt)"
-    return False, (f"no ptrace ({why.split(';')[0]}): checkpoint_self fails with that error; "
-                   "a ptrace-free in-process dump (qemu-user) is not written yet")
+    if not hasattr(current_arch(), "inside_cpu"):
+        return False, f"no ptrace ({why.split(';')[0]}), and no ptrace-free dump on this arch yet"
+    return True, (f"without ptrace ({why.split(';')[0]}): the program dumps itself from a signal handler "
+                  "(single-threaded, no children); rstr restores it by fork where clone3 is missing")
 
 
 def check_kernel_engine():

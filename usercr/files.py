@@ -141,7 +141,8 @@ def _file_record(ctx, fd, target, info):
 
 
 def dump(ctx):
-    ctx.fds = proc.fds(ctx.pid)
+    hidden = getattr(ctx, "hidden_fds", ())  # a ptrace-free self-checkpoint's own pipes (selfdump.py)
+    ctx.fds = [f for f in proc.fds(ctx.pid) if f[0] not in hidden]
     for owner in owners():
         if hasattr(owner, "scan"):  # an owner that must look at the whole tree before it can classify
             owner.scan(ctx)

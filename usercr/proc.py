@@ -76,15 +76,24 @@ class Mapping:
         return self.name.endswith(" (deleted)")
 
 
+ARM_VECTORS = (0xffff0000, 0xffff1000)
+
+
 def maps(pid):
+    return parse_maps(read_text(pid, "maps"))
+
+
+def parse_maps(text):
     out = []
-    for line in read_text(pid, "maps").splitlines():
+    for line in text.splitlines():
         parts = line.split(None, 5)
         lo, hi = parts[0].split("-")
         major, minor = parts[3].split(":")
-        out.append(Mapping(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16),
-                           os.makedev(int(major, 16), int(minor, 16)), int(parts[4]),
-                           parts[5] if len(parts) > 5 else ""))
+        m = Mapping(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16),
+                    os.makedev(int(major, 16), int(minor, 16)), int(parts[4]), parts[5] if len(parts) > 5 else "")
+        if not m.name and (m.start, m.end) == ARM_VECTORS and m.perms == "r-xp":
+            m.name = "[vectors]"  # qemu-user shows 32-bit ARM's vectors page without its name
+        out.append(m)
     return out
 
 

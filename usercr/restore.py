@@ -10,7 +10,7 @@ import select
 import _signal as signal  # the signal module without its enums, which cost every rstr ~2 ms to import
 import struct
 
-from . import cleanup, compress, proc, rootless, safeio, threads, trust
+from . import cleanup, compress, inplace, proc, rootless, safeio, threads, trust
 from . import records as R
 from .arch import current as current_arch
 from .errors import UcrError, log_nothing
@@ -30,8 +30,8 @@ POLL_INTERVAL = 0.5
 # (files.OWNERS) prepare nothing: their parts are imported and made when a
 # FILE record of theirs is opened (Restorer.part), so that rstr does not
 # import what the image does not use.
-PARTS = ("incremental", "tasks", "tty", "memory", "files", "locks", "threads", "signals", "timers", "rlimits", "fs",
-         "creds")
+PARTS = ("inplace", "incremental", "tasks", "tty", "memory", "files", "locks", "threads", "signals", "timers",
+         "rlimits", "fs", "creds")
 
 STEP_TEXT = {
     lib.UCR_STEP_RSEQ_DROP: "dropping the restorer's own rseq registration",
@@ -60,6 +60,7 @@ STEP_TEXT = {
     lib.UCR_STEP_CAPS: "restoring capabilities, securebits or no_new_privs (stage {detail})",
     lib.UCR_STEP_SECCOMP: "installing seccomp filter {detail}",
     lib.UCR_STEP_LOCK: "taking file lock {detail} again",
+    lib.UCR_STEP_BRK: "setting the brk to 0x{detail:x}",
     lib.UCR_STEP_PARENT: "page data from ancestor image {detail} (1: the parent) does not match: it changed",
 }
 ERRNO_TEXT = {errno.ENODATA: "image truncated"}  # the restorer's reader
@@ -141,6 +142,7 @@ class Restorer:
         self.log = log
         self.strict_files = strict_files
         self.same_pidns = False  # the tree keeps its PIDs in rstr's own namespace (set by _restore_tree)
+        self.forked = False   # no clone3 here: a lone process made by fork (inplace.py)
         self.opened = []      # fds rstr opened for the tasks, at fd_base or above
         self.region = None
         self.status_r = self.go_w = None
@@ -327,6 +329,8 @@ class Restorer:
             return failure(self.img.procs[task], detail, err)
         if step == lib.UCR_STEP_READ and err == errno.ENODATA:
             return UcrError(f"image truncated at offset {detail}")
+        if step == lib.UCR_STEP_BRK:
+            return inplace.brk_failure(detail, err)
         reason = ERRNO_TEXT.get(err) or (os.strerror(err) if err else "")
         return UcrError(f"restart failed {what}{where}" + (f": {reason}" if reason else ""))
 
@@ -348,8 +352,11 @@ class Restorer:
             data += chunk
             while len(data) >= STATUS.size:
                 msg, data = data[:STATUS.size], data[STATUS.size:]
-                if STATUS.unpack(msg)[0] != lib.UCR_STEP_READY:
+                step, _, detail, task, _ = STATUS.unpack(msg)
+                if step != lib.UCR_STEP_READY:
                     raise self._failure(msg)
+                if detail:  # only a forked restore sets it (inplace.py)
+                    self.warn(inplace.brk_note(self.img.procs[task].pid, detail))
                 want -= 1
 
     def _check_alive(self, top):
@@ -496,9 +503,10 @@ class Copy:
         self.leave = cleanup.Leave(rst.arch, region.start, region.end, rst.syscall_addr, root, rst.log)
 
 
-def _restore_tree(image, creation, reader, arch, in_fd, pids, pidns, log, strict_files):
+def _restore_tree(image, creation, reader, arch, in_fd, pids, pidns, log, strict_files, forked=False):
     """Creates one copy of the tree and waits until it is ready."""
     rst = Restorer(image, creation, arch, in_fd, pids, log, strict_files)
+    rst.forked = forked
     rst.same_pidns = bool(pids and not pidns)
     rst.reader_csum = (reader.csum[0], reader.csum[1])
     rst.reader_offset = reader.offset
@@ -590,14 +598,16 @@ def _restart(stream, pids=None, pidns=None, wait=True, pidfile=None, copies=1, f
     reader = ImageReader(in_fd, stream.prefix)
     image = Image(reader, arch)
     creation = Creation(image.shape)
-    pids, pidns = _pid_mode(image, creation, pids, pidns, copies, log)
+    forked = inplace.needed(image, arch, pids, pidns)
+    pids, pidns = (False, False) if forked else _pid_mode(image, creation, pids, pidns, copies, log)
     rootless.check_restart(image, pids, pidns)
     trees = []
     try:
         for k in range(copies):
             fd = _copy_input(in_fd, reader.offset) if copies > 1 else in_fd
             try:
-                trees.append(_restore_tree(image, creation, reader, arch, fd, pids, pidns, log, strict_files))
+                trees.append(_restore_tree(image, creation, reader, arch, fd, pids, pidns, log, strict_files,
+                                           forked))
             finally:
                 if fd != in_fd:
                     os.close(fd)

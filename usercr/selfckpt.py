@@ -54,14 +54,29 @@ def _prctl_ptracer(pid):
                ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
-def _require_ptrace():
-    """The helper traces the caller: where ptrace is missing (qemu-user: ENOSYS)
-    say so now, rather than as a helper that died. Asking about ourselves as a
-    tracee is harmless: a kernel with ptrace answers ESRCH."""
+def has_ptrace():
+    """Asking about ourselves as a tracee is harmless: a kernel with ptrace
+    answers ESRCH; qemu-user has none (ENOSYS)."""
     from .arch import current
     from .native import lib
-    if lib.ucr_ptrace(current().C["PTRACE_GETEVENTMSG"], os.getpid(), 0, 0) == -errno.ENOSYS:
-        raise UcrError("self-checkpoint needs ptrace, which this system does not offer (ENOSYS: qemu-user?)")
+    return lib.ucr_ptrace(current().C["PTRACE_GETEVENTMSG"], os.getpid(), 0, 0) != -errno.ENOSYS
+
+
+def _inside(dest):
+    """The ptrace-free path (usercr/selfdump.py): the program dumps itself."""
+    import threading
+    from .native import ffi, lib
+    if threading.active_count() > 1:
+        raise UcrError("self-checkpoint: a multithreaded program cannot checkpoint itself without ptrace yet")
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.insert(0, {top!r}); from usercr.selfckpt import helper_main; sys.exit(helper_main())"
+    args = [ffi.new("char[]", a.encode()) for a in (sys.executable, "-c", code, "--inside", dest)]
+    err = ffi.new("char[]", MSG_SIZE)
+    r = lib.ucr_self_inside(args + [ffi.NULL], err, MSG_SIZE)
+    if r < 0:
+        raise UcrError(ffi.string(err).decode(errors="replace") or
+                       f"self-checkpoint: the helper died before the image was complete ({os.strerror(-r)})")
+    return r == 1
 
 
 def _alive(pid):
@@ -79,7 +94,8 @@ def checkpoint_self(dest):
     children) to dest, replaced atomically if it exists. Returns False here,
     True in a process restored from dest. Raises UcrError if the checkpoint
     failed (the program is then unharmed and goes on)."""
-    _require_ptrace()
+    if not has_ptrace():
+        return _inside(os.path.abspath(os.fspath(dest)))
     block = _Block()
     began = start_time()
     top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,6 +157,9 @@ def helper_main(argv=None):
     will do the work (a grandchild: nobody's descendant once this one exits);
     it starts when "go" comes on stdin (the caller has allowed it to trace)."""
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--inside":
+        from .selfdump import inside_main
+        return inside_main(argv[1])
     if len(argv) != 3:
         sys.stderr.write("usage: usercr-selfckpt PID ADDR DEST (run by checkpoint_self)\n")
         return 2

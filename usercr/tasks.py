@@ -26,15 +26,18 @@ def inject(ctx):
 
 
 def dump(ctx):
+    yield task_record(ctx, proc.readlink(ctx.pid, "exe"))
+    yield from getattr(ctx.arch, "dump_process", lambda t: [])(ctx.main)
+
+
+def task_record(ctx, exe):
     sf, pid = ctx.stat, ctx.pid
     pgid, tty_nr, tpgid = int(sf[5]), int(sf[7]), int(sf[8])
-    yield R.TASK.pack(pid=ctx.ns(pid), exit_signal=int(sf[38]), pdeathsig=ctx.injected["tasks"]["pdeathsig"],
-                      dumpable=ctx.injected["tasks"]["dumpable"],
-                      comm=sf[2][:15], personality=int(proc.read_text(pid, "personality"), 16),
-                      tty_nr=tty_nr, ctty_fg=1 if tty_nr and tpgid == pgid else 0,
-                      nr_threads=len(ctx.threads), stopped=stop_signal(ctx.main, ctx.arch),
-                      tail=proc.readlink(pid, "exe"))
-    yield from getattr(ctx.arch, "dump_process", lambda t: [])(ctx.main)
+    return R.TASK.pack(pid=ctx.ns(pid), exit_signal=int(sf[38]), pdeathsig=ctx.injected["tasks"]["pdeathsig"],
+                       dumpable=ctx.injected["tasks"]["dumpable"],
+                       comm=sf[2][:15], personality=int(proc.read_text(pid, "personality"), 16),
+                       tty_nr=tty_nr, ctty_fg=1 if tty_nr and tpgid == pgid else 0,
+                       nr_threads=len(ctx.threads), stopped=stop_signal(ctx.main, ctx.arch), tail=exe)
 
 
 def zombie_record(pid, ns):

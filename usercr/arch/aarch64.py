@@ -173,3 +173,28 @@ def build_sigframe(regs, fpstate, blocked, altstack, floor, arch_hdr):
     struct.pack_into("<64Q", f, res + m["vregs"], *vregs)
     # the terminator {magic 0, size 0} after it is already zero
     return frame_addr, bytes(f), frame_addr
+
+
+# The ptrace-free self-checkpoint (selfdump.py): a thread's state from the
+# ucontext of the signal it raised itself.
+
+def inside_cpu(uc, tls):
+    """(CPU records, blocked mask) from a ucontext; the syscall it raised the
+    signal with has returned, so there is none to restart."""
+    base = _SF["uc"]
+    sc = _SF["uc.uc_mcontext"] - base
+    regs = list(struct.unpack_from("<31Q", uc, sc + _SC["regs"]))
+    regs += struct.unpack_from("<QQQ", uc, sc + _SC["sp"])
+    blocked = struct.unpack_from("<Q", uc, _UC["uc_sigmask"])[0]
+    at, m = _SF["uc.uc_mcontext.__reserved"] - base, _FP["members"]
+    while at + 8 <= len(uc):
+        magic, size = struct.unpack_from("<II", uc, at)
+        if magic == FPSIMD_MAGIC:
+            fpsr, fpcr = struct.unpack_from("<II", uc, at + m["fpsr"])
+            vregs = struct.unpack_from("<64Q", uc, at + m["vregs"])
+            return [R.AARCH64_CPU.pack(regs=regs, tls=tls, syscall=-1),
+                    R.AARCH64_FPSIMD.pack(vregs=vregs, fpsr=fpsr, fpcr=fpcr)], blocked
+        if not magic or size < 8:
+            break
+        at += size
+    raise UcrError("the signal frame has no FPSIMD state")

@@ -169,13 +169,9 @@ def _auxv_platform():
     fmt = "<2I" if word == 4 else "<2Q"
     for i in range(0, len(data) - 2 * word + 1, 2 * word):
         key, val = struct.unpack_from(fmt, data, i)
-        if key == 15:  # AT_PLATFORM
-            try:
-                with open("/proc/self/mem", "rb") as m:
-                    m.seek(val)
-                    return m.read(32).split(b"\0", 1)[0].decode()
-            except OSError:
-                return ""
+        if key == 15:  # AT_PLATFORM, a string on this process's own stack
+            from ..native import ffi  # not /proc/self/mem: under qemu-user that is the emulator's memory
+            return ffi.string(ffi.cast("char *", val), 32).decode()
     return ""
 
 
@@ -296,9 +292,13 @@ def check_task(records, warn):
 
 def elf_eabi(pid):
     """(e_flags, EABI version) of /proc/PID/exe; (0, -1) if it cannot be read."""
+    return _elf_flags(f"/proc/{pid}/exe")
+
+
+def _elf_flags(path):
     try:
         from elftools.elf.elffile import ELFFile
-        with open(f"/proc/{pid}/exe", "rb") as f:
+        with open(path, "rb") as f:
             flags = ELFFile(f).header["e_flags"]
     except Exception:
         return 0, -1
@@ -409,3 +409,28 @@ def build_sigframe(regs, fpstate, blocked, altstack, floor, arch_hdr):
     struct.pack_into("<III", f, vfp + m["ufp_exc"], FPEXC_EN, 0, 0)
     # the word after the VFP block (end of the aux frame) stays 0
     return frame_addr, bytes(f), frame_addr
+
+
+# The ptrace-free self-checkpoint (selfdump.py): a thread's state from the
+# ucontext of the signal it raised itself, and the process's ABI by path.
+
+def inside_cpu(uc, tls):
+    """(CPU records, blocked mask) from a ucontext (glibc's layout is the
+    kernel's); the syscall it raised the signal with has returned (r0 is its
+    result), so orig_r0 needs no other value."""
+    sc = _UC["uc_mcontext"]
+    regs = [struct.unpack_from("<I", uc, sc + _SC["arm_" + n])[0] for n in _SC_ORDER]
+    regs.append(regs[0])
+    vfp, m = _UC["uc_regspace"], _VFP["members"]
+    if struct.unpack_from("<I", uc, vfp + m["magic"])[0] != VFP_MAGIC:
+        raise UcrError("the signal frame has no VFP state")
+    fp = struct.unpack_from("<32QI", uc, vfp + m["ufp"])
+    blocked = struct.unpack_from("<Q", uc, _UC["uc_sigmask"])[0]
+    return [R.ARM_CPU.pack(regs=regs), R.ARM_VFP.pack(fpregs=fp[:32], fpscr=fp[32]),
+            R.ARM_THREAD.pack(syscall=-1, tp_value=tls & MASK32, thumbee_state=0)], blocked
+
+
+def inside_process(exe, brk):
+    """What dump_process writes, from the executable's path and the brk the program itself reads."""
+    flags, eabi = _elf_flags(exe)
+    return [R.ARM_MM_CONTEXT.pack(end_brk=brk), R.ARM_TASK.pack(e_flags=flags, eabi_version=eabi)]

@@ -318,6 +318,7 @@ SYSCALLS = {
 }
 
 CONSTANTS = {
+    'AT_FDCWD': -100,
     'BPF_A': 16,
     'BPF_ABS': 32,
     'BPF_ADD': 0,

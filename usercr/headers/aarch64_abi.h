@@ -313,6 +313,7 @@
 #define UCR_NR_write 64
 #define UCR_NR_writev 66
 
+#define UCR_AT_FDCWD (-100LL)
 #define UCR_BPF_A 16
 #define UCR_BPF_ABS 32
 #define UCR_BPF_ADD 0

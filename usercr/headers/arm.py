@@ -422,6 +422,7 @@ SYSCALLS = {
 
 CONSTANTS = {
     'ARM_VFPREGS_SIZE': 260,
+    'AT_FDCWD': -100,
     'BPF_A': 16,
     'BPF_ABS': 32,
     'BPF_ADD': 0,

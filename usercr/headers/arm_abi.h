@@ -417,6 +417,7 @@
 #define UCR_NR_writev 146
 
 #define UCR_ARM_VFPREGS_SIZE 260
+#define UCR_AT_FDCWD (-100LL)
 #define UCR_BPF_A 16
 #define UCR_BPF_ABS 32
 #define UCR_BPF_ADD 0

@@ -387,6 +387,7 @@ CONSTANTS = {
     'ARCH_SET_CPUID': 4114,
     'ARCH_SET_FS': 4098,
     'ARCH_SET_GS': 4097,
+    'AT_FDCWD': -100,
     'BPF_A': 16,
     'BPF_ABS': 32,
     'BPF_ADD': 0,

@@ -382,6 +382,7 @@
 #define UCR_ARCH_SET_CPUID 4114
 #define UCR_ARCH_SET_FS 4098
 #define UCR_ARCH_SET_GS 4097
+#define UCR_AT_FDCWD (-100LL)
 #define UCR_BPF_A 16
 #define UCR_BPF_ABS 32
 #define UCR_BPF_ADD 0

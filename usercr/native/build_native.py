@@ -85,14 +85,17 @@ def build_restorer(cc, arch):
 
 
 def build_libusercr(cc):
-    """libusercr.a, the C API of self-checkpoint (selfckpt.c, include/usercr.h), for the same target."""
-    obj = os.path.join(GEN, "selfckpt.o")
+    """libusercr.a, the C API of self-checkpoint (selfckpt.c, include/usercr.h; selfdump.c, its
+    ptrace-free path), for the same target."""
+    objs = []
+    for name in ("selfckpt", "selfdump"):
+        objs.append(os.path.join(GEN, name + ".o"))
+        subprocess.run(cc + ["-O2", "-g", "-Wall", "-fPIC", "-I" + os.path.join(HERE, "include"), "-I" + HERE,
+                             "-c", os.path.join(HERE, name + ".c"), "-o", objs[-1]], check=True)
     lib = os.path.join(HERE, "libusercr.a")
-    subprocess.run(cc + ["-O2", "-g", "-Wall", "-fPIC", "-I" + os.path.join(HERE, "include"),
-                         "-c", os.path.join(HERE, "selfckpt.c"), "-o", obj], check=True)
     if os.path.exists(lib):
         os.unlink(lib)
-    subprocess.run([tool(cc, "ar"), "rcs", lib, obj], check=True)
+    subprocess.run([tool(cc, "ar"), "rcs", lib] + objs, check=True)
 
 
 def cdef_text(name):
@@ -147,16 +150,16 @@ def make_ffibuilder():
     build_restorer(cc, arch)
     build_libusercr(cc)
     ffi = FFI()
-    ffi.cdef(cdef_text("plan.h") + cdef_text("core.h") + "".join(f"static const int {n};\n" for n in NET_CONSTANTS + UNIX_CONSTANTS
+    ffi.cdef(cdef_text("plan.h") + cdef_text("core.h") + cdef_text("selfdump.h") + "".join(f"static const int {n};\n" for n in NET_CONSTANTS + UNIX_CONSTANTS
                                                                     + INET_CONSTANTS))
     ffi.set_source(
         "usercr._native",
-        '#include <stdint.h>\n#include <stddef.h>\n#include "plan.h"\n#include "core.h"\n' + NET_INCLUDES + UNIX_INCLUDES
+        '#include <stdint.h>\n#include <stddef.h>\n#include "plan.h"\n#include "core.h"\n#include "selfdump.h"\n' + NET_INCLUDES + UNIX_INCLUDES
         + INET_INCLUDES,
-        sources=[os.path.join(HERE, "core.c")],
+        sources=[os.path.join(HERE, "core.c"), os.path.join(HERE, "selfdump.c")],
         # the embedded blob and the headers: a change in any rebuilds the module
         depends=[os.path.join(GEN, "restorer_blob.h"), os.path.join(GEN, "records_gen.h"),
-                 os.path.join(HERE, "plan.h"), os.path.join(HERE, "core.h"), os.path.join(HERE, "csum.h"),
+                 os.path.join(HERE, "plan.h"), os.path.join(HERE, "core.h"), os.path.join(HERE, "selfdump.h"), os.path.join(HERE, "csum.h"),
                  os.path.join(HERE, "arch", arch, "arch.h")],
         include_dirs=[GEN, HERE, os.path.join(HERE, "arch", arch)],
         extra_compile_args=["-O2", "-Wall"],

@@ -400,6 +400,8 @@ long ucr_spawn_restorer(uint64_t flags, const int32_t *set_tid, uint32_t set_tid
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     long pid = syscall(SYS_clone3, &args, sizeof(args));
+    if (pid < 0 && errno == ENOSYS && !flags && !set_tid_size)  /* qemu-user: a fork (inplace.py) */
+        pid = syscall(SYS_clone, (long)exit_signal, 0L, 0L, 0L, 0L);
     if (pid == 0)
         ucr_arch_jump(entry, plan, stack_top);
     int saved = errno;
@@ -706,6 +708,43 @@ int ucr_probe_vm_readv(void)
     if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != sizeof(src))
         return -errno;
     return memcmp(src, dst, sizeof(src)) ? -EIO : 0;
+}
+
+/* Where a signal handler returns to: qemu-user (aarch64) has a trampoline
+ * page of its own in the guest's memory, which an in-place restore keeps. */
+static volatile uintptr_t handler_return;
+
+static void note_return(int sig)
+{
+    (void)sig;
+    handler_return = (uintptr_t)__builtin_return_address(0);
+}
+
+uint64_t ucr_sigreturn_address(void)
+{
+    struct sigaction sa, old;
+    sigset_t all, only, before;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = note_return;
+    sigfillset(&sa.sa_mask);
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &before);
+    sigaction(SIGUSR1, &sa, &old);
+    only = all;
+    sigdelset(&only, SIGUSR1);
+    handler_return = 0;
+    pthread_sigmask(SIG_SETMASK, &only, NULL);
+    syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), SIGUSR1);
+    pthread_sigmask(SIG_SETMASK, &all, NULL);
+    sigaction(SIGUSR1, &old, NULL);
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    return handler_return;
+}
+
+/* clone3 asked with no arguments: EINVAL where it exists, ENOSYS under qemu-user. */
+long ucr_probe_clone3(long nr)
+{
+    return syscall(nr, NULL, 0L) < 0 ? -errno : 0;
 }
 
 long ucr_probe_mm_map_size(void)

@@ -58,6 +58,8 @@ long ucr_sem_getall(int id, uint16_t *vals);
 long ucr_sem_restore(int key, int nsems, int mode, uint32_t uid, uint32_t gid, uint16_t *vals);
 int ucr_probe_vm_readv(void);
 long ucr_probe_mm_map_size(void);
+long ucr_probe_clone3(long nr);
+uint64_t ucr_sigreturn_address(void);
 /* inotify */
 int ucr_open_by_handle(int mount_fd, int type, const unsigned char *bytes, uint32_t len, int flags);
 int ucr_inotify_init(int flags);

@@ -15,7 +15,7 @@ enum ucr_step {
     UCR_STEP_CREDS = 16, UCR_STEP_RSEQ = 17, UCR_STEP_TLS = 18, UCR_STEP_GO = 19,
     UCR_STEP_SIGRETURN = 20, UCR_STEP_CLONE = 21, UCR_STEP_IDS = 22, UCR_STEP_THREAD = 23,
     UCR_STEP_TIMER = 24, UCR_STEP_ZOMBIE = 25, UCR_STEP_CAPS = 26, UCR_STEP_SECCOMP = 27,
-    UCR_STEP_LOCK = 28, UCR_STEP_PARENT = 29
+    UCR_STEP_LOCK = 28, UCR_STEP_PARENT = 29, UCR_STEP_BRK = 30
 };
 
 struct ucr_vma {
@@ -181,6 +181,19 @@ struct ucr_plan {
      * its parent), read by PAGES_PARENT records; at most 32 */
     uint32_t nr_chain, pad7;
     int32_t chain_fds[32];
+
+    /* inplace.py: a lone process created by fork where clone3 is missing
+     * (qemu-user): it unmaps only what its /proc/self/maps lists (qemu-user
+     * keeps memory of its own in the guest's range), read into maps_buf;
+     * sets the brk with brk(); skip_mm: no PR_SET_MM_MAP (it fails there);
+     * keep_start..keep_end: the emulator's signal return trampoline, kept;
+     * brk_raised: set by the restorer where the emulator would not take the
+     * image's brk (below rstr's first one): where it stands instead. */
+    uint32_t forked, skip_mm;
+    uint64_t maps_buf;
+    uint32_t maps_size, pad8;
+    uint64_t keep_start, keep_end;
+    uint64_t brk_raised;
 };
 
 #endif

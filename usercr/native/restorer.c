@@ -294,6 +294,139 @@ static void read_pages_in_turn(struct ucr_plan *p)
 }
 
 
+static uint64_t parse_hex(const char **s)
+{
+    uint64_t v = 0;
+    for (;; (*s)++) {
+        char c = **s;
+        uint32_t d = c >= '0' && c <= '9' ? (uint32_t)(c - '0') : c >= 'a' && c <= 'f' ? (uint32_t)(c - 'a' + 10) : 16;
+        if (d == 16)
+            return v;
+        v = (v << 4) | d;
+    }
+}
+
+static void unmap_range(struct ucr_plan *p, uint64_t lo, uint64_t hi)
+{
+    if (hi > lo) {
+        long r = sys2(__NR_munmap, A(lo), A(hi - lo));
+        if (is_err(r))
+            fail(p, UCR_STEP_UNMAP, r, lo);
+    }
+}
+
+/* The next "lo-hi" line of /proc/self/maps text at *s; 0 at its end. */
+static int next_listed(const char **s, uint64_t *lo, uint64_t *hi)
+{
+    if (!**s)
+        return 0;
+    *lo = parse_hex(s);
+    (*s)++;
+    *hi = parse_hex(s);
+    while (**s && **s != '\n')
+        (*s)++;
+    if (**s)
+        (*s)++;
+    return 1;
+}
+
+/* This process's /proc/self/maps (qemu-user's view of the guest), read once
+ * into maps_buf before anything changes. */
+static void read_listed(struct ucr_plan *p)
+{
+    char *buf = (char *)(uintptr_t)p->maps_buf;
+    uint32_t len = 0;
+    long fd = sys4(__NR_openat, AT_FDCWD, A("/proc/self/maps"), O_RDONLY, 0), r;
+    if (is_err(fd))
+        fail(p, UCR_STEP_UNMAP, fd, 0);
+    while (len < p->maps_size - 1 && (r = sys3(__NR_read, fd, A(buf + len), p->maps_size - 1 - len)) > 0)
+        len += (uint32_t)r;
+    sys1(__NR_close, fd);
+    if (len >= p->maps_size - 1)
+        fail(p, UCR_STEP_UNMAP, -E2BIG, 0);
+    buf[len] = 0;
+}
+
+/* Unmaps every listed mapping outside the region (and below unmap_end, where
+ * the gate mappings begin), but for the emulator's kept page. */
+static void unmap_listed(struct ucr_plan *p)
+{
+    const char *s = (const char *)(uintptr_t)p->maps_buf;
+    uint64_t lo, hi;
+    while (next_listed(&s, &lo, &hi)) {
+        if (hi > p->unmap_end)
+            hi = p->unmap_end;
+        if (lo >= p->keep_start && hi <= p->keep_end)
+            continue;
+        unmap_range(p, lo, hi < p->region_start ? hi : p->region_start);
+        unmap_range(p, lo > p->region_end ? lo : p->region_end, hi);
+    }
+}
+
+/* qemu-user keeps the brk itself: its end (target_brk) and the end of what it
+ * reserved for the heap (brk_page, which only grows). Moving the end up zeroes
+ * the memory between, written by the emulator itself, so it must be mapped
+ * then (else qemu faults inside the syscall and aborts: "cpu_exec: assertion
+ * failed: (cpu == current_cpu)"), and [brk, brk_page) must stay mapped. Below
+ * the emulator's first brk (that of rstr's executable) brk() is ignored; -ENOMEM:
+ * it could not map the heap's growth. */
+static void brk_to(struct ucr_plan *p, uint64_t to)
+{
+    if ((uint64_t)(unsigned long)sys1(__NR_brk, A(to)) != to)
+        fail(p, UCR_STEP_BRK, -ENOMEM, to);
+}
+
+/* The lowest brk the emulator takes in [above, now], where brk(above) was
+ * ignored (below its first brk): found by halving, each taken value only
+ * lowering the brk (nothing zeroed); the brk is left there. */
+static uint64_t lowest_brk(struct ucr_plan *p, uint64_t above, uint64_t now)
+{
+    uint64_t lo = above, hi = now;
+    while (hi - lo > p->page_size) {
+        uint64_t mid = (lo + (hi - lo) / 2) & ~(p->page_size - 1);
+        if (mid <= lo)
+            break;
+        if ((uint64_t)(unsigned long)sys1(__NR_brk, A(mid)) == mid)
+            hi = mid;
+        else
+            lo = mid;
+    }
+    return hi;
+}
+
+/* brk_page: the end of the listed mapping holding the last byte below the brk. */
+static uint64_t brk_reserved_end(struct ucr_plan *p, uint64_t brk)
+{
+    const char *s = (const char *)(uintptr_t)p->maps_buf;
+    uint64_t lo, hi, end = (brk + p->page_size - 1) & ~(p->page_size - 1);
+    while (next_listed(&s, &lo, &hi))
+        if (lo < brk && brk <= hi && hi > end)
+            end = hi;
+    return end;
+}
+
+/* The emulator's heap reservation beyond the image's heap, [from, to): mapped
+ * empty, so that the program's brk can grow into it; an image mapping there
+ * (other than the heap itself) would be zeroed by that growth: refused. */
+static void hold_brk_reserve(struct ucr_plan *p, uint64_t from, uint64_t to)
+{
+    struct ucr_vma *v = vmas(p);
+    uint64_t brk = p->mm[5];
+    for (uint32_t i = 0; i < p->nr_vmas; i++) {
+        if (v[i].start < brk && brk <= v[i].end && v[i].end > from)
+            from = v[i].end;  /* the heap's own mapping */
+    }
+    if (from >= to)
+        return;
+    for (uint32_t i = 0; i < p->nr_vmas; i++)
+        if (v[i].start < to && from < v[i].end)
+            fail(p, UCR_STEP_BRK, -EEXIST, v[i].start);
+    long r = ucr_sys6(MMAP_NR, A(from), A(to - from), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                      -1, 0);
+    if (is_err(r))
+        fail(p, UCR_STEP_MAP, r, from);
+}
+
 static void replace_address_space(struct ucr_plan *p)
 {
     struct ucr_vma *v = vmas(p);
@@ -309,13 +442,27 @@ static void replace_address_space(struct ucr_plan *p)
         if (is_err(r))
             fail(p, UCR_STEP_PARK, r, v[i].cur);
     }
-    r = sys2(__NR_munmap, 0, A(p->region_start));
-    if (is_err(r))
-        fail(p, UCR_STEP_UNMAP, r, 0);
-    if (p->unmap_end > p->region_end) {
-        r = sys2(__NR_munmap, A(p->region_end), A(p->unmap_end - p->region_end));
+    uint64_t brk_page = 0;
+    if (p->forked) {
+        read_listed(p);
+        uint64_t brk = p->mm[5];
+        uint64_t now = (uint64_t)(unsigned long)sys1(__NR_brk, 0), to;
+        brk_page = brk_reserved_end(p, now);
+        to = brk < brk_page ? brk : brk_page;  /* what it zeroes is still rstr's memory */
+        if ((uint64_t)(unsigned long)sys1(__NR_brk, A(to)) != to)
+            p->brk_raised = lowest_brk(p, to, now);  /* the heap room up to it is held below */
+        unmap_listed(p);
+        if (brk > brk_page)
+            brk_to(p, brk);  /* it maps [brk_page, brk) itself, free now, and zeroes nothing */
+    } else {
+        r = sys2(__NR_munmap, 0, A(p->region_start));
         if (is_err(r))
-            fail(p, UCR_STEP_UNMAP, r, p->region_end);
+            fail(p, UCR_STEP_UNMAP, r, 0);
+        if (p->unmap_end > p->region_end) {
+            r = sys2(__NR_munmap, A(p->region_end), A(p->unmap_end - p->region_end));
+            if (is_err(r))
+                fail(p, UCR_STEP_UNMAP, r, p->region_end);
+        }
     }
     for (uint32_t i = 0; i < p->nr_vmas; i++) {
         uint64_t len = v[i].end - v[i].start;
@@ -352,6 +499,8 @@ static void replace_address_space(struct ucr_plan *p)
         if (is_err(r) || (uint64_t)(unsigned long)r != v[i].start)
             fail(p, UCR_STEP_MAP, is_err(r) ? r : -EEXIST, v[i].start);
     }
+    if (p->forked)
+        hold_brk_reserve(p, (p->mm[5] + p->page_size - 1) & ~(p->page_size - 1), brk_page);
     read_pages_in_turn(p);
     for (uint32_t i = 0; i < p->nr_vmas; i++) {
         if (!needs_fill(&v[i]) || (v[i].prot & PROT_WRITE))
@@ -428,7 +577,7 @@ static void restore_task_state(struct ucr_plan *p)
         .arg_end = p->mm[8], .env_start = p->mm[9], .env_end = p->mm[10],
         .auxv = (__u64 *)(uintptr_t)p->auxv, .auxv_size = p->auxv_size, .exe_fd = (uint32_t)p->exe_fd,
     };
-    r = sys5(__NR_prctl, PR_SET_MM, PR_SET_MM_MAP, A(&map), sizeof(map), 0);
+    r = p->skip_mm ? 0 : sys5(__NR_prctl, PR_SET_MM, PR_SET_MM_MAP, A(&map), sizeof(map), 0);
     if (r)
         fail(p, UCR_STEP_MM, r, 0);
 
@@ -886,7 +1035,7 @@ static __attribute__((noreturn)) void restore_process(struct ucr_plan *p)
     restore_seccomp(p, &threads(p)[0]);
 
     publish(&slot->state, UCR_SLOT_READY);
-    report(p, UCR_STEP_READY, 0, 0);
+    report(p, UCR_STEP_READY, 0, p->brk_raised);
     char go = 0;
     r = sys3(__NR_read, p->go_fd, A(&go), 1);
     if (r != 1 || go != 'G')

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "usercr.h"
+#include "selfdump.h"
 
 #ifndef PR_SET_PTRACER
 #define PR_SET_PTRACER 0x59616d61
@@ -137,15 +138,24 @@ static int checkpoint_self(const char *path)
         if (snprintf(dest + len, sizeof(dest) - len, "/%s", path) >= (int)(sizeof(dest) - len))
             return fail(ENAMETOOLONG, "self-checkpoint: image path too long");
     }
-    /* The helper traces us: where ptrace is missing (qemu-user) say so now. A
-     * kernel with ptrace answers ESRCH: we are nobody's tracee. */
-    if (syscall(SYS_ptrace, PTRACE_GETEVENTMSG, getpid(), 0, 0) < 0 && errno == ENOSYS)
-        return fail(ENOSYS, "self-checkpoint needs ptrace, which this system does not offer (ENOSYS: qemu-user?)");
-    if (start_time(&began) < 0)
-        return fail(errno ? errno : EIO, "self-checkpoint: cannot read /proc/self/stat");
     const char *helper_cmd = getenv("USERCR_SELFCKPT");
     if (!helper_cmd || !*helper_cmd)
         helper_cmd = "usercr-selfckpt";
+    /* The helper traces us; where ptrace is missing (qemu-user: a kernel with
+     * ptrace answers ESRCH, we are nobody's tracee) the program dumps itself. */
+    if (syscall(SYS_ptrace, PTRACE_GETEVENTMSG, getpid(), 0, 0) < 0 && errno == ENOSYS) {
+        char *argv[] = { (char *)helper_cmd, "--inside", dest, NULL };
+        int r = ucr_self_inside(argv, last_error, sizeof(last_error));
+        if (r >= 0)
+            return r;
+        if (!last_error[0])
+            snprintf(last_error, sizeof(last_error), "self-checkpoint: the helper %s died before the image was "
+                     "complete (is usercr installed? $USERCR_SELFCKPT names another)", helper_cmd);
+        errno = -r;
+        return -1;
+    }
+    if (start_time(&began) < 0)
+        return fail(errno ? errno : EIO, "self-checkpoint: cannot read /proc/self/stat");
     block.state = PENDING;
     block.err = 0;
     block.msg[0] = 0;
