@@ -96,6 +96,15 @@ def kill(pid):
         pass
 
 
+def alive(pid):
+    """True while pid runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def write_limit(tmp, size):
     """Seconds of one plain write() of size fresh bytes to tmpfs, as a dump must do."""
     buf = b"\x5a" * (1 << 20)
@@ -199,10 +208,15 @@ def measure_criu(criu, name, code, tmp):
             res.ckpt_rss = max(res.ckpt_rss, rss)
             p.wait(timeout=30)
             res.size = sum(os.path.getsize(os.path.join(imgdir, f)) for f in os.listdir(imgdir))
+            if os.path.exists(pidfile):  # CRIU will not write over one (O_EXCL)
+                os.unlink(pidfile)
             secs, rss, _ = run([criu, "restore", "-D", imgdir, "--shell-job", "-d", "--pidfile", pidfile], tmp)
             res.restore.append(secs)
             res.rstr_rss = max(res.rstr_rss, rss)
-            kill(int(open(pidfile).read()))
+            pid = int(open(pidfile).read())
+            if not alive(pid):  # a restore that died at once is no figure
+                raise RuntimeError(f"CRIU's restored {name} workload is gone")
+            kill(pid)
         finally:
             kill(p.pid)
             p.wait(timeout=30)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from run import BIN, RUNS, TMPFS, pass_limit, timed
+from run import BIN, RUNS, TMPFS, alive, pass_limit, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PR_SET_CHILD_SUBREAPER = 36
@@ -33,15 +33,6 @@ def wait_until(cond, what, timeout=30):
             return value
         time.sleep(0.01)
     raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-
-
-def alive(pid):
-    """True while pid runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def parent(pid):
