@@ -46,6 +46,7 @@ while True:
     time.sleep(1)
 """
 PEAK = None  # the compiled bench/peak.c
+sys.modules.setdefault("run", sys.modules[__name__])  # bench/tree.py's `import run` shares these globals
 
 
 def start(code, out=None):
@@ -283,7 +284,7 @@ def main():
             report(res, criu, done.get(plain))
         if not args.only or "tree" in args.only:
             import tree  # bench/tree.py: trees of 4 and 64 processes
-            tree.main(tmp)
+            tree.main(tmp, RUNS, args.criu)
         if not args.only or "tcp" in args.only:
             import tcp  # bench/tcp.py: an asyncio server, 0 and 1,000 TCP connections
             tcp.main(tmp)
