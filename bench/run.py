@@ -240,8 +240,9 @@ def report(res, criu=None, plain=None):
     if plain:
         ratios.append(f"image = {res.size / plain.size:.2f} x plain, dump = {d / plain.med('dump'):.2f} x plain")
     if criu:
-        ratios.append(f"vs CRIU: dump {d / criu.med('dump'):.2f} x, restore {r / criu.med('restore'):.2f} x, "
-                      f"CRIU image {criu.size / 2**20:.1f} MiB, peak RSS {criu.ckpt_rss:.1f} / {criu.rstr_rss:.1f} MiB")
+        cd, cr = criu.med("dump"), criu.med("restore")
+        ratios.append(f"vs CRIU: dump {d / cd:.2f} x, restore {r / cr:.2f} x (CRIU {cd:.3f} s / {cr:.3f} s, "
+                      f"image {criu.size / 2**20:.1f} MiB, peak RSS {criu.ckpt_rss:.1f} / {criu.rstr_rss:.1f} MiB)")
     print(f"{'':13} " + ";  ".join(ratios), flush=True)
 
 
