@@ -46,7 +46,7 @@ while True:
     time.sleep(1)
 """
 PEAK = None  # the compiled bench/peak.c
-sys.modules.setdefault("run", sys.modules[__name__])  # bench/tree.py's `import run` shares these globals
+sys.modules.setdefault("run", sys.modules[__name__])  # tree.py's and tcp.py's `import run` share these globals
 
 
 def start(code, out=None):
@@ -83,10 +83,10 @@ def run(argv, tmp):
     return float(secs), int(kib) / 1024, said
 
 
-def timed(argv):
+def timed(argv, stderr=None):
     """Seconds of a command that must succeed (bench/tree.py)."""
     t = time.perf_counter()
-    subprocess.run(argv, check=True, timeout=300, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=stderr)
     return time.perf_counter() - t
 
 

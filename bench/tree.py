@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from run import BIN, RUNS, TMPFS, alive, pass_limit, run, timed
+from run import BIN, RUNS, TMPFS, alive, pass_limit, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PR_SET_CHILD_SUBREAPER = 36
@@ -140,6 +140,17 @@ def measure(exe, fanouts, ntasks, tmp, runs):
         p.wait(timeout=30)
 
 
+def criu_timed(argv, tmp):
+    """timed(), as ckpt and rstr are here, with CRIU's stderr (it says at every run
+    that it cannot raise RLIMIT_NOFILE) in a file, shown if the command fails."""
+    with open(os.path.join(tmp, "criu.err"), "w+") as f:
+        try:
+            return timed(argv, stderr=f)
+        except subprocess.CalledProcessError:
+            f.seek(0)
+            raise RuntimeError(f"{' '.join(argv)} failed: {f.read().strip()}") from None
+
+
 def measure_criu(criu, exe, fanouts, ntasks, tmp, runs):
     """(median dump s, median restore s, image bytes) of CRIU for one tree."""
     out, imgdir, pidfile = (os.path.join(tmp, name) for name in ("criu-tree.out", "criu-tree", "criu-tree.pid"))
@@ -157,10 +168,10 @@ def measure_criu(criu, exe, fanouts, ntasks, tmp, runs):
         try:
             wait_until(lambda: "ready" in lines(out), "the tree to be ready")
             pids = wait_until(lambda: whole_tree(p.pid, ntasks), f"{ntasks} tasks")
-            dumps.append(run([criu, "dump", "-t", str(p.pid), "-D", imgdir, "--shell-job"], tmp)[0])
+            dumps.append(criu_timed([criu, "dump", "-t", str(p.pid), "-D", imgdir, "--shell-job"], tmp))
             p.wait(timeout=30)
             kill_all(pids)  # reaps the orphans, whose PIDs the restore takes again
-            restores.append(run([criu, "restore", "-D", imgdir, "--shell-job", "-d", "--pidfile", pidfile], tmp)[0])
+            restores.append(criu_timed([criu, "restore", "-D", imgdir, "--shell-job", "-d", "--pidfile", pidfile], tmp))
             root = int(open(pidfile).read())
             tasks = tree_pids(root)
             assert len(tasks) == ntasks, f"CRIU restored {len(tasks)} of {ntasks} tasks"
