@@ -46,6 +46,7 @@ while True:
     time.sleep(1)
 """
 PEAK = None  # the compiled bench/peak.c
+sys.modules.setdefault("run", sys.modules[__name__])  # tree.py's and tcp.py's `import run` share these globals
 
 
 def start(code, out=None):
@@ -82,10 +83,10 @@ def run(argv, tmp):
     return float(secs), int(kib) / 1024, said
 
 
-def timed(argv):
+def timed(argv, stderr=None):
     """Seconds of a command that must succeed (bench/tree.py)."""
     t = time.perf_counter()
-    subprocess.run(argv, check=True, timeout=300, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=stderr)
     return time.perf_counter() - t
 
 
@@ -94,6 +95,15 @@ def kill(pid):
         os.kill(pid, 9)
     except ProcessLookupError:
         pass
+
+
+def alive(pid):
+    """True while pid runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def write_limit(tmp, size):
@@ -199,10 +209,15 @@ def measure_criu(criu, name, code, tmp):
             res.ckpt_rss = max(res.ckpt_rss, rss)
             p.wait(timeout=30)
             res.size = sum(os.path.getsize(os.path.join(imgdir, f)) for f in os.listdir(imgdir))
+            if os.path.exists(pidfile):  # CRIU will not write over one (O_EXCL)
+                os.unlink(pidfile)
             secs, rss, _ = run([criu, "restore", "-D", imgdir, "--shell-job", "-d", "--pidfile", pidfile], tmp)
             res.restore.append(secs)
             res.rstr_rss = max(res.rstr_rss, rss)
-            kill(int(open(pidfile).read()))
+            pid = int(open(pidfile).read())
+            if not alive(pid):  # a restore that died at once is no figure
+                raise RuntimeError(f"CRIU's restored {name} workload is gone")
+            kill(pid)
         finally:
             kill(p.pid)
             p.wait(timeout=30)
@@ -225,8 +240,9 @@ def report(res, criu=None, plain=None):
     if plain:
         ratios.append(f"image = {res.size / plain.size:.2f} x plain, dump = {d / plain.med('dump'):.2f} x plain")
     if criu:
-        ratios.append(f"vs CRIU: dump {d / criu.med('dump'):.2f} x, restore {r / criu.med('restore'):.2f} x, "
-                      f"CRIU image {criu.size / 2**20:.1f} MiB, peak RSS {criu.ckpt_rss:.1f} / {criu.rstr_rss:.1f} MiB")
+        cd, cr = criu.med("dump"), criu.med("restore")
+        ratios.append(f"vs CRIU: dump {d / cd:.2f} x, restore {r / cr:.2f} x (CRIU {cd:.3f} s / {cr:.3f} s, "
+                      f"image {criu.size / 2**20:.1f} MiB, peak RSS {criu.ckpt_rss:.1f} / {criu.rstr_rss:.1f} MiB)")
     print(f"{'':13} " + ";  ".join(ratios), flush=True)
 
 
@@ -269,7 +285,7 @@ def main():
             report(res, criu, done.get(plain))
         if not args.only or "tree" in args.only:
             import tree  # bench/tree.py: trees of 4 and 64 processes
-            tree.main(tmp)
+            tree.main(tmp, RUNS, args.criu)
         if not args.only or "tcp" in args.only:
             import tcp  # bench/tcp.py: an asyncio server, 0 and 1,000 TCP connections
             tcp.main(tmp)

@@ -60,16 +60,22 @@ asyncio.run(main())
 """
 
 
+def figures(name, code, tmp):
+    """(median dump s, median restore s, image bytes)."""
+    res = measure(name, code, tmp)
+    return res.med("dump"), res.med("restore"), res.size
+
+
 def main(tmp=None):
     if tmp is None:
         with tempfile.TemporaryDirectory(dir=TMPFS) as tmp:
             return main(tmp)
-    d, r, size = measure("asyncio", ASYNCIO, tmp)
+    d, r, size = figures("asyncio", ASYNCIO, tmp)
     print(f"tcp asyncio (5 connections, listener) dump {d:.3f} s  restore {r:.3f} s  image {size / 2**20:.1f} MiB",
           flush=True)
     got = {}
     for n in (0, 1000):
-        d, r, size = got[n] = measure(f"conns{n}", CONNS.format(n=n), tmp)
+        d, r, size = got[n] = figures(f"conns{n}", CONNS.format(n=n), tmp)
         print(f"tcp {n:4} connections  dump {d:.3f} s  restore {r:.3f} s  image {size / 2**20:.1f} MiB", flush=True)
     (d0, r0, _), (d1, r1, _) = got[0], got[1000]
     dc, rc = (d1 - d0) / 1000, (r1 - r0) / 1000
