@@ -157,7 +157,19 @@ def _dump_blocked_on_pipe(procs, workloads, tmp_path):
     os.close(wfd)
     wait_until(lambda: lines(out) and open(f"/proc/{p.pid}/stat").read().split(")")[1].split()[0] == "t",
                what="target to be frozen")
+    wait_until(lambda: _writing_to_pipe(c.pid), what="ckpt to block on the full pipe")
     return p, c, rfd, out
+
+
+def _writing_to_pipe(pid):
+    """Whether a thread of pid sleeps in a pipe write (wchan pipe_write or anon_pipe_write)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if "pipe_write" in open(f"/proc/{pid}/task/{tid}/wchan").read():
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def test_target_exits_during_dump(procs, workloads, tmp_path):
@@ -181,6 +193,38 @@ def test_ckpt_killed_mid_dump_leaves_target_running(procs, workloads, tmp_path):
     wait_until(lambda: len(lines(out)) >= n + 5, what="target to keep running after ckpt died")
     assert not [x for x in lines(out) if x.startswith("BAD")]
     assert alive(p.pid)
+
+
+def test_ckpt_terminated_at_any_moment_leaves_target_running(procs, workloads, tmp_path):
+    """SIGTERM or SIGHUP reaching ckpt at any moment (starting, freezing, in
+    the middle of the syscalls it runs inside the target, copying memory):
+    one line, and the target runs on as it was, no longer traced."""
+    priv, shared, out = tmp_path / "private.bin", tmp_path / "shared.bin", tmp_path / "out"
+    for f in (priv, shared):
+        f.write_bytes(os.urandom(1 << 20))
+    p = procs.start([workloads["memory"], str(priv), str(shared)], stdout=out)
+    wait_until(lambda: any(x.startswith("ok 1") for x in lines(out)), what="memory workload")
+    ended = {"interrupted": 0, "finished": 0, "before its handlers": 0}
+    for attempt in range(24):
+        c = subprocess.Popen([tool("ckpt"), str(p.pid), "-o", str(tmp_path / "img"), "-f"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        procs.popens.append(c)
+        time.sleep(0.03 + 0.008 * attempt)  # 30 to 214 ms: ckpt starts in ~50 ms here and works for ~100 more
+        c.send_signal(signal.SIGHUP if attempt % 3 == 2 else signal.SIGTERM)
+        err = c.communicate(timeout=30)[1].strip()
+        sig = signal.SIGHUP if attempt % 3 == 2 else signal.SIGTERM
+        if c.returncode == 0:
+            ended["finished"] += 1
+        elif c.returncode == -sig:  # still starting: it had not touched the target
+            ended["before its handlers"] += 1
+        else:
+            assert c.returncode == 130 and err == "ckpt: interrupted", (c.returncode, err)
+            ended["interrupted"] += 1
+        n = len(lines(out))
+        wait_until(lambda: len(lines(out)) >= n + 2, what=f"the target to run on after attempt {attempt}")
+        assert not [x for x in lines(out) if x.startswith("BAD")]
+        assert "TracerPid:\t0\n" in open(f"/proc/{p.pid}/status").read()
+    assert ended["interrupted"] >= 8, ended
 
 
 def test_kernel_engine_is_never_issued_on_mainline():

@@ -235,6 +235,8 @@ def _say(msg):
 def _run_reporting(prog, fn, kw):
     """Runs fn(**kw): every failure is one line on stderr (and in the log)."""
     logger = None
+    from . import interrupts
+    interrupts.install()
     try:
         if "logfile" in kw:
             logger = _Logger(prog, kw.pop("verbose"), kw.pop("logfile"))

@@ -6,6 +6,7 @@ session puts back everything it changed."""
 import os
 import struct
 
+from . import interrupts
 from .errors import UcrError
 from .native import ffi
 
@@ -32,6 +33,7 @@ class Session:
         self.scratch = None
 
     def __enter__(self):
+        self.held = interrupts.Held().__enter__()
         self.main.prepare_injection(self.code)
         for t in self.threads[1:]:
             t.prepare_injection(self.code, poke=False)
@@ -40,8 +42,11 @@ class Session:
             page = os.sysconf("SC_PAGE_SIZE")
             self.scratch = self.call(self.main, "mapping a scratch page", "mmap", 0, page,
                                      C["PROT_READ"] | C["PROT_WRITE"], C["MAP_PRIVATE"] | C["MAP_ANONYMOUS"], -1, 0)
-        except BaseException:
-            self._end()
+        except BaseException as e:
+            try:
+                self._end()
+            finally:
+                self.held.__exit__(type(e), e, None)
             raise
         return self
 
@@ -50,7 +55,10 @@ class Session:
             if self.scratch is not None:
                 self.main.syscall(self.arch.SYSCALLS["munmap"], self.scratch, os.sysconf("SC_PAGE_SIZE"))
         finally:
-            self._end()
+            try:
+                self._end()
+            finally:
+                self.held.__exit__(*exc)
 
     def _end(self):
         for t in self.threads[1:]:
