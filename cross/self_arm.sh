@@ -20,6 +20,18 @@ if [ "$mode" = qemu ]; then
     # no ptrace, no clone3: the single-threaded program dumps itself, rstr
     # restores it by fork (a new PID); three cycles, each restored copy goes on
     no=$([ "$yes" = 1 ] && echo 0 || echo False)
+    if [ "$yes" = 1 ]; then
+        # the C program with its second thread: refused in one line, and it goes on counting
+        "$@" "$d/img-mt" "$d/log-mt" 2 1 > "$d/out-mt" 2>&1 &
+        pid=$!
+        if wait_for "$d/log-mt" "^error 2 .*multithreaded" 120 && wait_for "$d/log-mt" "^tick 4 " 60; then
+            seen=" mt-refused"
+        else
+            seen=" mt-not-refused:$(tail -n 2 "$d/log-mt" | tr '\n' ' ')"
+        fi
+        kill -9 $pid
+        wait $pid 2>/dev/null
+    fi
     "$@" "$d/img" "$d/log" 5 0 > "$d/out" 2>&1 &
     pid=$!
     for cycle in 1 2 3; do
