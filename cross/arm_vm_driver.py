@@ -20,6 +20,15 @@ TIMEOUT = 90
 started = []
 
 
+def kernel_said():
+    """The kernel's last lines (a crash of a restored task shows there), for a failure report."""
+    try:
+        got = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout.splitlines()[-3:]
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return " | kernel: " + " / ".join(got)
+
+
 def wait_for(cond, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -178,7 +187,8 @@ def run_tree(label, prog, name, args=(), ckpt_args=lambda cycle: [], prelude=Non
             cks.append(ck)
             t_ck.append(f"{time.monotonic() - t0:.1f}")
             if ck.returncode:
-                return False, f"{times()} | cycle {cycle}: ckpt failed: {ck.stderr.strip()}"
+                return False, (f"{times()} | cycle {cycle}: ckpt failed: {ck.stderr.strip()} | output: "
+                               f"{' / '.join(read(out).splitlines()[-3:])}{kernel_said()}")
             for pid in doomed:
                 kill_wait(pid)
             last = ticks(read(out))[-1]
