@@ -835,43 +835,57 @@ int ucr_timerfd_set(int fd, int flags, uint64_t value_ns, uint64_t interval_ns)
     return timerfd_settime(fd, flags, &its, NULL) ? -errno : 0;
 }
 
+#define TIMERFD_ATTEMPTS 100
+
 #ifndef TFD_IOC_SET_TICKS
 #define TFD_IOC_SET_TICKS _IOW('T', 0, uint64_t)  /* linux/timerfd.h, which clashes with glibc's */
 #endif
 
 /* Arms a restored timerfd and gives it its unread expirations in one go.
  * value_ns: the time left (relative timers) or the absolute deadline
- * (TFD_TIMER_ABSTIME). An expiry due within margin_ns is counted here: the
+ * (TFD_TIMER_ABSTIME). An expiry due within margin_ns is counted here. The
  * timer must not fire between the arming and TFD_IOC_SET_TICKS, which
- * replaces the count. *step: 1 the arming failed, 2 the ticks. */
+ * replaces the count: if the clock says it may have (a slow machine), it
+ * is all done again. *step: 1 the arming failed, 2 the ticks, 3 the timer
+ * kept expiring before its ticks could be set. */
 int ucr_timerfd_restore(int fd, int clockid, int flags, uint64_t value_ns, uint64_t interval_ns, uint64_t ticks,
                         uint64_t margin_ns, int *step)
 {
-    struct timespec ts;
-    uint64_t left = 0;
-    *step = 1;
-    if (clock_gettime(clockid, &ts))
-        return -errno;
-    if (value_ns) {
-        uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-        int absolute = flags & TFD_TIMER_ABSTIME;
-        uint64_t deadline = absolute ? value_ns : now + value_ns;
-        if (deadline <= now + margin_ns) {
-            uint64_t missed = interval_ns ? (now + margin_ns - deadline) / interval_ns + 1 : 1;
-            ticks += missed;
-            deadline += missed * interval_ns;
+    for (int attempt = 0; attempt < TIMERFD_ATTEMPTS; attempt++) {
+        struct timespec ts;
+        uint64_t left = 0, deadline = 0, total = ticks;
+        *step = 1;
+        if (clock_gettime(clockid, &ts))
+            return -errno;
+        uint64_t now = ts_ns(&ts);
+        if (value_ns) {
+            int absolute = flags & TFD_TIMER_ABSTIME;
+            deadline = absolute ? value_ns : now + value_ns;
+            if (deadline <= now + margin_ns) {
+                uint64_t missed = interval_ns ? (now + margin_ns - deadline) / interval_ns + 1 : 1;
+                total += missed;
+                deadline += missed * interval_ns;
+            }
+            if (deadline > now + margin_ns)
+                left = absolute ? deadline : deadline - now;
         }
-        if (deadline > now + margin_ns)
-            left = absolute ? deadline : deadline - now;
+        /* Set also when it stays disarmed: an expired timer keeps the flags it
+         * was set with (fdinfo, TFD_TIMER_CANCEL_ON_SET) and its interval. */
+        if ((left || flags || interval_ns) && ucr_timerfd_set(fd, flags, left, interval_ns))
+            return -errno;
+        *step = 2;
+        if (total && ioctl(fd, TFD_IOC_SET_TICKS, &total))
+            return -errno;
+        if (!left)
+            return 0;
+        /* The timer expires at deadline or later (a relative one was armed after now). */
+        if (clock_gettime(clockid, &ts))
+            return -errno;
+        if (ts_ns(&ts) < deadline)
+            return 0;
     }
-    /* Set also when it stays disarmed: an expired timer keeps the flags it
-     * was set with (fdinfo, TFD_TIMER_CANCEL_ON_SET) and its interval. */
-    if ((left || flags || interval_ns) && ucr_timerfd_set(fd, flags, left, interval_ns))
-        return -errno;
-    *step = 2;
-    if (ticks && ioctl(fd, TFD_IOC_SET_TICKS, &ticks))
-        return -errno;
-    return 0;
+    *step = 3;
+    return -ETIME;
 }
 
 /* The kernel's sigset is 64 bits on every arch usercr runs on; glibc's
