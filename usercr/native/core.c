@@ -592,10 +592,12 @@ int ucr_unshare(int flags)
 }
 
 /* A /proc of the caller's own PID namespace, in a private mount namespace:
- * the PIDs ptrace takes and those /proc shows must agree. */
+ * the PIDs ptrace takes and those /proc shows must agree. The mount it goes
+ * on (the present /proc) is made private, not "/": in a chroot "/" is no
+ * mount point (EINVAL). */
 int ucr_own_proc(void)
 {
-    if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
+    if (unshare(CLONE_NEWNS) || mount(NULL, "/proc", NULL, MS_REC | MS_PRIVATE, NULL) ||
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
         return -errno;
     return 0;
