@@ -80,7 +80,7 @@ def _same_fs(dev, pid):
     """Directories on filesystem dev that mountinfo may not list: in a chroot
     the mount of the root holding it is out of reach, but the root is not."""
     out = []
-    for path in ("/", f"/proc/{pid}/root", f"/proc/{pid}/cwd"):
+    for path in ("/", proc.path(pid, "root"), proc.path(pid, "cwd")):
         try:
             if os.stat(path).st_dev == dev:
                 out.append(path)

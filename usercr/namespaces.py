@@ -37,23 +37,14 @@ def ns_id(pid, kind, tid=None):
     """The namespace of that kind pid (or its thread tid) is in; None where
     it has none (a zombie) or this kernel lacks the kind."""
     try:
-        return os.stat(f"/proc/{pid}/task/{tid}/ns/{kind}" if tid else f"/proc/{pid}/ns/{kind}").st_ino
+        return os.stat(proc.path(pid, "task", str(tid), "ns", kind) if tid else proc.path(pid, "ns", kind)).st_ino
     except FileNotFoundError:
         return None
 
 
-# Namespaces ckpt judges the tree against instead of its own: the
-# self-checkpoint helper takes a mount namespace of its own (selfckpt.py).
-BASE = {}
-
-
-def base_id(kind):
-    return BASE[kind] if kind in BASE else ns_id("self", kind)
-
-
 def own(pid, kind):
     """Whether pid is in a namespace of that kind other than ckpt's."""
-    return ns_id(pid, kind) != base_id(kind)
+    return ns_id(pid, kind) != ns_id("self", kind)
 
 
 @contextlib.contextmanager
@@ -62,7 +53,7 @@ def entered(pid, kind):
     flag = current_arch().C[FLAG[kind]]
     mine = os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY)
     try:
-        theirs = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY)
+        theirs = os.open(proc.path(pid, "ns", kind), os.O_RDONLY)
         try:
             check(lib.ucr_setns(theirs, flag), f"entering the {NAMES[kind]} namespace of process {pid}")
         finally:
@@ -91,7 +82,7 @@ def _check_tree(root, pids):
                 if k in want and ns_id(pid, f"{k}_for_children", tid) not in (None, want[k]):
                     raise UcrError(f"{who} made a new {NAMES[k]} namespace for its future children; "
                                    "that cannot be checkpointed yet")
-    ours = {k for k in kinds if want[k] != base_id(k)}
+    ours = {k for k in kinds if want[k] != ns_id("self", k)}
     for k in kinds:
         if k in ours and k in WHY_NOT:
             raise UcrError(f"process {root} is in a {NAMES[k]} namespace of its own; that cannot be "

@@ -4,6 +4,7 @@ import _signal as signal  # the signal module without its enums, which cost ever
 import sys
 import time
 
+from . import proc
 from .arch import current as current_arch
 from .errors import UcrError
 from .native import ffi, lib
@@ -86,7 +87,7 @@ class Tracee:
             self.late_signals.append(os.WSTOPSIG(status))
             self.call(PTRACE_CONT, what="resume")
         self.stop_signal = os.WSTOPSIG(status)
-        self.mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
+        self.mem_fd = os.open(proc.path(self.pid, "mem"), os.O_RDWR)
         self.orig_regs = self.get_regs()
 
     # Register sets
@@ -202,7 +203,7 @@ class Tracee:
         try:
             self.end_injection()
         except UcrError:
-            if os.path.exists(f"/proc/{self.pid}/stat"):
+            if os.path.exists(proc.path(self.pid, "stat")):
                 raise
             raise UcrError(f"process {self.pid} exited during the checkpoint") from None
         finally:

@@ -143,13 +143,13 @@ def _wait(block, began, helper):
 
 def _own_proc():
     """A program rstr restored into a new PID namespace sees the outer /proc;
-    the engine needs the one of its own PIDs."""
-    from . import namespaces
+    the engine needs the one of its own PIDs: a proc mounted nowhere, reached
+    through its fd."""
     from .native import lib
-    namespaces.BASE["mnt"] = namespaces.ns_id("self", "mnt")
-    r = lib.ucr_own_proc()
-    if r < 0:
-        raise UcrError(f"cannot mount a /proc of this PID namespace for the helper: {os.strerror(-r)}")
+    fd = lib.ucr_own_proc()
+    if fd < 0:
+        raise UcrError(f"cannot make a /proc of this PID namespace for the helper: {os.strerror(-fd)}")
+    proc.PROC = f"/proc/self/fd/{fd}"
 
 
 def helper_main(argv=None):

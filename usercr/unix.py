@@ -175,9 +175,9 @@ def _connector(client, held, ns):
     if client in held:
         return _proc_creds(held[client][0], ns)
     target = f"socket:[{client}]"
-    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()) if client else ():
+    for pid in (int(p) for p in os.listdir(proc.PROC) if p.isdigit()) if client else ():
         try:
-            if any(os.readlink(f"/proc/{pid}/fd/{f}") == target for f in os.listdir(f"/proc/{pid}/fd")):
+            if any(os.readlink(proc.path(pid, "fd", f)) == target for f in os.listdir(proc.path(pid, "fd"))):
                 return _proc_creds(pid, ns)
         except (OSError, UcrError):
             continue

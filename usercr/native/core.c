@@ -591,16 +591,22 @@ int ucr_unshare(int flags)
     return unshare(flags) ? -errno : 0;
 }
 
-/* A /proc of the caller's own PID namespace, in a private mount namespace:
- * the PIDs ptrace takes and those /proc shows must agree. The mount it goes
- * on (the present /proc) is made private, not "/": in a chroot "/" is no
- * mount point (EINVAL). */
+/* A /proc of the caller's own PID namespace, mounted nowhere (an fd of the
+ * detached mount): the PIDs ptrace takes and those it shows must agree. The
+ * caller's mounts and namespace stay as they are, so the paths its files
+ * show stay relative to the caller's root (in another mount namespace they
+ * would be relative to that namespace's root: a chroot's prefix and all). */
 int ucr_own_proc(void)
 {
-    if (unshare(CLONE_NEWNS) || mount(NULL, "/proc", NULL, MS_REC | MS_PRIVATE, NULL) ||
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+    int fs = (int)syscall(SYS_fsopen, "proc", FSOPEN_CLOEXEC);
+    if (fs < 0)
         return -errno;
-    return 0;
+    int mnt = -1;
+    if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+        mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+    int err = errno;
+    close(fs);
+    return mnt < 0 ? -err : mnt;
 }
 
 /* SysV IPC contents, read without changing them and written back. */
