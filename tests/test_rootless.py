@@ -256,7 +256,6 @@ def test_check_per_user(home, how):
         assert row.startswith("missing") and "setcap" in row and r.returncode == 1, row
 
 
-
 def test_due_timerfds_without_timer_list(procs, workloads, home):
     """nobody's ckpt cannot read /proc/timer_list (root only), so it cannot
     see whether a timerfd reading 0 left is due with its interrupt not yet
