@@ -4,10 +4,11 @@ no half-written file ever carries its final name.
 
 An image or a pidfile is written to a new temporary file in the
 destination's directory (O_CREAT|O_EXCL|O_NOFOLLOW: never an existing file,
-never through a link) and gets its name only once it is complete and on
-disk: rename() replaces whatever the name held (a planted symlink is
-replaced, not followed), link() adds the name only if it is free (atomic
-no-clobber). A log is appended to, so it is opened O_NOFOLLOW and must be a
+never through a link) and gets its name only once it is complete (an image
+also on disk; a pidfile or stats file need not outlive a crash of the
+machine, which ends the processes it describes): rename() replaces whatever
+the name held (a planted symlink is replaced, not followed), link() adds
+the name only if it is free (atomic no-clobber). A log is appended to, so it is opened O_NOFOLLOW and must be a
 regular file of the caller's own."""
 import errno
 import os
@@ -69,10 +70,11 @@ class AtomicFile:
         except FileNotFoundError:
             return None
 
-    def commit(self):
-        """Flushes the file to disk, then gives it its name."""
+    def commit(self, durable=True):
+        """Gives the file its name; durable: flushed to disk first, the name after."""
         try:
-            os.fsync(self.fd)
+            if durable:
+                os.fsync(self.fd)
             if self.replace:
                 os.rename(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
             else:
@@ -83,7 +85,8 @@ class AtomicFile:
         except OSError as e:
             raise UcrError(f"cannot write {self.path}: {e.strerror}") from None
         self.tmp = None
-        _sync_dir(self.dir_fd)
+        if durable:
+            _sync_dir(self.dir_fd)
 
     def discard(self):
         """Removes the temporary file unless it was committed, and closes both fds."""
@@ -125,8 +128,8 @@ def _sync_dir(dir_fd):
 
 
 def write_file(path, text, mode=0o644):
-    """Writes text to path whole (a pidfile): a reader never sees half of it,
-    and a symlink at path is replaced, not followed."""
+    """Writes text to path whole (a pidfile, stats): a reader never sees half
+    of it, and a symlink at path is replaced, not followed. Not synced to disk."""
     with AtomicFile(path, mode, replace=True) as f:
         data = text.encode()
         try:
@@ -134,7 +137,7 @@ def write_file(path, text, mode=0o644):
                 data = data[os.write(f.fd, data):]
         except OSError as e:
             raise UcrError(f"cannot write {path}: {e.strerror}") from None
-        f.commit()
+        f.commit(durable=False)
 
 
 def open_log(path):
