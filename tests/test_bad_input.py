@@ -205,11 +205,14 @@ def test_ckpt_terminated_at_any_moment_leaves_target_running(procs, workloads, t
     p = procs.start([workloads["memory"], str(priv), str(shared)], stdout=out)
     wait_until(lambda: any(x.startswith("ok 1") for x in lines(out)), what="memory workload")
     ended = {"interrupted": 0, "finished": 0, "before its handlers": 0}
+    cmd = [tool("ckpt"), str(p.pid), "-o", str(tmp_path / "img"), "-f"]
+    start = time.monotonic()
+    subprocess.run(cmd, check=True, timeout=30)
+    whole = time.monotonic() - start  # the signals land from its start to its end
     for attempt in range(24):
-        c = subprocess.Popen([tool("ckpt"), str(p.pid), "-o", str(tmp_path / "img"), "-f"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        c = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         procs.popens.append(c)
-        time.sleep(0.03 + 0.008 * attempt)  # 30 to 214 ms: ckpt starts in ~50 ms here and works for ~100 more
+        time.sleep(whole * (0.05 + attempt / 24))
         c.send_signal(signal.SIGHUP if attempt % 3 == 2 else signal.SIGTERM)
         err = c.communicate(timeout=30)[1].strip()
         sig = signal.SIGHUP if attempt % 3 == 2 else signal.SIGTERM

@@ -111,6 +111,7 @@ class Restore:
         self.rst = rst
         self.shm = {}   # (dev, ino) -> memfd of a shared anonymous object
         self.special_cur = {}
+        self.files = {}  # path -> (the fd of its first mapping, its size)
 
     def prepare_tree(self):
         """One memfd per shared anonymous object, as large as its largest
@@ -160,26 +161,35 @@ class Restore:
 
     def _open_file(self, rec):
         """An fd of its own for each mapping: two mappings of one open file
-        that meet would be merged into one by the kernel."""
+        that meet would be merged into one by the kernel. A file is checked
+        once (its type, its size, no link followed); its other mappings
+        reopen that first fd (a libc is mapped 4-5 times by every process)."""
         path = rec["tail"]
+        writable = rec["flags"] & self.rst.arch.C["MAP_SHARED"] and rec["prot"] & self.rst.arch.C["PROT_WRITE"]
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        first = self.files.get(path)
         try:
-            st = os.stat(path)
+            if first is None:
+                try:
+                    size = os.stat(path).st_size
+                except OSError as e:
+                    raise UcrError(f"mapped file {path} is gone since the checkpoint: {e.strerror}") from None
+                fd = self.rst.keep(trust.open_checked(path, stat.S_IFREG, flags, "mapped file"))
+                self.files[path] = first = (fd, size)
+            else:
+                fd = self.rst.keep(os.open(f"/proc/self/fd/{first[0]}", flags))
         except OSError as e:
-            raise UcrError(f"mapped file {path} is gone since the checkpoint: {e.strerror}") from None
-        if st.st_size != rec["size"]:
-            change = f"mapped file {path} changed size since the checkpoint ({rec['size']} -> {st.st_size} bytes)"
+            raise UcrError(f"cannot open mapped file {path}: {e.strerror}") from None
+        size = first[1]
+        if size != rec["size"]:
+            change = f"mapped file {path} changed size since the checkpoint ({rec['size']} -> {size} bytes)"
             covered = min(rec["size"], rec["offset"] + rec["end"] - rec["start"])
-            if st.st_size < covered:
+            if size < covered:
                 raise UcrError(f"{change}: it no longer covers its mapping at 0x{rec['start']:x}")
             if self.rst.strict_files:
                 raise UcrError(f"{change}; restart without --strict-files to accept that")
             self.rst.warn(f"warning: {change}")
-        writable = rec["flags"] & self.rst.arch.C["MAP_SHARED"] and rec["prot"] & self.rst.arch.C["PROT_WRITE"]
-        try:
-            return self.rst.keep(trust.open_checked(path, stat.S_IFREG, os.O_RDWR if writable else os.O_RDONLY,
-                                                    "mapped file"))
-        except OSError as e:
-            raise UcrError(f"cannot open mapped file {path}: {e.strerror}") from None
+        return fd
 
     def prepare(self, plan, p):
         rst, region = self.rst, self.rst.region

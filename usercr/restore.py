@@ -652,6 +652,8 @@ def _restart(stream, pids=None, pidns=None, wait=True, pidfile=None, copies=1, f
 def _set_terminal_modes(modes):
     """The modes the program had set on its terminal, on the one it is
     restored on (rstr's own standard streams), once output drained."""
+    if not modes:
+        return
     import termios
     for fd, saved in modes.items():
         try:
