@@ -12,9 +12,10 @@ zeros), 1 GiB that compresses 2:1 (each page half random bytes), dumped plain
 and with --compress, a Python interpreter after six imports, plain and
 compressed, then trees of 4 and 64 small processes (bench/tree.py). Prints
 times, image sizes, the peak RSS of ckpt and rstr (bench/peak.c), and the
-time the tree was frozen (ckpt -v). With --criu PATH, CRIU dumps and
+time the tree was frozen (ckpt --stats). With --criu PATH, CRIU dumps and
 restores the same workloads for comparison. Targets: docs/performance.md."""
 import argparse
+import json
 import os
 import select
 import shutil
@@ -163,11 +164,10 @@ def pass_limit(tmp=None):
     return run(argv, tmp)[0] if tmp else timed(argv)
 
 
-def frozen(stderr):
-    for line in stderr.splitlines():
-        if line.startswith("frozen for "):  # ckpt -v
-            return float(line.split()[2])
-    return float("nan")
+def frozen(stats_path):
+    """frozen_s of ckpt --stats (not -v's line: -v imports logging, ~1.2 MiB of ckpt's peak RSS)."""
+    with open(stats_path) as f:
+        return json.load(f)["frozen_s"]
 
 
 class Result:
@@ -184,14 +184,14 @@ def measure(name, code, tmp, extra=()):
     """RUNS dumps and restores of a fresh copy of the workload; beside each,
     the limits it is compared with."""
     res = Result(name)
-    img, pidfile = os.path.join(tmp, f"{name}.img"), os.path.join(tmp, "pid")
+    img, pidfile, stats = (os.path.join(tmp, f) for f in (f"{name}.img", "pid", "stats.json"))
     for _ in range(RUNS):
         p = start(code)
         try:
-            secs, rss, err = run([os.path.join(BIN, "ckpt"), str(p.pid), "-o", img, "-f", "--kill", "-v", *extra],
-                                 tmp)
+            secs, rss, _ = run([os.path.join(BIN, "ckpt"), str(p.pid), "-o", img, "-f", "--kill", "--stats", stats,
+                                *extra], tmp)
             res.dump.append(secs)
-            res.frozen.append(frozen(err))
+            res.frozen.append(frozen(stats))
             res.ckpt_rss = max(res.ckpt_rss, rss)
             p.wait(timeout=30)
             res.size = os.path.getsize(img)
