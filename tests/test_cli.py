@@ -126,6 +126,36 @@ def test_failures_are_status_1(tmp_path):
     assert not (tmp_path / "img").exists()
 
 
+def _to_closed_pipe(argv):
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run(argv, stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=60)
+    finally:
+        os.close(w)
+
+
+@pytest.mark.parametrize("argv", [["ckptinfo", "-v", "--show-arch-regs"], ["ckptinfo", "--help"],
+                                  ["usercr", "--version"], ["usercr", "check"]], ids=" ".join)
+def test_output_closed_by_its_reader_is_quiet(procs, workloads, tmp_path, argv):
+    """`ckptinfo IMG | head`: no traceback, no "internal error", status 141
+    (as a C tool that SIGPIPE ends)."""
+    if argv[0] == "ckptinfo" and argv[1] == "-v":
+        argv = argv + [str(files_image(procs, workloads, tmp_path)[0])]
+    r = _to_closed_pipe([tool(argv[0])] + argv[1:])
+    assert r.returncode == 141 and r.stderr == "", r
+
+
+def test_image_to_a_closed_pipe_is_an_error(procs, workloads, tmp_path):
+    out = tmp_path / "out"
+    p = procs.start([workloads["counter"], "20"], stdout=out)
+    wait_until(lambda: lines(out), what="counter")
+    r = _to_closed_pipe([tool("ckpt"), str(p.pid)])
+    assert "writing the image: Broken pipe" in assert_one_line_error(r) and r.returncode == 1
+    n = len(lines(out))
+    wait_until(lambda: len(lines(out)) > n, what="the counter to go on")
+
+
 def test_ckptinfo_without_image_on_a_terminal():
     """No argument and a terminal on stdin: a usage error, not a wait for input."""
     master, slave = os.openpty()

@@ -15,8 +15,9 @@ import sys
 from . import __version__
 from .errors import Error, UsageError, log_nothing
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_STATUSES = "exit status: 0 done, 1 failed (one line on stderr), 2 usage error, 130 interrupted"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED = 0, 1, 2, 130, 141
+EXIT_STATUSES = ("exit status: 0 done, 1 failed (one line on stderr), 2 usage error, 130 interrupted, "
+                 "141 output closed by its reader (as `| head`; nothing said)")
 FLAG, COUNT = "flag", "count"
 
 
@@ -149,10 +150,10 @@ class Command:
                 if opt is None:
                     raise UsageError(f"no such option: {name}")
                 if opt is HELP:
-                    sys.stdout.write(self.help())
+                    _write_out(self.help())
                     sys.exit(EXIT_OK)
                 if opt is VERSION:
-                    sys.stdout.write(f"{self.prog} (usercr) {__version__}\n")
+                    _write_out(f"{self.prog} (usercr) {__version__}\n")
                     sys.exit(EXIT_OK)
                 if opt.takes_value:
                     if value is None:
@@ -232,6 +233,18 @@ def _say(msg):
     sys.stderr.flush()
 
 
+class _OutputClosed(Exception):
+    """Standard output's reader went away (`ckptinfo IMG | head`): the
+    command ends quietly, as a C tool killed by SIGPIPE does."""
+
+
+def _write_out(text):
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise _OutputClosed from None
+
+
 def _run_reporting(prog, fn, kw):
     """Runs fn(**kw): every failure is one line on stderr (and in the log)."""
     logger = None
@@ -248,6 +261,8 @@ def _run_reporting(prog, fn, kw):
         msg, status = f"{prog}: error: {e}", EXIT_FAILED
     except KeyboardInterrupt:
         msg, status = f"{prog}: interrupted", EXIT_INTERRUPTED
+    except _OutputClosed:
+        return EXIT_OUTPUT_CLOSED
     except Exception as e:  # one line even for what we did not foresee
         msg, status = f"{prog}: internal error: {type(e).__name__}: {e}", EXIT_FAILED
         if os.environ.get("USERCR_DEBUG") or (logger and logger.verbose >= 2):
@@ -374,7 +389,7 @@ def do_info(image, verbose, tree, errors, regs, as_json):
         raise UsageError("give an image: ckptinfo IMAGE, or ckptinfo < IMAGE")
     text = render(open_image(0 if image is None else image), verbose=verbose, tree=tree, regs=regs,
                   as_json=as_json, errors=errors)
-    sys.stdout.write(text + "\n")
+    _write_out(text + "\n")
 
 
 def do_check():
@@ -382,7 +397,7 @@ def do_check():
     ok = True
     for name, good, detail, required in run_checks():
         label = "ok" if good else "missing" if required else "absent"
-        sys.stdout.write(f"{label:8} {name}" + (f": {detail}" if detail else "") + "\n")
+        _write_out(f"{label:8} {name}" + (f": {detail}" if detail else "") + "\n")
         ok &= good or not required
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -451,29 +466,39 @@ def do_completion(shell):
             out.append('        [[ $cur != -* ]] && { COMPREPLY=($(compgen -f -- "$cur")); return; }')
         out.append(f'        COMPREPLY=($(compgen -W "{words}" -- "$cur"));;')
     out += ["    esac", "}", "complete -F _usercr_complete ckpt rstr ckptinfo usercr", ""]
-    sys.stdout.write("\n".join(out))
+    _write_out("\n".join(out))
 
 
-def _run_briefly(name):
-    """Runs a command of ckpt, rstr and ckptinfo, which run briefly and make
-    few reference cycles: without the cyclic collector (its passes over every
-    imported module's objects would cost ~1-2 ms of a small restore), and
-    ending with _exit once stdout and stderr are flushed: the interpreter's
-    teardown of every module (~3-4 ms of a small restore) frees nothing the
-    kernel does not. Nothing is left to run by then: the dump's threads are
-    joined, the log file is flushed at every line."""
-    import gc
-    gc.disable()
+def _ended(run):
+    """Runs run() (which exits) and ends with _exit once stdout and stderr
+    are flushed: the interpreter's teardown of every module (~3-4 ms of a
+    small restore) frees nothing the kernel does not. Nothing is left to
+    run by then: the dump's threads are joined, the log file is flushed at
+    every line."""
     try:
-        _commands()[name].main()
+        run()
+        status = EXIT_OK
     except SystemExit as e:
         status = e.code or 0
+    except _OutputClosed:
+        status = EXIT_OUTPUT_CLOSED
     for stream in filter(None, (sys.stdout, sys.stderr)):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: what was written is lost, so the command failed
+        except BrokenPipeError:  # what is left goes nowhere: its reader has all it wanted
+            status = status or EXIT_OUTPUT_CLOSED
+        except (OSError, ValueError):  # what was written is lost, so the command failed
             status = status or EXIT_FAILED
     os._exit(status if isinstance(status, int) else EXIT_FAILED)
+
+
+def _run_briefly(name):
+    """ckpt, rstr and ckptinfo run briefly and make few reference cycles:
+    without the cyclic collector, whose passes over every imported module's
+    objects would cost ~1-2 ms of a small restore."""
+    import gc
+    gc.disable()
+    _ended(_commands()[name].main)
 
 
 def ckpt_main():
@@ -489,15 +514,18 @@ def ckptinfo_main():
 
 
 def usercr_main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    _ended(lambda: _usercr(sys.argv[1:] if argv is None else argv))
+
+
+def _usercr(argv):
     cmds = _commands("usercr ")
     if argv and argv[0] in cmds:
         cmds[argv[0]].main(argv[1:])
     if argv and argv[0] == "--version":
-        sys.stdout.write(f"usercr {__version__}\n")
+        _write_out(f"usercr {__version__}\n")
         sys.exit(EXIT_OK)
     if argv and argv[0] in ("-h", "--help"):
-        sys.stdout.write("usage: usercr COMMAND [OPTIONS] [ARGS]\n\nusercr: checkpoint/restart of Linux processes."
+        _write_out("usage: usercr COMMAND [OPTIONS] [ARGS]\n\nusercr: checkpoint/restart of Linux processes."
                          "\n\ncommands:\n" + "".join(f"  {k:11} {c.summary}\n" for k, c in cmds.items()) +
                          f"\n`usercr COMMAND --help` describes each.\n\n{EXIT_STATUSES}\n")
         sys.exit(EXIT_OK)
