@@ -8,8 +8,8 @@ never through a link) and gets its name only once it is complete (an image
 also on disk; a pidfile or stats file need not outlive a crash of the
 machine, which ends the processes it describes): rename() replaces whatever
 the name held (a planted symlink is replaced, not followed), link() adds
-the name only if it is free (atomic no-clobber). A log is appended to, so it is opened O_NOFOLLOW and must be a
-regular file of the caller's own."""
+the name only if it is free (atomic no-clobber). A log is appended to, so
+it is opened O_NOFOLLOW and must be a regular file of the caller's own."""
 import errno
 import os
 import stat
