@@ -10,10 +10,12 @@ beside the workload (so that a busy machine slows both alike):
 Workloads: 256 MiB and 1 GiB of touched private memory (each page nearly all
 zeros), 1 GiB that compresses 2:1 (each page half random bytes), dumped plain
 and with --compress, a Python interpreter after six imports, plain and
-compressed, then trees of 4 and 64 small processes (bench/tree.py). Prints
-times, image sizes, the peak RSS of ckpt and rstr (bench/peak.c), and the
-time the tree was frozen (ckpt --stats). With --criu PATH, CRIU dumps and
-restores the same workloads for comparison. Targets: docs/performance.md."""
+compressed, then trees of 4 and 64 small processes (bench/tree.py), TCP
+connections (bench/tcp.py) and the freeze with and without --pre-copy
+(bench/precopy.py). Prints times, image sizes, the peak RSS of ckpt and
+rstr (bench/peak.c), and the time the tree was frozen (ckpt --stats). With
+--criu PATH, CRIU dumps and restores the same workloads for comparison.
+Targets: docs/performance.md."""
 import argparse
 import json
 import os
@@ -285,7 +287,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--criu", metavar="PATH", help="also measure this CRIU binary (run as root)")
     ap.add_argument("--runs", type=int, default=RUNS, help=f"runs per figure, median taken (default {RUNS})")
-    ap.add_argument("--only", nargs="*", help="only these workloads (names as printed; 'tree' for the trees)")
+    ap.add_argument("--only", nargs="*", help="only these workloads (names as printed; 'tree', 'tcp', 'precopy' "
+                    "for those of bench/tree.py, tcp.py, precopy.py)")
     args = ap.parse_args()
     RUNS = args.runs
     precompile()
@@ -305,6 +308,9 @@ def main():
         if not args.only or "tcp" in args.only:
             import tcp  # bench/tcp.py: an asyncio server, 0 and 1,000 TCP connections
             tcp.main(tmp)
+        if not args.only or "precopy" in args.only:
+            import precopy  # bench/precopy.py: the freeze of 1 GiB written 1 %/s, with and without --pre-copy
+            precopy.main()
 
 
 if __name__ == "__main__":

@@ -195,6 +195,12 @@ def test_ckpt_killed_mid_dump_leaves_target_running(procs, workloads, tmp_path):
     assert alive(p.pid)
 
 
+def _timed(cmd):
+    start = time.monotonic()
+    subprocess.run(cmd, check=True, timeout=30)
+    return time.monotonic() - start
+
+
 def test_ckpt_terminated_at_any_moment_leaves_target_running(procs, workloads, tmp_path):
     """SIGTERM or SIGHUP reaching ckpt at any moment (starting, freezing, in
     the middle of the syscalls it runs inside the target, copying memory):
@@ -206,9 +212,7 @@ def test_ckpt_terminated_at_any_moment_leaves_target_running(procs, workloads, t
     wait_until(lambda: any(x.startswith("ok 1") for x in lines(out)), what="memory workload")
     ended = {"interrupted": 0, "finished": 0, "before its handlers": 0}
     cmd = [tool("ckpt"), str(p.pid), "-o", str(tmp_path / "img"), "-f"]
-    start = time.monotonic()
-    subprocess.run(cmd, check=True, timeout=30)
-    whole = time.monotonic() - start  # the signals land from its start to its end
+    whole = min(_timed(cmd) for _ in range(3))  # the signals land from its start to its end
     for attempt in range(24):
         c = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         procs.popens.append(c)

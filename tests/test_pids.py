@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 
 from conftest import alive, assert_one_line_error, ckpt, lines, run, tool, wait_until
-from test_tree import failures, family, recycle, restored, ticked, ticks, tree
+from test_tree import assert_sane, failures, family, recycle, restored, start, ticked, ticks, tree
 
 
 def kill_tree(procs, root):
@@ -431,3 +432,42 @@ def test_lone_process_may_take_new_pids(procs, workloads, tmp_path):
         wait_until(lambda: len(lines(out)) >= n + 3, what="the counter to go on")
     values = [int(x) for x in lines(out)]
     assert values == list(range(len(values)))
+
+
+def test_killed_tree_comes_back_with_its_pids_once_its_zombies_are_reaped(procs, workloads, tmp_path):
+    """ckpt --kill returns once every task of the tree has exited. The
+    orphans are then zombies of their new parent until it reaps them (this
+    machine's init does every ~2 s; here this test, the subreaper, reaps one
+    1 s late on purpose): rstr waits for those PIDs instead of taking a new
+    PID namespace, and the tree comes back with its PIDs here."""
+    out = tmp_path / "out"
+    root = start(procs, workloads["multitask"], out)
+    img = tmp_path / "img"
+    doomed = [pid for pid, _ in tree(root)]
+    ckpt(root, img, "--kill")
+    states = {pid: _state(pid) for pid in doomed}
+    assert set(states.values()) <= {"Z", None}, states
+    os.waitpid(root, 0)
+    orphans = [pid for pid in doomed[1:] if _state(pid) == "Z" and ppid(pid) == os.getpid()]
+    assert orphans, "no zombie left to wait for"
+    late = threading.Timer(1.0, lambda: [os.waitpid(pid, 0) for pid in orphans])
+    late.start()
+    try:
+        pidfile = tmp_path / "pid"
+        r = run([tool("rstr"), "-i", str(img), "-W", "-v", "--pidfile", str(pidfile)])
+    finally:
+        late.join(timeout=10)
+    assert r.returncode == 0 and "in this PID namespace" in r.stderr, r.stderr
+    back = [procs.track(pid) for pid, _ in tree(int(pidfile.read_text()))]
+    assert sorted(back) == sorted(doomed) and all(nspid(pid) == pid for pid in back)
+    seen = len(ticks(out))
+    wait_until(lambda: len(ticks(out)) >= seen + 3, what="the restored tree to tick")
+    assert_sane(out)
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None

@@ -19,6 +19,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FREEZE_ROUNDS = 50
 VFORK_WAIT = 0.01
 VANISH_SETTLE = 0.2
+EXIT_WAIT = 10  # for the tasks ckpt --kill killed to have exited
 # Each kind of state, in image order. inject(ctx), where a module has it,
 # runs inside the frozen task; dump(ctx) yields its records afterwards.
 PROCESS_STATE = (tasks, creds, rlimits, fs, signals, timers, threads, files, locks, memory)
@@ -135,6 +136,14 @@ class FrozenTree:
                 return found
             time.sleep(0.01)
 
+    def wait_exited(self):
+        """After the kill: until every process has exited (a zombie has closed
+        its files and sockets, and its parent can reap it), so that rstr right
+        after finds the ports free and its PIDs about to be."""
+        deadline = time.monotonic() + EXIT_WAIT
+        while any(proc.state(pid) not in ("Z", "X", None) for pid in self.order) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
     def release(self, kill=False):
         """Puts back what was changed and lets every task go (or kills the tree)."""
         errors = []
@@ -232,7 +241,7 @@ def _checkpoint(pid, arch, out_fd, kill, log, complete, on_frozen, inc, shared, 
                 stats.pages_scanned, stats.pages_written = writer.pages_scanned, writer.pages_written
                 stats.bytes_written = writer.offset
     if kill:
-        inet.wait_closed(shared)  # the killed tree's ports are free once ckpt returns
+        tree.wait_exited()
 
 
 def _sync(fd):

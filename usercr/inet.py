@@ -94,7 +94,6 @@ OPTION_NAMES = {(level, getattr(lib, n)): n for level, names, *_ in EXTRA_OPTION
 GROUP_FILTER = struct.Struct("@I0P128sII0P128s")  # struct group_filter with one source slot
 SOCKADDR_IN, SOCKADDR_IN6 = struct.Struct("=HH4s8x"), struct.Struct("=HHI16sI")
 SETTLE_ATTEMPTS, SETTLE_WAIT = 20, 0.01
-EXIT_WAIT = 10
 NFT_PREFIX = "usercr_tcp_"
 NFT_PRIORITY = -300                         # before conntrack: a dropped packet is not even tracked
 
@@ -525,16 +524,6 @@ def release(shared, killed):
         _unlock(table)
     if errors:
         raise UcrError(f"taking a socket out of TCP repair mode: {errors[0]}")
-
-
-def wait_closed(shared):
-    """After ckpt --kill: until every process that held a socket has exited
-    (a zombie has closed its files), so that rstr right after finds the ports free."""
-    state = shared.get("inet")
-    pids = {pid for pid, _ in state["held"].values()} if state else ()
-    deadline = time.monotonic() + EXIT_WAIT
-    while any(proc.state(pid) not in ("Z", "X", None) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(SETTLE_WAIT)
 
 
 # -- the network lock: nftables ---------------------------------------------

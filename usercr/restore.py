@@ -9,6 +9,7 @@ import os
 import select
 import _signal as signal  # the signal module without its enums, which cost every rstr ~2 ms to import
 import struct
+import time
 
 from . import cleanup, compress, inplace, proc, rootless, safeio, threads, trust
 from . import records as R
@@ -24,6 +25,7 @@ MIN_REGION_ADDR = 1 << 30
 STATUS = struct.Struct("<iiQii")
 PLACE_ATTEMPTS = 5
 POLL_INTERVAL = 0.5
+ZOMBIE_WAIT = 3.0  # for a PID the tree needs held by a zombie: some inits reap orphans every ~2 s
 # The restore-side parts (modules), in the order they prepare each plan. Files
 # come after memory (mapped files are opened first) and tty before files (a
 # standard stream may need the terminal's part). The other kinds of fd
@@ -424,13 +426,18 @@ def _reaper(rst, top_pid, orig_pid):
 def _taken(image, creation):
     """The first PID or TID the tree needs (its processes, threads and gone
     leaders' placeholders) that is in use here, with what it is; None if
-    all are free. A session or group keeps its id after its leader exited."""
+    all are free. A session or group keeps its id after its leader exited.
+    A zombie is waited for a moment: the tree killed by ckpt --kill (or by
+    hand) a moment ago holds its PIDs until the tasks' new parent reaps them."""
     ids = [(tid, "PID" if tid == p.pid else f"thread ID (of process {p.pid})")
            for p in image.procs for tid in [p.pid] + [t["THREAD"]["tid"] for t in p.threads]]
     ids += [(lead, "the gone session or group leader's PID") for lead in creation.placeholders]
+    deadline = time.monotonic() + ZOMBIE_WAIT
     for v, what in ids:
-        if proc.exists(v):
-            return v, what
+        while proc.exists(v):
+            if proc.state(v) != "Z" or time.monotonic() > deadline:
+                return v, what
+            time.sleep(0.005)
     groups = set()
     for d in os.listdir("/proc"):
         if d.isdigit():
