@@ -43,6 +43,55 @@ def default_signals():
             signal.signal(sig, handler)
 
 
+def descendants(pid):
+    """Every live process below pid (its children's children too)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            out += [k for k in kids if alive(k)]
+            todo += kids
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """A test that leaves a process running fails, and the process is killed:
+    as our subreaper, we see every orphan, restored trees' included. Those
+    from wider-scoped fixtures exist before the test and are let be."""
+    before = set(descendants(os.getpid()))
+    yield
+    left = lambda: [p for p in descendants(os.getpid()) if p not in before]
+    try:
+        wait_until(lambda: reap_orphans() or not left(), 5, "the test's processes to exit")
+    except AssertionError:
+        leaked = {p: comm(p) for p in left()}
+        for p in leaked:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_until(lambda: not any(alive(p) for p in leaked) and (reap_orphans() or True), 10, "leftovers to die")
+        pytest.fail(f"processes left running: {leaked}")
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
 @pytest.fixture(scope="session")
 def workloads():
     os.makedirs(BIN, exist_ok=True)
@@ -105,6 +154,8 @@ class Procs:
         return p
 
     def track(self, pid):
+        if type(pid) is not int:  # a str or bool here would never be killed
+            raise TypeError(f"PID {pid!r} is not an int")
         self.pids.append(pid)
         return pid
 

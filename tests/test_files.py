@@ -192,11 +192,11 @@ def test_another_process_proc_file_refused(procs, tmp_path):
     script = ("import subprocess, sys, time\n"
               "child = subprocess.Popen(['sleep', '1000'])\n"
               "held = open(f'/proc/{child.pid}/stat')\n"
-              "print('ready', flush=True)\n"
+              "print(child.pid, flush=True)\n"
               "time.sleep(1000)\n")
     out = tmp_path / "out"
     pid = procs.start([sys.executable, "-c", script], stdout=out).pid
-    wait_until(lambda: lines(out) == ["ready"], what="the child to start")
+    procs.track(int(wait_until(lambda: lines(out), what="the child to start")[0]))
     r = run([tool("ckpt"), str(pid), "-o", str(tmp_path / "img"), "--kill"])
     err = assert_one_line_error(r)
     assert "/stat" in err and "own" in err, err

@@ -114,9 +114,10 @@ def test_signal_forwarded_on_interrupt(procs, workloads, tmp_path, how):
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          close_fds=True)
     procs.popens.append(r)
-    root = procs.track(wait_until(lambda: r.poll() is not None or (pidfile.exists() and int(pidfile.read_text())),
-                                  what="the pidfile"))
+    root = wait_until(lambda: r.poll() is not None or (pidfile.exists() and int(pidfile.read_text())),
+                      what="the pidfile")
     assert r.poll() is None, r.stderr.read()
+    procs.track(root)
     for pid in family(root):
         procs.track(pid)
     ticked(out, last + 5)

@@ -191,8 +191,8 @@ def test_usercr_run_pidfile_symlink_is_replaced_not_followed(procs, tmp_path):
     v, pidfile = victim(tmp_path), tmp_path / "pidfile"
     plant(pidfile, v)
     procs.start([tool("usercr"), "run", "--pidfile", str(pidfile), "--", "sleep", "30"])
-    pid = procs.track(wait_until(lambda: not pidfile.is_symlink() and pidfile.read_text(), what="the pidfile"))
-    assert alive(int(pid)) and unchanged(v)
+    pid = procs.track(int(wait_until(lambda: not pidfile.is_symlink() and pidfile.read_text(), what="the pidfile")))
+    assert alive(pid) and unchanged(v)
     assert sorted(os.listdir(tmp_path)) == ["pidfile", "victim"]
 
 
