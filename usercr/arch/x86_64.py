@@ -24,6 +24,7 @@ _REGS = struct.Struct(f"<{len(REG_NAMES)}Q")
 
 FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2 = C["FP_XSTATE_MAGIC1"], C["FP_XSTATE_MAGIC2"]
 SW_BYTES_OFFSET = 464  # struct _fpx_sw_bytes inside the legacy FXSAVE area
+XSTATE_BV_OFFSET = 512  # the XSAVE header's features-in-use bitmap
 XSAVE_MAX = 64 * 1024
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
 MASK64 = (1 << 64) - 1
@@ -130,6 +131,11 @@ def check_header(hdr, warn):
 def dump_cpu(tracee):
     """The CPU records of one thread: general registers and the XSAVE area."""
     xsave = tracee.get_regset(NT_X86_XSTATE, XSAVE_MAX)
+    in_use = struct.unpack_from("<Q", xsave, XSTATE_BV_OFFSET)[0]
+    beyond = in_use & ~host_info()["xfeatures"]
+    if beyond:
+        raise UcrError(f"thread {tracee.pid} holds XSAVE state 0x{beyond:x} enabled on first use only "
+                       f"(AMX tile data): not supported")
     return [R.X86_64_CPU.pack(regs=tracee.orig_regs), R.X86_64_FPU.pack(tail=xsave)]
 
 
@@ -155,7 +161,9 @@ def build_sigframe(regs, fpstate, blocked, altstack, floor, arch_hdr):
     address the frame may use. Returns (address of the frame, its bytes, the
     stack pointer to issue rt_sigreturn with)."""
     regs = restart_regs_new(regs)
-    fp = bytearray(fpstate)
+    # ptrace's area has room for every feature XCR0 enables; a signal frame's
+    # only for the task's default ones (the image's xsave_size).
+    fp = bytearray(fpstate[:arch_hdr["xsave_size"]])
     # The software-reserved words tell rt_sigreturn that a full XSAVE area follows.
     struct.pack_into("<IIQI", fp, SW_BYTES_OFFSET, FP_XSTATE_MAGIC1, len(fp) + 4, arch_hdr["xfeatures"], len(fp))
     fp += struct.pack("<I", FP_XSTATE_MAGIC2)

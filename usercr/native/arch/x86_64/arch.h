@@ -81,13 +81,26 @@ static inline long ucr_arch_clone_thread(void *args, long size, void (*fn)(void 
 
 #ifdef UCR_CORE
 #include <cpuid.h>
+/* The XSAVE features a task has by default and the size of its signal
+ * frame's XSAVE area: XCR0 less the features the kernel enables on first use
+ * only (XFD ones: AMX tile data), whose room a sigframe lacks unless the task
+ * asked for it; rt_sigreturn with a larger area falls back to FXSAVE state. */
 static inline void ucr_arch_info_fill(uint64_t *out)
 {
-    unsigned int eax, ebx, ecx, edx, lo, hi;
-    __cpuid_count(0xd, 0, eax, ebx, ecx, edx);
+    unsigned int eax, ebx, ecx, edx, lo, hi, size = 576;  /* legacy area + header */
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    out[0] = ((uint64_t)hi << 32) | lo;
-    out[1] = ebx;
+    uint64_t features = ((uint64_t)hi << 32) | lo;
+    for (int i = 2; i < 63; i++) {
+        if (!(features >> i & 1))
+            continue;
+        __cpuid_count(0xd, i, eax, ebx, ecx, edx);
+        if (ecx & 4)
+            features &= ~(1ULL << i);
+        else if (ebx + eax > size)
+            size = ebx + eax;
+    }
+    out[0] = features;
+    out[1] = size;
 }
 #endif
 
