@@ -5,7 +5,9 @@ import subprocess
 import sys
 import time
 
-from conftest import alive, ckpt, lines, rstr, run, tool, wait_until
+import pytest
+
+from conftest import alive, assert_one_line_error, ckpt, lines, rstr, run, tool, wait_until
 
 
 def last_int(path):
@@ -78,6 +80,25 @@ def test_fpu_and_vector_registers(procs, workloads, tmp_path):
     wait_until(lambda: count() > saved + 100000, what="restored fpu loop to go on")
     time.sleep(0.2)
     assert alive(pid), "the register check in the workload failed after restart"
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+
+
+@pytest.mark.skipif("amx_tile" not in cpu_flags(), reason="needs a CPU with AMX")
+def test_amx_permission_refused_target_runs_on(procs, workloads, tmp_path):
+    """AMX tile state needs a permission that a restored process would not
+    have: ckpt refuses in one line and leaves the program running."""
+    out, img = tmp_path / "out", tmp_path / "img"
+    p = procs.start([workloads["amx"]], stdout=out)
+    wait_until(lambda: lines(out) == ["ready"], what="the tiles to be loaded")
+    err = assert_one_line_error(run([tool("ckpt"), str(p.pid), "-o", str(img), "--kill"]))
+    assert "AMX" in err, err
+    assert not img.exists()
+    time.sleep(0.2)
+    assert alive(p.pid)
 
 
 def test_signal_handler_and_pending_signal(procs, workloads, tmp_path):

@@ -213,7 +213,7 @@ NET_ADDR = _rec(115, "NET_ADDR", [("index", "s32"), ("family", "u32"), ("prefixl
 
 # 201-299: arch-specific
 X86_64_HEADER = _rec(201, "X86_64_HEADER", [("xfeatures", "u64"), ("xsave_size", "u32"), ("pad", "u32")],
-                     doc="x86_64: enabled XSAVE features and the size of the XSAVE area")
+                     doc="x86_64: a task's default XSAVE features (XCR0 less first-use-only ones: AMX tile data) and their signal frame XSAVE size")
 X86_64_CPU = _rec(202, "X86_64_CPU", [("regs", "u64[27]"), ("pad", "u64")],
                   scope="thread", doc="x86_64: struct user_regs_struct (includes fs_base/gs_base = TLS)")
 X86_64_FPU = _rec(203, "X86_64_FPU", tail="bytes",

@@ -13,6 +13,8 @@ THREAD_STACK = 16 * 1024
 
 def inject(ctx):
     s, C = ctx.session, ctx.arch.C
+    if hasattr(ctx.arch, "refuse_unrestorable"):  # x86_64 only: AMX
+        ctx.arch.refuse_unrestorable(s, ctx.main)
     out = []
     for t in ctx.threads:
         s.call(t, "reading the signal stack", "sigaltstack", 0, s.scratch)

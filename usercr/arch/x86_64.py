@@ -24,7 +24,6 @@ _REGS = struct.Struct(f"<{len(REG_NAMES)}Q")
 
 FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2 = C["FP_XSTATE_MAGIC1"], C["FP_XSTATE_MAGIC2"]
 SW_BYTES_OFFSET = 464  # struct _fpx_sw_bytes inside the legacy FXSAVE area
-XSTATE_BV_OFFSET = 512  # the XSAVE header's features-in-use bitmap
 XSAVE_MAX = 64 * 1024
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
 MASK64 = (1 << 64) - 1
@@ -128,14 +127,22 @@ def check_header(hdr, warn):
                        f"({here['xsave_size']} bytes)")
 
 
+ARCH_GET_XCOMP_PERM = 0x1022
+
+
+def refuse_unrestorable(session, main):
+    """A process that asked for first-use-only XSAVE features (AMX) would come
+    back without that permission, and die of SIGILL at its next use."""
+    session.call(main, "reading the XSAVE permissions", "arch_prctl", ARCH_GET_XCOMP_PERM, session.scratch)
+    asked = struct.unpack("<Q", session.read(main, 8))[0] & ~host_info()["xfeatures"]
+    if asked:
+        raise UcrError(f"process {main.pid} asked for XSAVE features 0x{asked:x} enabled on first use only "
+                       f"(AMX, arch_prctl ARCH_REQ_XCOMP_PERM): not supported")
+
+
 def dump_cpu(tracee):
     """The CPU records of one thread: general registers and the XSAVE area."""
     xsave = tracee.get_regset(NT_X86_XSTATE, XSAVE_MAX)
-    in_use = struct.unpack_from("<Q", xsave, XSTATE_BV_OFFSET)[0]
-    beyond = in_use & ~host_info()["xfeatures"]
-    if beyond:
-        raise UcrError(f"thread {tracee.pid} holds XSAVE state 0x{beyond:x} enabled on first use only "
-                       f"(AMX tile data): not supported")
     return [R.X86_64_CPU.pack(regs=tracee.orig_regs), R.X86_64_FPU.pack(tail=xsave)]
 
 
