@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from usercr import proc
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = os.path.join(HERE, "workloads")
 BIN = os.path.join(WORKLOADS, "bin")
@@ -47,19 +49,9 @@ def descendants(pid):
     """Every live process below pid (its children's children too)."""
     out, todo = [], [pid]
     while todo:
-        p = todo.pop()
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    kids = [int(k) for k in f.read().split()]
-            except OSError:
-                continue
-            out += [k for k in kids if alive(k)]
-            todo += kids
+        kids = proc.children(todo.pop())
+        out += [k for k in kids if alive(k)]
+        todo += kids
     return out
 
 

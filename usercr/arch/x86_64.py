@@ -1,4 +1,6 @@
 """x86_64: registers, XSAVE state, syscall injection, and the rt_sigframe."""
+import errno
+import os
 import struct
 
 from .. import records as R
@@ -127,13 +129,14 @@ def check_header(hdr, warn):
                        f"({here['xsave_size']} bytes)")
 
 
-ARCH_GET_XCOMP_PERM = 0x1022
-
-
 def refuse_unrestorable(session, main):
     """A process that asked for first-use-only XSAVE features (AMX) would come
     back without that permission, and die of SIGILL at its next use."""
-    session.call(main, "reading the XSAVE permissions", "arch_prctl", ARCH_GET_XCOMP_PERM, session.scratch)
+    r = session.syscall(main, "arch_prctl", C["ARCH_GET_XCOMP_PERM"], session.scratch)
+    if r == -errno.EINVAL:  # before Linux 5.16: no such features, nothing to ask for
+        return
+    if r < 0:
+        raise UcrError(f"reading the XSAVE permissions of process {main.pid}: {os.strerror(-r)}")
     asked = struct.unpack("<Q", session.read(main, 8))[0] & ~host_info()["xfeatures"]
     if asked:
         raise UcrError(f"process {main.pid} asked for XSAVE features 0x{asked:x} enabled on first use only "
